@@ -1,0 +1,36 @@
+"""Plain records shared by every dataset loader: an item, the splits of a dataset."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image: a path (absolute, or relative to ``DatasetSplits.image_root``), its label and class name."""
+
+    path: str
+    label: int
+    classname: str
+
+
+@dataclass
+class DatasetSplits:
+    """A loaded dataset: class names in label order, the zero-shot template and its splits."""
+
+    key: str
+    classnames: list[str]
+    template: str
+    train: list[Item] = field(default_factory=list)
+    val: list[Item] = field(default_factory=list)
+    test: list[Item] = field(default_factory=list)
+    image_root: str = ""
+    # For test-only variants evaluated in another dataset's label space (ImageNet-A/R):
+    # the indices of this dataset's classes among the parent's classes.
+    label_space: str | None = None
+    class_subset: list[int] | None = None
+
+    def split(self, name: str) -> list[Item]:
+        if name not in ("train", "val", "test"):
+            raise KeyError(f"unknown split {name!r}; expected one of train, val, test")
+        return getattr(self, name)

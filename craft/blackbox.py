@@ -1,0 +1,165 @@
+"""The black-box contract: what a method may ask of the vision-language model.
+
+A method never holds the model. It holds a :class:`BlackBox`: it sends continuous
+prompt contexts (``candidates x n_ctx x width``) and gets back logits over the classes
+of a registered image set. :class:`MeteredBlackBox` wraps any :class:`Backend` (the
+open_clip engine, a remote model server, a fake in tests) and counts every call:
+
+* ``queries`` in the paper's sense: one candidate prompt scored on a set of training
+  images (the whole few-shot set for CraFT/BBT, a mini-batch for CBBT). Queries are
+  capped by the budget; a call that would pass the cap is refused before any compute.
+* model calls: every text sequence and image encoded, budgeted or not (refinement
+  epochs and evaluations call the model too, and the cost table reports them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Protocol, runtime_checkable
+
+import torch
+
+TRAIN = "train"
+SPLITS = ("train", "val", "test")
+
+
+class BudgetExceeded(RuntimeError):
+    """A call would pass the query budget; nothing was computed."""
+
+
+@dataclass
+class Usage:
+    """Counters of one run's use of the black box."""
+
+    queries: int = 0
+    unbudgeted_queries: int = 0
+    text_sequences: int = 0
+    images_encoded: int = 0
+    calls: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """What the black box publishes about itself (no weights)."""
+
+    width: int
+    max_ctx: int
+    n_classes: int
+    split_sizes: dict[str, int] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """The raw service behind a :class:`MeteredBlackBox`; it counts nothing itself."""
+
+    def info(self) -> BackendInfo: ...
+
+    def embed_words(self, text: str) -> torch.Tensor:
+        """Token embeddings (``n_tokens x width``) of ``text``, used to initialise prompts."""
+        ...
+
+    def logits(
+        self, contexts: torch.Tensor, split: str, indices: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, int]:
+        """Logits ``candidates x images x classes`` and the number of images newly encoded."""
+        ...
+
+
+class BlackBox(Protocol):
+    """What methods hold: logits for prompt contexts, and the usage so far."""
+
+    budget: int
+    usage: Usage
+
+    @property
+    def info(self) -> BackendInfo: ...
+
+    def embed_words(self, text: str) -> torch.Tensor: ...
+
+    def logits(
+        self,
+        contexts: torch.Tensor,
+        split: str = TRAIN,
+        indices: torch.Tensor | None = None,
+        *,
+        budgeted: bool = True,
+    ) -> torch.Tensor: ...
+
+    def remaining(self) -> int: ...
+
+
+class MeteredBlackBox:
+    """Counts every call to a :class:`Backend` and enforces the query budget.
+
+    ``budgeted=True`` calls on the training split are the paper's queries and count
+    against ``budget``; ``budgeted=False`` calls (the refinement epoch's forward pass,
+    evaluations) are recorded as model calls and ``unbudgeted_queries`` only. Budgeted
+    calls on any split other than ``train`` are refused: the budget is for training.
+    """
+
+    def __init__(self, backend: Backend, budget: int) -> None:
+        if budget < 0:
+            raise ValueError(f"query budget must be >= 0, got {budget}")
+        self._backend = backend
+        self._info = backend.info()
+        self.budget = int(budget)
+        self.usage = Usage()
+
+    @property
+    def info(self) -> BackendInfo:
+        return self._info
+
+    def remaining(self) -> int:
+        return self.budget - self.usage.queries
+
+    def embed_words(self, text: str) -> torch.Tensor:
+        return self._backend.embed_words(text)
+
+    def logits(
+        self,
+        contexts: torch.Tensor,
+        split: str = TRAIN,
+        indices: torch.Tensor | None = None,
+        *,
+        budgeted: bool = True,
+    ) -> torch.Tensor:
+        contexts = self._check_contexts(contexts)
+        if split not in self._info.split_sizes:
+            raise KeyError(
+                f"unknown image set {split!r}; registered: {sorted(self._info.split_sizes)}"
+            )
+        n_cand = contexts.shape[0]
+        if budgeted:
+            if split != TRAIN:
+                raise ValueError(
+                    f"budgeted queries score training images only, got split {split!r}; "
+                    "pass budgeted=False for evaluations"
+                )
+            if self.usage.queries + n_cand > self.budget:
+                raise BudgetExceeded(
+                    f"query budget {self.budget} would be exceeded: {self.usage.queries} used, "
+                    f"{n_cand} candidate(s) asked, {self.remaining()} left"
+                )
+        out, images_encoded = self._backend.logits(contexts, split, indices)
+        if budgeted:
+            self.usage.queries += n_cand
+        else:
+            self.usage.unbudgeted_queries += n_cand
+        self.usage.text_sequences += n_cand * self._info.n_classes
+        self.usage.images_encoded += int(images_encoded)
+        self.usage.calls += 1
+        return out
+
+    def _check_contexts(self, contexts: torch.Tensor) -> torch.Tensor:
+        if contexts.dim() == 2:
+            contexts = contexts.unsqueeze(0)
+        width, max_ctx = self._info.width, self._info.max_ctx
+        if contexts.dim() != 3 or contexts.shape[2] != width or not 1 <= contexts.shape[1] <= max_ctx:
+            raise ValueError(
+                f"contexts must have shape (candidates, n_ctx <= {max_ctx}, {width}), "
+                f"got {tuple(contexts.shape)}"
+            )
+        return contexts
