@@ -67,6 +67,10 @@ class Backend(Protocol):
         """Logits ``candidates x images x classes`` and the number of images newly encoded."""
         ...
 
+    def template_logits(self, template: str, split: str) -> tuple[torch.Tensor, int]:
+        """Logits ``images x classes`` of hand-written prompts ``template.format(classname)``."""
+        ...
+
 
 class BlackBox(Protocol):
     """What methods hold: logits for prompt contexts, and the usage so far."""
@@ -87,6 +91,8 @@ class BlackBox(Protocol):
         *,
         budgeted: bool = True,
     ) -> torch.Tensor: ...
+
+    def template_logits(self, template: str, split: str) -> torch.Tensor: ...
 
     def remaining(self) -> int: ...
 
@@ -127,10 +133,7 @@ class MeteredBlackBox:
         budgeted: bool = True,
     ) -> torch.Tensor:
         contexts = self._check_contexts(contexts)
-        if split not in self._info.split_sizes:
-            raise KeyError(
-                f"unknown image set {split!r}; registered: {sorted(self._info.split_sizes)}"
-            )
+        self._check_split(split)
         n_cand = contexts.shape[0]
         if budgeted:
             if split != TRAIN:
@@ -144,6 +147,21 @@ class MeteredBlackBox:
                     f"{n_cand} candidate(s) asked, {self.remaining()} left"
                 )
         out, images_encoded = self._backend.logits(contexts, split, indices)
+        self._record(n_cand, budgeted=budgeted, images_encoded=images_encoded)
+        return out
+
+    def template_logits(self, template: str, split: str) -> torch.Tensor:
+        """Zero-shot logits of a hand-written template; one unbudgeted query."""
+        self._check_split(split)
+        out, images_encoded = self._backend.template_logits(template, split)
+        self._record(1, budgeted=False, images_encoded=images_encoded)
+        return out
+
+    def _check_split(self, split: str) -> None:
+        if split not in self._info.split_sizes:
+            raise ValueError(f"unknown image set {split!r}; registered: {sorted(self._info.split_sizes)}")
+
+    def _record(self, n_cand: int, *, budgeted: bool, images_encoded: int) -> None:
         if budgeted:
             self.usage.queries += n_cand
         else:
@@ -151,7 +169,6 @@ class MeteredBlackBox:
         self.usage.text_sequences += n_cand * self._info.n_classes
         self.usage.images_encoded += int(images_encoded)
         self.usage.calls += 1
-        return out
 
     def _check_contexts(self, contexts: torch.Tensor) -> torch.Tensor:
         if contexts.dim() == 2:

@@ -1,0 +1,234 @@
+"""The open_clip engine behind the black-box contract.
+
+A prompt for class ``c`` is ``[SOS] + ctx + embed("<classname>.") + [EOS]``: one shared
+context ``ctx`` (``n_ctx x width``) for all classes, the class part embedded once per class
+list and reused. The text feature of each prompt is gathered at its own end-of-text token.
+
+Two query paths compute the same features:
+
+* ``official``: like the official CraFT code, one candidate at a time, fp32, padded to the
+  model's full context length (77 for CLIP).
+* ``fast``: every candidate of a call in one forward pass (chunked), each batch cut to its
+  longest real prompt (the causal mask makes positions after a prompt's end irrelevant to
+  its feature), bf16 autocast on GPU, optionally ``torch.compile``-d.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from benchmark.models import LoadedModel
+from craft.blackbox import BackendInfo
+
+
+@dataclass
+class ClassPart:
+    """Token ids and embeddings of ``"<classname>." [EOS]`` for each class of a task."""
+
+    classnames: tuple[str, ...]
+    ids: torch.Tensor  # C x (context_length - 1): class tokens, EOS, padding
+    lengths: torch.Tensor  # C: number of class tokens (EOS excluded)
+    fast_embeddings: torch.Tensor  # C x (max(lengths) + 1) x width: trimmed to the longest
+
+    @property
+    def max_len(self) -> int:
+        return int(self.lengths.max())
+
+
+class ClipEngine:
+    """Text and image encoding for prompt contexts on one open_clip CLIP model."""
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        device: str | torch.device = "cpu",
+        mode: str = "fast",
+        compile: bool = False,
+        max_sequences: int | None = None,
+    ) -> None:
+        if mode not in ("fast", "official"):
+            raise ValueError(f"mode must be 'fast' or 'official', got {mode!r}")
+        model = loaded.model
+        for attr in ("token_embedding", "positional_embedding", "transformer", "ln_final", "attn_mask"):
+            if not hasattr(model, attr):
+                raise ValueError(
+                    f"backbone {loaded.backbone} has no plain CLIP text tower (missing {attr}); "
+                    "only open_clip CLIP models with a causal text transformer are supported"
+                )
+        if getattr(model, "text_pool_type", "argmax") != "argmax":
+            raise ValueError(f"backbone {loaded.backbone}: text pooling {model.text_pool_type!r} is not EOT pooling")
+        self.loaded = loaded
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.mode = mode
+        self.context_length = int(model.positional_embedding.shape[0])
+        self.width = int(model.token_embedding.weight.shape[1])
+        self.max_sequences = max_sequences or (16384 if self.device.type == "cuda" else 2048)
+        self.logit_scale = float(model.logit_scale.exp().item())
+        self._encode = torch.compile(self._encode_embeddings, dynamic=True) if compile else self._encode_embeddings
+        self._class_parts: dict[tuple[str, ...], ClassPart] = {}
+        tok = loaded.tokenizer("")[0]
+        self.sot_id, self.eot_id = int(tok[0]), int(tok[1])
+
+    # ----------------------------------------------------------------- words and classes
+    def _tokens(self, text: str) -> torch.Tensor:
+        """Token ids of ``text`` without SOS/EOS."""
+        ids = self.loaded.tokenizer([text])[0]
+        end = int((ids == self.eot_id).nonzero()[0])
+        return ids[1:end]
+
+    @torch.no_grad()
+    def embed_words(self, text: str) -> torch.Tensor:
+        """Token embeddings (``n_tokens x width``) of ``text``: the initial prompt ``p0``."""
+        return self.model.token_embedding(self._tokens(text).to(self.device)).float().cpu()
+
+    @torch.no_grad()
+    def class_part(self, classnames: Sequence[str]) -> ClassPart:
+        """The embedded ``"<classname>." [EOS]`` of each class, computed once per class list."""
+        key = tuple(classnames)
+        if key not in self._class_parts:
+            ids = self.loaded.tokenizer([f"{name}." for name in key])[:, 1:].to(self.device)
+            lengths = (ids == self.eot_id).int().argmax(dim=1)
+            trimmed = ids[:, : int(lengths.max()) + 1]
+            self._class_parts[key] = ClassPart(
+                key, ids, lengths, self.model.token_embedding(trimmed)
+            )
+        return self._class_parts[key]
+
+    def max_ctx(self, part: ClassPart) -> int:
+        """Longest context that still fits every class's prompt in the context length."""
+        return self.context_length - 2 - part.max_len
+
+    # ----------------------------------------------------------------- text features
+    def _encode_embeddings(self, x: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        length = x.shape[1]
+        x = x + m.positional_embedding[:length].to(x.dtype)
+        x = m.transformer(x, attn_mask=m.attn_mask[:length, :length].to(x.dtype))
+        x = m.ln_final(x)
+        x = x[torch.arange(x.shape[0], device=x.device), eot]
+        proj = m.text_projection
+        if proj is not None:
+            x = proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
+        return x
+
+    def _sequences(self, contexts: torch.Tensor, part: ClassPart, full: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt embeddings (``B*C x L x width``) and each prompt's EOT position."""
+        n_cand, n_ctx, width = contexts.shape
+        n_cls = len(part.classnames)
+        if n_ctx > self.max_ctx(part):
+            raise ValueError(
+                f"{n_ctx} context tokens do not fit: the longest class prompt leaves room for {self.max_ctx(part)}"
+            )
+        if full:
+            suffix = self.model.token_embedding(part.ids[:, : self.context_length - 1 - n_ctx])
+        else:
+            suffix = part.fast_embeddings
+        sos = self.model.token_embedding.weight[self.sot_id].to(contexts.dtype)
+        x = torch.cat(
+            [
+                sos.expand(n_cand, n_cls, 1, width),
+                contexts.unsqueeze(1).expand(n_cand, n_cls, n_ctx, width),
+                suffix.to(contexts.dtype).unsqueeze(0).expand(n_cand, n_cls, -1, width),
+            ],
+            dim=2,
+        ).reshape(n_cand * n_cls, -1, width)
+        eot = (1 + n_ctx + part.lengths).repeat(n_cand)
+        return x, eot
+
+    @torch.no_grad()
+    def text_features(self, contexts: torch.Tensor, part: ClassPart) -> torch.Tensor:
+        """Normalised text features ``candidates x classes x embed`` for prompt contexts."""
+        contexts = contexts.to(self.device, torch.float32)
+        n_cand, n_cls = contexts.shape[0], len(part.classnames)
+        if self.mode == "official":
+            feats = []
+            for c in range(n_cand):  # one candidate a call, fp32, padded to the full length
+                x, eot = self._sequences(contexts[c : c + 1], part, full=True)
+                feats.append(self._encode_embeddings(x, eot).float())
+            return F.normalize(torch.cat(feats), dim=-1).reshape(n_cand, n_cls, -1)
+        x, eot = self._sequences(contexts, part, full=False)
+        out = []
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        with autocast:
+            for start in range(0, x.shape[0], self.max_sequences):
+                end = start + self.max_sequences
+                out.append(self._encode(x[start:end], eot[start:end]).float())
+        return F.normalize(torch.cat(out), dim=-1).reshape(n_cand, n_cls, -1)
+
+    @torch.no_grad()
+    def template_features(self, template: str, classnames: Sequence[str]) -> torch.Tensor:
+        """Normalised text features ``classes x embed`` of hand-written prompts (zero-shot CLIP)."""
+        tokens = self.loaded.tokenizer([template.format(name) for name in classnames]).to(self.device)
+        return F.normalize(self.model.encode_text(tokens).float(), dim=-1)
+
+    # ----------------------------------------------------------------- images
+    @torch.no_grad()
+    def encode_images(
+        self, images: Sequence, transform: Callable, batch_size: int = 256, loader: Callable | None = None
+    ) -> torch.Tensor:
+        """Normalised image features (``N x embed``, fp32, on the engine's device)."""
+        if loader is None:
+            from benchmark.datasets.images import load_image as loader
+        feats = []
+        for start in range(0, len(images), batch_size):
+            batch = torch.stack([transform(loader(p)) for p in images[start : start + batch_size]])
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+                feats.append(self.model.encode_image(batch.to(self.device)).float())
+        if not feats:
+            return torch.zeros(0, self.model.text_projection.shape[-1] if self.model.text_projection is not None else self.width, device=self.device)
+        return F.normalize(torch.cat(feats), dim=-1)
+
+    def logits(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        """``logit_scale * cos``: ``candidates x images x classes`` (or ``images x classes``)."""
+        if text_features.dim() == 2:
+            return self.logit_scale * image_features @ text_features.T
+        return self.logit_scale * torch.einsum("ne,bce->bnc", image_features, text_features)
+
+
+@dataclass
+class TaskData:
+    """Everything a run's black box needs about its data: classes and cached image features."""
+
+    classnames: list[str]
+    template: str
+    features: dict[str, torch.Tensor]  # split -> N x embed, normalised
+    class_subset: list[int] | None = None  # restrict logits to these classes (ImageNet-A/R)
+
+
+class EngineBackend:
+    """Implements :class:`craft.blackbox.Backend` for one task on a local :class:`ClipEngine`."""
+
+    def __init__(self, engine: ClipEngine, task: TaskData) -> None:
+        self.engine = engine
+        self.task = task
+        self.part = engine.class_part(task.classnames)
+
+    def info(self) -> BackendInfo:
+        return BackendInfo(
+            width=self.engine.width,
+            max_ctx=self.engine.max_ctx(self.part),
+            n_classes=len(self.task.classnames),
+            split_sizes={k: int(v.shape[0]) for k, v in self.task.features.items()},
+        )
+
+    def embed_words(self, text: str) -> torch.Tensor:
+        return self.engine.embed_words(text)
+
+    def _images(self, split: str, indices: torch.Tensor | None) -> torch.Tensor:
+        feats = self.task.features[split]
+        return feats if indices is None else feats[indices.to(feats.device)]
+
+    def logits(self, contexts: torch.Tensor, split: str, indices: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+        text = self.engine.text_features(contexts, self.part)
+        return self.engine.logits(self._images(split, indices), text).cpu(), 0
+
+    def template_logits(self, template: str, split: str) -> tuple[torch.Tensor, int]:
+        text = self.engine.template_features(template, self.task.classnames)
+        return self.engine.logits(self._images(split, None), text).cpu(), 0

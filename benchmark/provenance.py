@@ -1,0 +1,36 @@
+"""Where a result came from: the code version and the versions of the packages that matter."""
+
+from __future__ import annotations
+
+import subprocess
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+
+PACKAGES = ("craft-bench", "torch", "open_clip_torch", "ray", "cma", "optuna", "pyarrow", "numpy")
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """``git describe`` of the checkout (``-dirty`` when modified), else the package version."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--abbrev=12"],
+            cwd=here, capture_output=True, text=True, timeout=10, check=True,
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return _version("craft-bench") or "unknown"
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+@lru_cache(maxsize=1)
+def package_versions() -> dict[str, str]:
+    return {name: v for name in PACKAGES if (v := _version(name))}

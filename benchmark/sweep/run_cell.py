@@ -1,0 +1,86 @@
+"""Run one cell against a model server and turn its result into schema rows."""
+
+from __future__ import annotations
+
+import datetime as dt
+import resource
+import socket
+from typing import Any
+
+import torch
+
+from benchmark.provenance import code_version, package_versions
+from benchmark.server import RemoteBackend
+from benchmark.sweep.cell import Cell
+from benchmark.task import TaskSpec
+from craft.blackbox import MeteredBlackBox
+from craft.methods import Task, get_method, make_config
+
+
+def task_spec(cell: Cell, eval_test: bool = True) -> TaskSpec:
+    return TaskSpec(cell.dataset, cell.shots, cell.seed, cell.root, tuple(cell.eval_datasets), eval_test)
+
+
+def run_cell(cell: Cell, server: Any, eval_test: bool = True) -> list[dict[str, Any]]:
+    """Run ``cell`` with ``server`` (Ray actor handle or local ModelServer); one row per eval set."""
+    started = dt.datetime.now(dt.timezone.utc)
+    method = get_method(cell.method)
+    config = make_config(cell.method, cell.hparams)
+    backend = RemoteBackend(server, task_spec(cell, eval_test))
+    prep = backend.prepared
+    box = MeteredBlackBox(backend, cell.budget())
+    labels = {k: torch.as_tensor(v) for k, v in prep["labels"].items()}
+    eval_splits = tuple(s for s in labels if s != "train")
+    task = Task(cell.dataset, prep["classnames"], prep["template"], labels, cell.shots, eval_splits, prep["class_subsets"])
+    result = method.run(box, task, config, cell.seed)
+    server_cost = backend.release()
+    usage = result.usage
+    base = {
+        "cell_id": cell.cell_id,
+        "status": "ok",
+        "method": cell.method,
+        "dataset": cell.dataset,
+        "backbone": cell.backbone,
+        "weights": cell.weights,
+        "shots": cell.shots,
+        "seed": cell.seed,
+        "hparams": result.hparams,
+        "budget": box.budget,
+        "queries": usage["queries"],
+        "unbudgeted_queries": usage["unbudgeted_queries"],
+        "text_sequences": usage["text_sequences"],
+        "images_encoded": usage["images_encoded"] + backend.images_encoded,
+        "model_calls": usage["calls"],
+        "top1_val": result.metrics.get("top1_val"),
+        "learned_params": result.learned_params,
+        "learned_bytes": result.learned_bytes,
+        "wall_s": result.wall_s,
+        "gpu_s": server_cost.get("gpu_s"),
+        "peak_mem_mb": server_cost.get("peak_mem_mb") or _peak_rss_mb(),
+        "trace": result.trace,
+        "code_version": code_version(),
+        "packages": package_versions(),
+        "host": socket.gethostname(),
+        "started_at": started,
+        "finished_at": dt.datetime.now(dt.timezone.utc),
+    }
+    rows = [{**base, "eval_dataset": cell.dataset, "top1_test": result.metrics.get("top1_test")}]
+    for key in cell.eval_datasets:
+        rows.append({**base, "eval_dataset": key, "top1_test": result.metrics.get(f"top1_test:{key}"), "trace": None})
+    return rows
+
+
+def failed_row(cell: Cell, error: str) -> dict[str, Any]:
+    """The row a failed cell leaves, so that ``--rerun-failed`` finds it."""
+    now = dt.datetime.now(dt.timezone.utc)
+    return {
+        "cell_id": cell.cell_id, "status": "failed", "error": error[-4000:], "method": cell.method,
+        "dataset": cell.dataset, "eval_dataset": cell.dataset, "backbone": cell.backbone,
+        "weights": cell.weights, "shots": cell.shots, "seed": cell.seed, "hparams": cell.full_hparams(),
+        "budget": cell.budget(), "code_version": code_version(), "host": socket.gethostname(),
+        "started_at": now, "finished_at": now,
+    }
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

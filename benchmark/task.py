@@ -1,0 +1,128 @@
+"""From (dataset, shots, seed) to what a run needs: image features per split, and labels.
+
+The few-shot training set is encoded once with the official training augmentation (one
+augmented pass, seeded by the run's seed), validation and test with open_clip's own
+preprocessing. Features go through the disk cache, keyed by everything that decides them.
+Evaluation-only datasets (the ImageNet variants) are added as image sets named
+``test:<key>``, scored in the training dataset's label space.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+from benchmark.datasets.check import require_images
+from benchmark.datasets.fewshot import few_shot_splits
+from benchmark.datasets.registry import get_spec, load_dataset
+from benchmark.datasets.transforms import train_transform
+from benchmark.datasets.types import DatasetSplits, Item
+from benchmark.engine import ClipEngine, TaskData
+from benchmark.errors import UserError
+from benchmark.features import FeatureCache
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """The data of one run."""
+
+    dataset: str
+    shots: int
+    seed: int
+    root: str | None = None
+    eval_datasets: tuple[str, ...] = ()
+    eval_test: bool = True  # False during a hyperparameter search: no test image is read
+
+
+@dataclass
+class PreparedTask:
+    """Features stay with the engine; labels and class names go to the method."""
+
+    data: TaskData
+    labels: dict[str, torch.Tensor]
+    class_subsets: dict[str, list[int]] = field(default_factory=dict)
+    images_encoded: int = 0
+
+
+def weights_id(engine: ClipEngine) -> str:
+    """Identifies the weights: the tag, or a checkpoint path with its size and modification time."""
+    w = engine.loaded.weights
+    if os.path.isfile(w):
+        st = os.stat(w)
+        return f"{os.path.abspath(w)}:{st.st_size}:{int(st.st_mtime)}"
+    return w
+
+
+def _items_digest(items: list[Item]) -> str:
+    h = hashlib.sha256()
+    for it in items:
+        h.update(f"{it.path}\t{it.label}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def load_task_splits(spec: TaskSpec) -> tuple[DatasetSplits, list[DatasetSplits]]:
+    """The few-shot dataset and the evaluation-only datasets, checked before any model work."""
+    ds_spec = get_spec(spec.dataset)
+    if ds_spec.test_only:
+        raise UserError(f"dataset {spec.dataset} is test-only; train on {ds_spec.parent} and list it under eval_datasets")
+    full = load_dataset(spec.dataset, spec.root)
+    fs = few_shot_splits(full, spec.shots, spec.seed)
+    splits = ("train", "val", "test") if spec.eval_test else ("train", "val")
+    require_images(fs, splits)
+    extra = []
+    for key in spec.eval_datasets if spec.eval_test else ():
+        e_spec = get_spec(key)
+        if (e_spec.parent or key) != spec.dataset:
+            raise UserError(f"eval dataset {key} is not scored in {spec.dataset}'s label space")
+        ds = load_dataset(key, spec.root)
+        require_images(ds, ("test",))
+        extra.append(ds)
+    return fs, extra
+
+
+def prepare_task(engine: ClipEngine, spec: TaskSpec, cache: FeatureCache | None = None) -> PreparedTask:
+    """Encode (or read from the cache) the images of ``spec`` and collect labels."""
+    fs, extra = load_task_splits(spec)
+    ds_spec = get_spec(spec.dataset)
+    base = {"backbone": engine.loaded.backbone, "weights": weights_id(engine), "dataset": spec.dataset}
+    encoded = 0
+
+    def encode(items: list[Item], ds: DatasetSplits, transform, fields: dict, seed: int | None) -> torch.Tensor:
+        nonlocal encoded
+        paths = [ds.abspath(it) for it in items]
+
+        def compute() -> torch.Tensor:
+            nonlocal encoded
+            encoded += len(paths)
+            if seed is not None:
+                torch.manual_seed(seed)  # the augmented pass is a function of the run's seed
+            return engine.encode_images(paths, transform)
+
+        fields = {**base, **fields, "n": len(items), "items": _items_digest(items)}
+        feats = cache.get_or_compute(fields, compute) if cache is not None else compute()
+        return feats.to(engine.device)
+
+    mean, std = engine.loaded.mean_std
+    aug = ds_spec.train_aug or "rrc_flip"
+    preprocess = engine.loaded.preprocess
+    features = {
+        "train": encode(fs.train, fs, train_transform(aug, engine.loaded.image_size, mean, std),
+                        {"split": "train", "shots": spec.shots, "seed": spec.seed, "aug": aug}, spec.seed),
+        "val": encode(fs.val, fs, preprocess, {"split": "val", "shots": spec.shots, "seed": spec.seed, "aug": "test"}, None),
+    }
+    labels = {s: torch.tensor([it.label for it in fs.split(s)]) for s in ("train", "val")}
+    subsets: dict[str, list[int]] = {}
+    if spec.eval_test:
+        features["test"] = encode(fs.test, fs, preprocess, {"split": "test", "aug": "test"}, None)
+        labels["test"] = torch.tensor([it.label for it in fs.test])
+    for ds in extra:
+        name = f"test:{ds.key}"
+        features[name] = encode(ds.test, ds, preprocess, {"dataset": ds.key, "split": "test", "aug": "test"}, None)
+        labels[name] = torch.tensor([it.label for it in ds.test])
+        if ds.class_subset is not None:
+            subsets[name] = list(ds.class_subset)
+    data = TaskData(classnames=list(fs.classnames), template=fs.template, features=features)
+    return PreparedTask(data, labels, subsets, encoded)

@@ -1,0 +1,29 @@
+"""The methods by name. Each is run as ``METHOD.run(box, task, config, seed)``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from craft.methods.base import Method, RunResult, Task, config_from_dict
+from craft.methods.collaborative import BBT, BBTConfig, CraFT, CraFTConfig
+from craft.methods.zeroshot import ZeroShot, ZeroShotConfig
+
+METHODS: dict[str, Method] = {m.name: m for m in (ZeroShot(), BBT(), CraFT())}
+
+
+def get_method(name: str) -> Method:
+    """The method called ``name``; an unknown name lists the known ones."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; known methods: {', '.join(sorted(METHODS))}")
+    return METHODS[name]
+
+
+def make_config(name: str, hparams: dict[str, Any] | None = None, where: str = "") -> Any:
+    """The config of method ``name`` from a dict, unknown keys rejected."""
+    return config_from_dict(get_method(name).config_cls, hparams, where or f"method {name}")
+
+
+__all__ = [
+    "METHODS", "Method", "RunResult", "Task", "get_method", "make_config",
+    "BBTConfig", "CraFTConfig", "ZeroShotConfig",
+]

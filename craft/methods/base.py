@@ -1,0 +1,116 @@
+"""What every method shares: its task description, config parsing, evaluation and result record."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, TypeVar
+
+import torch
+
+from craft.blackbox import BlackBox
+
+
+@dataclass
+class Task:
+    """What a method knows of its data: class names, template and labels per image set.
+
+    The images themselves stay behind the black box. ``eval_splits`` are the image sets a
+    run reports accuracy on; a hyperparameter search passes ``("val",)`` so that no test
+    image is ever scored.
+    """
+
+    dataset: str
+    classnames: list[str]
+    template: str
+    labels: dict[str, torch.Tensor]
+    shots: int = 16
+    eval_splits: tuple[str, ...] = ("val", "test")
+    # Image sets scored in a label subspace (ImageNet-A/R: 200 of ImageNet's 1000 classes).
+    class_subsets: dict[str, list[int]] = field(default_factory=dict)
+
+
+@dataclass
+class RunResult:
+    """One run: its final metrics (top-1 in %), black-box usage and per-generation trace."""
+
+    method: str
+    hparams: dict[str, Any]
+    metrics: dict[str, float]
+    usage: dict[str, int]
+    trace: list[dict[str, float]] = field(default_factory=list)
+    learned_params: int = 0
+    learned_bytes: int = 0
+    wall_s: float = 0.0
+
+
+C = TypeVar("C")
+
+
+def config_from_dict(cls: type[C], values: dict[str, Any] | None, where: str = "") -> C:
+    """Build a method config dataclass, rejecting unknown keys with the list of known ones."""
+    values = dict(values or {})
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(
+            f"unknown hyperparameter(s) {', '.join(unknown)}{' in ' + where if where else ''}; "
+            f"{cls.__name__} accepts: {', '.join(sorted(names))}"
+        )
+    return cls(**values)  # type: ignore[call-arg]
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 accuracy in percent."""
+    if labels.numel() == 0:
+        return float("nan")
+    return float((logits.argmax(-1) == labels).float().mean().item() * 100.0)
+
+
+def _restrict(logits: torch.Tensor, subset: list[int]) -> torch.Tensor:
+    """Logits with every class outside ``subset`` at -inf: argmax over the subset, in parent labels."""
+    out = torch.full_like(logits, float("-inf"))
+    out[..., subset] = logits[..., subset]
+    return out
+
+
+def evaluate(
+    box: BlackBox,
+    task: Task,
+    contexts: torch.Tensor | None,
+    head: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> dict[str, float]:
+    """Top-1 of a prompt (or of the zero-shot template when ``contexts`` is None) on the eval sets."""
+    out = {}
+    for split in task.eval_splits:
+        if contexts is None:
+            logits = box.template_logits(task.template, split)
+        else:
+            logits = box.logits(contexts, split, budgeted=False)[0]
+        if head is not None:
+            with torch.no_grad():
+                logits = head(logits)
+        if split in task.class_subsets:
+            logits = _restrict(logits, task.class_subsets[split])
+        out[f"top1_{split}"] = accuracy(logits, task.labels[split])
+    return out
+
+
+class Method(Protocol):
+    """A method: a name, a config dataclass and ``run``."""
+
+    name: str
+    config_cls: type
+
+    def run(self, box: BlackBox, task: Task, config: Any, seed: int) -> RunResult: ...
+
+
+class Timer:
+    """Wall-clock seconds since construction."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __call__(self) -> float:
+        return time.perf_counter() - self.start

@@ -1,0 +1,163 @@
+"""CraFT (collaborative fine-tuning) and BBT, faithful to the official CraFT code.
+
+Per CMA-ES generation: ask ``popsize`` candidates ``z``, score each prompt ``p0 + A z`` on
+the whole few-shot training set (``popsize`` queries) with the prediction-consistent
+fitness, tell CMA-ES, set the prompt in use to the mean of ``A z`` over a freshly asked
+population, train the refinement MLP for one epoch on that prompt's logits, evaluate.
+BBT is the same search without the refinement module (fitness: cross-entropy only).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import cma
+import numpy as np
+import torch
+
+from craft.blackbox import BlackBox
+from craft.budget import default_budget
+from craft.losses import prompt_fitness, refinement_loss
+from craft.methods.base import RunResult, Task, Timer, evaluate
+from craft.prompt import PromptGenerator
+from craft.refine import RefinementMLP
+
+
+@dataclass
+class BBTConfig:
+    """Prompt-only CMA-ES search (Black-Box Tuning)."""
+
+    sigma: float = 1.0
+    bound: float = 5.0
+    std: float = 0.2
+    popsize: int = 40
+    intrinsic_dim: int = 512
+    ctx_init: str = "a photo of a"
+    budget: int | None = None  # None: by shots, as the official scripts
+    eval_every: int = 10
+
+
+@dataclass
+class CraFTConfig(BBTConfig):
+    """CraFT: BBT's search plus the refinement module and the prediction-consistent loss.
+
+    ``weight`` is the official single loss weight; ``lambda_i`` (prompt side) and
+    ``lambda_o`` (refinement side) default to it. The refinement KL term is used while
+    ``queries <= budget / n``.
+    """
+
+    weight: float = 0.1
+    lambda_i: float | None = None
+    lambda_o: float | None = None
+    n: int = 4
+    lr: float = 0.001
+    batch_size: int = 256
+    hidden: int = 256
+
+
+def _validate(cfg: BBTConfig) -> None:
+    checks = {
+        "sigma": cfg.sigma > 0,
+        "bound": cfg.bound >= 0,
+        "std": cfg.std > 0,
+        "popsize": cfg.popsize >= 2,
+        "intrinsic_dim": cfg.intrinsic_dim >= 1,
+        "eval_every": cfg.eval_every >= 1,
+    }
+    if isinstance(cfg, CraFTConfig):
+        checks.update(n=cfg.n >= 1, lr=cfg.lr > 0, batch_size=cfg.batch_size >= 1, hidden=cfg.hidden >= 1)
+    bad = [k for k, ok in checks.items() if not ok]
+    if bad:
+        raise ValueError(f"invalid hyperparameter value(s): {', '.join(f'{k}={getattr(cfg, k)!r}' for k in bad)}")
+
+
+def _search(box: BlackBox, task: Task, cfg: BBTConfig, seed: int, refine: bool) -> tuple[dict, list, RefinementMLP | None, torch.Tensor]:
+    _validate(cfg)
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    budget = min(cfg.budget or default_budget(task.shots, task.dataset), box.remaining())
+    p0 = box.embed_words(cfg.ctx_init)
+    prompt = PromptGenerator(p0, cfg.intrinsic_dim, cfg.std, gen)
+    y = task.labels["train"]
+    n_classes = len(task.classnames)
+
+    mlp = opt = None
+    lambda_i = lambda_o = 0.0
+    if refine:
+        assert isinstance(cfg, CraFTConfig)
+        lambda_i = cfg.weight if cfg.lambda_i is None else cfg.lambda_i
+        lambda_o = cfg.weight if cfg.lambda_o is None else cfg.lambda_o
+        mlp = RefinementMLP(n_classes, cfg.hidden)
+        opt = torch.optim.Adam(mlp.parameters(), lr=cfg.lr)
+
+    opts = {"popsize": cfg.popsize, "seed": seed + 1, "verbose": -9, "maxiter": budget // cfg.popsize}
+    if cfg.bound > 0:
+        opts["bounds"] = [-cfg.bound, cfg.bound]
+    es = cma.CMAEvolutionStrategy(np.zeros(cfg.intrinsic_dim), cfg.sigma, opts)
+    generations = budget // cfg.popsize
+    trace: list[dict] = []
+    ctx = prompt(torch.zeros(cfg.intrinsic_dim))
+    metrics: dict[str, float] = {}
+    for g in range(1, generations + 1):
+        solutions = es.ask()
+        logits = box.logits(prompt(torch.as_tensor(np.array(solutions))), "train")
+        with torch.no_grad():
+            refined = mlp(logits) if mlp is not None else logits
+            fitness = prompt_fitness(logits, refined, y, lambda_i)
+        es.tell(solutions, fitness.tolist())
+        ctx = prompt(torch.as_tensor(np.array(es.ask())).mean(0))
+
+        row = {"generation": g, "queries": box.usage.queries, "fitness": float(fitness.min())}
+        if mlp is not None:
+            assert isinstance(cfg, CraFTConfig) and opt is not None
+            train_logits = box.logits(ctx, "train", budgeted=False)[0]
+            kl_weight = lambda_o if box.usage.queries <= budget / cfg.n else 0.0
+            order = torch.randperm(len(y), generator=gen)
+            losses = []
+            mlp.train()
+            for start in range(0, len(y), cfg.batch_size):
+                idx = order[start : start + cfg.batch_size]
+                loss = refinement_loss(mlp(train_logits[idx]), train_logits[idx], y[idx], kl_weight)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                losses.append(loss.item() * len(idx))
+            mlp.eval()
+            row["train_loss"] = sum(losses) / len(y)
+        if g % cfg.eval_every == 0 or g == generations:
+            metrics = evaluate(box, task, ctx, mlp)
+            row.update(metrics)
+        trace.append(row)
+    if generations == 0:
+        metrics = evaluate(box, task, ctx, mlp)
+    return metrics, trace, mlp, ctx
+
+
+class BBT:
+    name = "bbt"
+    config_cls = BBTConfig
+
+    def run(self, box: BlackBox, task: Task, config: BBTConfig, seed: int) -> RunResult:
+        timer = Timer()
+        metrics, trace, _, ctx = _search(box, task, config, seed, refine=False)
+        return RunResult(
+            self.name, asdict(config), metrics, box.usage.as_dict(), trace,
+            learned_params=config.intrinsic_dim, learned_bytes=ctx.numel() * 4, wall_s=timer(),
+        )
+
+
+class CraFT:
+    name = "craft"
+    config_cls = CraFTConfig
+
+    def run(self, box: BlackBox, task: Task, config: CraFTConfig, seed: int) -> RunResult:
+        timer = Timer()
+        metrics, trace, mlp, ctx = _search(box, task, config, seed, refine=True)
+        assert mlp is not None
+        n_params = sum(p.numel() for p in mlp.parameters())
+        return RunResult(
+            self.name, asdict(config), metrics, box.usage.as_dict(), trace,
+            learned_params=n_params + config.intrinsic_dim,
+            learned_bytes=mlp.size_bytes() + ctx.numel() * 4, wall_s=timer(),
+        )

@@ -1,0 +1,30 @@
+"""The prompt generation module: ``ctx = p0 + A z``, with ``z`` searched derivative-free."""
+
+from __future__ import annotations
+
+import torch
+
+
+class PromptGenerator:
+    """Maps a low-dimensional ``z`` to a prompt context ``p0 + A z`` (``n_ctx x width``).
+
+    ``p0`` is the embedding of the initial words ("a photo of a"); ``A`` is a fixed random
+    projection with entries ``N(0, std^2)``, as ``Linear(intrinsic_dim, n_ctx*width, bias=False)``
+    in the official code.
+    """
+
+    def __init__(self, p0: torch.Tensor, intrinsic_dim: int, std: float, generator: torch.Generator) -> None:
+        if p0.dim() != 2:
+            raise ValueError(f"p0 must be n_ctx x width, got shape {tuple(p0.shape)}")
+        self.p0 = p0.float()
+        self.n_ctx, self.width = p0.shape
+        self.intrinsic_dim = int(intrinsic_dim)
+        self.A = torch.randn(self.n_ctx * self.width, self.intrinsic_dim, generator=generator) * float(std)
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        """Contexts for a batch of ``z`` (``pop x intrinsic_dim``) or a single ``z``."""
+        z = torch.as_tensor(z, dtype=torch.float32)
+        single = z.dim() == 1
+        z = z.reshape(-1, self.intrinsic_dim)
+        ctx = self.p0.unsqueeze(0) + (z @ self.A.T).reshape(-1, self.n_ctx, self.width)
+        return ctx[0] if single else ctx

@@ -1,0 +1,21 @@
+"""The prediction refinement module: a residual MLP on the black box's logits."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class RefinementMLP(nn.Module):
+    """``refined = logits + MLP(logits)`` with ``Linear(C, hidden) -> ReLU -> Linear(hidden, C)``."""
+
+    def __init__(self, n_classes: int, hidden: int = 256) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(n_classes, hidden), nn.ReLU(), nn.Linear(hidden, n_classes))
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits + self.net(logits)
+
+    def size_bytes(self) -> int:
+        """Deployable size of the module's parameters (the paper's memory comparison)."""
+        return sum(p.numel() * p.element_size() for p in self.parameters())

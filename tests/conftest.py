@@ -1,0 +1,1 @@
+"""Shared fixtures; tests run from the repository root (``python -m pytest``)."""

@@ -1,0 +1,36 @@
+"""A small fake black box for method tests: logits from a fixed random linear map of the prompt."""
+
+from __future__ import annotations
+
+import torch
+
+from craft.blackbox import BackendInfo
+
+
+class LinearBackend:
+    """Logits ``images @ W(ctx)``: depends on the prompt smoothly, so search can make progress."""
+
+    def __init__(self, n_classes: int = 5, width: int = 8, per_split: int = 20, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.width, self.n_classes = width, n_classes
+        self.proj = torch.randn(width, n_classes, generator=g)
+        self.images = {s: torch.randn(per_split, n_classes, generator=g) for s in ("train", "val", "test")}
+        self.labels = {s: self.images[s].argmax(1) for s in self.images}
+        self.calls: list[tuple[int, str]] = []
+
+    def info(self) -> BackendInfo:
+        return BackendInfo(self.width, 8, self.n_classes, {k: len(v) for k, v in self.images.items()})
+
+    def embed_words(self, text: str) -> torch.Tensor:
+        g = torch.Generator().manual_seed(len(text))
+        return torch.randn(len(text.split()), self.width, generator=g) * 0.1
+
+    def logits(self, contexts, split, indices=None):
+        self.calls.append((contexts.shape[0], split))
+        imgs = self.images[split] if indices is None else self.images[split][indices]
+        w = torch.tanh(contexts.mean(1) @ self.proj)  # cand x classes
+        return 5 * imgs.unsqueeze(0) * w.unsqueeze(1) + imgs.unsqueeze(0), 0
+
+    def template_logits(self, template, split):
+        # A poor hand-written prompt: the classes' scores rolled by one.
+        return self.images[split].roll(1, dims=1), 0

@@ -1,0 +1,87 @@
+"""The open_clip engine: equal to open_clip's own path, EOT gather per prompt, errors that guide."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from benchmark.engine import ClipEngine, EngineBackend, TaskData
+from benchmark.errors import UserError
+from benchmark.models import load_model
+
+NAMES = ["zero", "golden retriever", "a rather long class name of an aircraft"]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return load_model("craft-tiny", "random")
+
+
+@pytest.mark.parametrize("mode", ["fast", "official"])
+def test_logits_equal_open_clip_encode_text_and_encode_image(tiny, mode):
+    engine = ClipEngine(tiny, mode=mode)
+    p0 = engine.embed_words("a photo of a")
+    assert p0.shape == (4, engine.width)
+    ours = engine.text_features(p0.unsqueeze(0), engine.class_part(NAMES))[0]
+    tokens = tiny.tokenizer([f"a photo of a {n}." for n in NAMES])
+    ref = F.normalize(tiny.model.encode_text(tokens), dim=-1)
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5)
+
+    images = torch.randn(5, 3, 32, 32)
+    img = F.normalize(tiny.model.encode_image(images), dim=-1)
+    expected = tiny.model.logit_scale.exp() * img @ ref.T
+    got = engine.logits(img, ours.unsqueeze(0))[0]
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_eot_gather_a_prompt_feature_ignores_longer_prompts_in_its_batch(tiny):
+    engine = ClipEngine(tiny)
+    ctx = torch.randn(3, 4, engine.width) * 0.1
+    alone = engine.text_features(ctx, engine.class_part(["zero"]))
+    mixed = engine.text_features(ctx, engine.class_part(["zero", NAMES[2]]))
+    torch.testing.assert_close(mixed[:, 0], alone[:, 0], rtol=1e-5, atol=1e-6)
+
+
+def test_fast_and_official_paths_agree_on_random_contexts(tiny):
+    ctx = torch.randn(6, 4, 64) * 0.2
+    fast = ClipEngine(tiny, mode="fast", max_sequences=5)  # chunked across calls
+    official = ClipEngine(tiny, mode="official")
+    a = fast.text_features(ctx, fast.class_part(NAMES))
+    b = official.text_features(ctx, official.class_part(NAMES))
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_backend_reports_info_and_refuses_contexts_that_do_not_fit(tiny):
+    engine = ClipEngine(tiny)
+    feats = {"train": F.normalize(torch.randn(4, 64), dim=-1), "test": F.normalize(torch.randn(7, 64), dim=-1)}
+    backend = EngineBackend(engine, TaskData(NAMES, "a photo of a {}.", feats))
+    info = backend.info()
+    assert info.n_classes == 3 and info.split_sizes == {"train": 4, "test": 7}
+    assert info.max_ctx == engine.context_length - 2 - engine.class_part(NAMES).max_len
+    out, _ = backend.logits(torch.zeros(2, 4, 64), "test", torch.tensor([0, 2]))
+    assert out.shape == (2, 2, 3)
+    with pytest.raises(ValueError, match="context tokens do not fit"):
+        backend.logits(torch.zeros(1, info.max_ctx + 1, 64), "test")
+
+
+def test_error_texts_for_unknown_backbone_tag_and_missing_checkpoint(tmp_path):
+    with pytest.raises(UserError, match="unknown backbone 'RN51'; paper backbones: RN50, RN101, ViT-B-32, ViT-B-16"):
+        load_model("RN51", "openai")
+    with pytest.raises(UserError, match="unknown pretrained tag 'opnai' for RN50; known tags: openai"):
+        load_model("RN50", "opnai")
+    missing = tmp_path / "RN50.pt"
+    with pytest.raises(UserError, match=f"checkpoint file not found: {missing}"):
+        load_model("RN50", str(missing))
+    with pytest.raises(UserError, match="weights 'builtin' exist only for backbone 'craft-tiny'"):
+        load_model("RN50", "builtin")
+
+
+def test_pretrained_tag_not_cached_is_a_clear_error_and_downloads_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setattr("benchmark.models._URL_CACHE", tmp_path / "clip")
+    with pytest.raises(UserError, match="with pretrained tag 'openai' are not in the local cache .* downloads are off"):
+        load_model("RN50", "openai", allow_download=False)
+    assert not list(tmp_path.rglob("*.*")), "nothing may be downloaded"

@@ -1,0 +1,67 @@
+"""The methods on a fake black box: budget use, traces, determinism, learning, config errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from craft.blackbox import MeteredBlackBox
+from craft.methods import Task, get_method, make_config
+from tests.fakes import LinearBackend
+
+SMALL = {"popsize": 8, "intrinsic_dim": 16, "budget": 160, "eval_every": 5}
+
+
+def _run(name: str, seed: int = 1, **hp):
+    backend = LinearBackend()
+    box = MeteredBlackBox(backend, 1000)
+    task = Task("fake", [f"c{i}" for i in range(5)], "a photo of a {}.", backend.labels, shots=4)
+    cfg = make_config(name, {**SMALL, **hp} if name != "zero_shot_clip" else {})
+    return get_method(name).run(box, task, cfg, seed), box
+
+
+@pytest.mark.parametrize("name", ["bbt", "craft"])
+def test_search_uses_exactly_its_budget_and_traces_each_generation(name):
+    result, box = _run(name)
+    assert box.usage.queries == 160 == result.usage["queries"]
+    assert len(result.trace) == 160 // 8
+    assert [r["queries"] for r in result.trace] == list(range(8, 161, 8))
+    evaluated = [r for r in result.trace if "top1_test" in r]
+    assert [r["generation"] for r in evaluated] == [5, 10, 15, 20]
+    assert result.metrics["top1_test"] == evaluated[-1]["top1_test"]
+    if name == "craft":
+        assert all("train_loss" in r for r in result.trace)
+        # one unbudgeted query per generation for the refinement epoch, plus 2 per evaluation
+        assert box.usage.unbudgeted_queries == 20 + 2 * 4
+
+
+@pytest.mark.parametrize("name", ["bbt", "craft"])
+def test_same_seed_same_result_different_seed_differs(name):
+    a, _ = _run(name, seed=3)
+    b, _ = _run(name, seed=3)
+    c, _ = _run(name, seed=4)
+    assert a.trace == b.trace and a.metrics == b.metrics
+    assert a.trace != c.trace
+
+
+def test_craft_refinement_learns_on_the_fake_task():
+    zs, _ = _run("zero_shot_clip")
+    craft, _ = _run("craft", budget=400, weight=0.1, lr=0.01)
+    assert craft.trace[-1]["train_loss"] < craft.trace[0]["train_loss"]
+    assert craft.metrics["top1_val"] > zs.metrics["top1_val"]
+
+
+def test_budget_larger_than_box_is_clipped_to_what_is_left():
+    backend = LinearBackend()
+    box = MeteredBlackBox(backend, 100)
+    task = Task("fake", list("abcde"), "{}", backend.labels)
+    get_method("bbt").run(box, task, make_config("bbt", {**SMALL, "budget": 1000}), 1)
+    assert box.usage.queries == 96  # 12 whole generations of 8
+
+
+def test_unknown_method_and_hyperparameter_errors_name_the_valid_ones():
+    with pytest.raises(ValueError, match="unknown method 'crafty'; known methods: bbt, craft, zero_shot_clip"):
+        get_method("crafty")
+    with pytest.raises(ValueError, match=r"unknown hyperparameter\(s\) sigmaa in method craft; CraFTConfig accepts: .*sigma"):
+        make_config("craft", {"sigmaa": 1})
+    with pytest.raises(ValueError, match="invalid hyperparameter value.*sigma=-1"):
+        _run("craft", sigma=-1)
