@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 
@@ -29,8 +30,16 @@ class DatasetSplits:
     # the indices of this dataset's classes among the parent's classes.
     label_space: str | None = None
     class_subset: list[int] | None = None
+    # ImageNet's val split is its test set (CoOp); few-shot val is then drawn from train instead.
+    val_is_test: bool = False
 
     def split(self, name: str) -> list[Item]:
         if name not in ("train", "val", "test"):
             raise KeyError(f"unknown split {name!r}; expected one of train, val, test")
         return getattr(self, name)
+
+    def abspath(self, item: Item) -> str:
+        """The path to open for ``item``: absolute and synthetic paths as they are, others under ``image_root``."""
+        if "://" in item.path or os.path.isabs(item.path):
+            return item.path
+        return os.path.join(self.image_root, item.path)

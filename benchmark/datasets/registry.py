@@ -1,0 +1,141 @@
+"""The datasets as rows of ``registry.csv``, and the one entry point that loads any of them.
+
+Columns: ``layout`` picks the loader (see ``loaders.py``); ``split_file`` is the file that layout
+indexes by (CoOp's split json, FGVC's ``images_variant_{split}.txt``, ImageNet's ``classnames.txt``);
+``image_dir`` is where item paths start, under ``folder``; ``train_aug`` names a kind of
+``transforms.train_transform``; ``role`` is ``train+test`` or ``test``; ``parent`` is the label space a
+test-only variant is scored in; ``suites`` is a space-separated list.
+
+Suites: ``coop11``, ``imagenet_shift``, ``all15`` (their union), ``builtin`` (the generated digits
+suite) and ``paper-shapes`` (synthetic stand-ins for the 15 at their real sizes, keyed
+``paper-shapes/<key>``; see ``synthetic.py``).
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, replace
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+from benchmark.datasets.types import DatasetSplits
+from benchmark.errors import UserError
+
+SUITES = ("coop11", "imagenet_shift", "all15", "builtin", "paper-shapes")
+SYNTHETIC_PREFIX = "paper-shapes/"
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One row of the registry."""
+
+    key: str
+    name: str
+    folder: str
+    layout: str
+    split_file: str
+    image_dir: str
+    classes: int
+    test_images: int
+    template: str
+    train_aug: str | None
+    role: str
+    parent: str | None
+    suites: tuple[str, ...]
+
+    @property
+    def test_only(self) -> bool:
+        return self.role == "test"
+
+
+def _parse_row(row: dict[str, str]) -> DatasetSpec:
+    return DatasetSpec(
+        key=row["key"],
+        name=row["name"],
+        folder=row["folder"],
+        layout=row["layout"],
+        split_file=row["split_file"],
+        image_dir=row["image_dir"],
+        classes=int(row["classes"]),
+        test_images=int(row["test_images"]),
+        template=row["template"],
+        train_aug=row["train_aug"] or None,
+        role=row["role"],
+        parent=row["parent"] or None,
+        suites=tuple(row["suites"].split()),
+    )
+
+
+def _in_all15(spec: DatasetSpec) -> bool:
+    return "coop11" in spec.suites or "imagenet_shift" in spec.suites
+
+
+@lru_cache(maxsize=1)
+def _registry() -> dict[str, DatasetSpec]:
+    text = resources.files("benchmark.datasets").joinpath("registry.csv").read_text(encoding="utf-8")
+    specs = [_parse_row(row) for row in csv.DictReader(text.splitlines())]
+    synthetic = [
+        replace(s, key=SYNTHETIC_PREFIX + s.key, layout="synthetic",
+                parent=s.parent and SYNTHETIC_PREFIX + s.parent, suites=("paper-shapes",))
+        for s in specs
+        if _in_all15(s)
+    ]
+    return {s.key: s for s in specs + synthetic}
+
+
+def list_datasets(suite: str | None = None) -> list[DatasetSpec]:
+    """The registry's datasets in file order: every real and built-in one, or those of ``suite``."""
+    specs = list(_registry().values())
+    if suite is None:
+        return [s for s in specs if s.layout != "synthetic"]
+    if suite not in SUITES:
+        raise UserError(f"unknown suite {suite!r}; valid suites: {', '.join(SUITES)}")
+    if suite == "all15":
+        return [s for s in specs if _in_all15(s)]
+    return [s for s in specs if suite in s.suites]
+
+
+def get_spec(key: str) -> DatasetSpec:
+    """The registry row for ``key``; an unknown key is a UserError that lists the valid ones."""
+    try:
+        return _registry()[key]
+    except KeyError:
+        valid = ", ".join(s.key for s in list_datasets())
+        raise UserError(
+            f"unknown dataset {key!r}; valid keys: {valid} (and paper-shapes/<key> for each of the 15)"
+        ) from None
+
+
+def load_dataset(key: str, root: str | Path | None) -> DatasetSplits:
+    """Load every split of ``key`` from ``root`` (the folder holding CoOp's dataset folders).
+
+    ``root`` may be None for the synthetic paper-shapes suite and for the built-in suite, which is
+    then generated into its cache on first use.
+    """
+    spec = get_spec(key)
+    if spec.layout == "synthetic":
+        from benchmark.datasets.synthetic import load_synthetic
+
+        return load_synthetic(spec, _registry()[spec.parent] if spec.parent else None)
+    if root is None:
+        root = _default_root(spec)
+    from benchmark.datasets.loaders import load_layout
+
+    ds = load_layout(spec, Path(root))
+    if spec.parent:
+        ds.label_space = spec.parent
+        if spec.classes < get_spec(spec.parent).classes:
+            ds.class_subset = sorted({item.label for item in ds.test})
+    return ds
+
+
+def _default_root(spec: DatasetSpec) -> Path:
+    if "builtin" not in spec.suites:
+        raise UserError(
+            f"dataset {spec.key} needs a data root: pass --root DIR, the folder that holds {spec.folder}/ "
+            "(CoOp's DATASETS.md describes the download)"
+        )
+    from benchmark.builtin_suite import ensure_builtin_suite
+
+    return Path(ensure_builtin_suite())

@@ -1,0 +1,86 @@
+"""``craft datasets check`` reports every dataset of a data root and names each problem."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from benchmark.cli import main
+from benchmark.datasets.registry import list_datasets
+from dataset_trees import build_tree
+
+ALL15 = [s.key for s in list_datasets("all15")]
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    build_tree(root)
+    return root
+
+
+@pytest.fixture
+def root(pristine, tmp_path) -> Path:
+    shutil.copytree(pristine, tmp_path / "data")
+    return tmp_path / "data"
+
+
+def check(capsys, *args: str) -> tuple[int, str]:
+    code = main(["datasets", "check", *args])
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+def test_all_15_present_and_ok(pristine, capsys):
+    code, out = check(capsys, "--root", str(pristine), "--verify-images", "all")
+    assert code == 0, out
+    assert "15 of 15 datasets ok" in out
+    for key in ALL15:
+        assert any(line.startswith(f"{key} ") and "  ok  " in line for line in out.splitlines()), key
+    assert "val = test" in out  # ImageNet
+    assert "note: 3 classes and 6 test images where the full dataset has 100 and 2465" in out
+
+
+def test_removed_image_is_named(root, capsys):
+    gone = root / "oxford_pets" / "images" / "c1" / "test_1_0.jpg"
+    gone.unlink()
+    code, out = check(capsys, "--root", str(root))
+    assert code == 1
+    assert f"problem: 1 listed images are missing: {gone}" in out
+    assert "14 of 15 datasets ok; not ok: oxford_pets" in out
+
+
+def test_broken_json_row_is_named(root, capsys):
+    path = root / "food-101" / "split_zhou_Food101.json"
+    split = json.loads(path.read_text())
+    split["train"][5] = ["c1/train_1_1.jpg", 1]
+    path.write_text(json.dumps(split))
+    code, out = check(capsys, "--root", str(root), "food101", "dtd")
+    assert code == 1
+    assert f"split file {path}: train[5] should be [image path, label, class name]" in out
+    assert "1 of 2 datasets ok; not ok: food101" in out
+
+
+def test_unreadable_image_is_named(root, capsys):
+    bad = root / "imagenet-sketch" / "images" / "n01440764" / "n01440764_0.JPEG"
+    bad.write_bytes(b"not an image")
+    code, out = check(capsys, "--root", str(root), "imagenet_sketch")
+    assert code == 1 and f"images cannot be read: image {bad} cannot be read" in out
+
+
+def test_absent_dataset_says_where_and_how(root, capsys):
+    shutil.rmtree(root / "ucf101")
+    code, out = check(capsys, "--root", str(root), "ucf101", "eurosat")
+    assert code == 1
+    assert "ucf101   MISSING\n" in out and f"expected its folder at {root / 'ucf101'}" in out
+    assert "DATASETS.md" in out
+
+
+def test_bad_input_exits_2_before_work(tmp_path, capsys):
+    code, out = check(capsys, "--root", str(tmp_path / "nope"))
+    assert code == 2 and f"data root {tmp_path / 'nope'} does not exist" in out
+    code, out = check(capsys, "--root", str(tmp_path), "caltech")
+    assert code == 2 and "unknown dataset 'caltech'; valid keys: imagenet, caltech101" in out

@@ -1,0 +1,86 @@
+"""The feature cache: stable keys, hits without recompute, safetensors on disk, safe concurrent fills."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import time
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from benchmark.features import FeatureCache, default_cache_root
+
+FIELDS = {"backbone": "RN50", "weights": "openai", "dataset": "dtd", "split": "train", "seed": 1,
+          "shots": 16, "aug_pass": 0, "images": 752}
+
+
+def features() -> torch.Tensor:
+    return torch.arange(12, dtype=torch.float32).reshape(3, 4) / 7
+
+
+def test_key_is_stable_and_depends_on_every_field():
+    key = FeatureCache.key(**FIELDS)
+    assert key == FeatureCache.key(**dict(reversed(FIELDS.items()))) and len(key) == 64
+    assert len({FeatureCache.key(**{**FIELDS, name: "other"}) for name in FIELDS} | {key}) == len(FIELDS) + 1
+
+
+def test_hit_returns_the_same_tensor_without_computing(tmp_path):
+    cache, calls = FeatureCache(tmp_path), []
+    first = cache.get_or_compute(FIELDS, lambda: calls.append(1) or features())
+    again = cache.get_or_compute(FIELDS, lambda: calls.append(1) or features())
+    assert calls == [1] and torch.equal(first, features()) and torch.equal(again, features())
+    assert again.dtype == torch.float32 and cache.get({**FIELDS, "seed": 2}) is None
+
+
+def test_entry_is_safetensors_with_a_json_sidecar(tmp_path):
+    cache = FeatureCache(tmp_path)
+    cache.get_or_compute(FIELDS, features)
+    path = cache.path(FIELDS)
+    raw = path.read_bytes()
+    assert not raw.startswith((b"\x80", b"PK"))  # neither a pickle nor torch.save's zip
+    header_len = int.from_bytes(raw[:8], "little")
+    assert set(json.loads(raw[8 : 8 + header_len])) == {"features", "__metadata__"}
+    with safe_open(path, "pt") as f:
+        assert torch.equal(f.get_tensor("features"), features())
+    assert json.loads(path.with_suffix(".json").read_text()) == FIELDS
+
+
+def test_unreadable_entry_is_recomputed(tmp_path):
+    cache = FeatureCache(tmp_path)
+    tmp_path.mkdir(exist_ok=True)
+    cache.path(FIELDS).write_bytes(b"garbage")
+    assert torch.equal(cache.get_or_compute(FIELDS, features), features())
+    assert cache.get(FIELDS) is not None
+
+
+def _fill(root: str, barrier, results) -> None:
+    def slow() -> torch.Tensor:
+        time.sleep(0.2)
+        return features()
+
+    barrier.wait()
+    results.put(FeatureCache(Path(root)).get_or_compute(FIELDS, slow).tolist())
+
+
+def test_two_processes_filling_at_once(tmp_path):
+    ctx = multiprocessing.get_context("fork")  # fast start; the children run no parallel torch op
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_fill, args=(str(tmp_path), barrier, results)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    got = [results.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    assert got[0] == got[1] == features().tolist()
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".json", ".safetensors"]  # no temp files left
+    assert torch.equal(FeatureCache(tmp_path).get(FIELDS), features())
+
+
+def test_default_root(monkeypatch, tmp_path):
+    monkeypatch.setenv("CRAFT_BENCH_CACHE", str(tmp_path))
+    assert default_cache_root() == tmp_path / "features"
+    monkeypatch.delenv("CRAFT_BENCH_CACHE")
+    assert default_cache_root() == Path.home() / ".cache" / "craft-bench" / "features"
