@@ -1,0 +1,47 @@
+"""``craft plot``: render result figures (accuracy versus shots or queries, Optuna studies) as PNG files."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from benchmark.errors import UserError
+from benchmark.report.plots import KINDS
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("results", nargs="?", help="results folder or Parquet file (for shots and queries)")
+    parser.add_argument("--kind", choices=KINDS, required=True, help="which figure")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder to write the PNG files in")
+    parser.add_argument("--backbone", help="only this backbone")
+    parser.add_argument("--shots", type=int, nargs="+", metavar="K", help="only these shots (queries)")
+    parser.add_argument("--datasets", nargs="+", metavar="NAME", help="dataset keys or suite names")
+    parser.add_argument("--storage", help="Optuna storage (optuna): a JournalFileStorage path or an RDB URL")
+
+
+def run(args: argparse.Namespace) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from benchmark.report import plots
+
+    if args.kind == "optuna":
+        if not args.storage:
+            raise UserError("--kind optuna needs --storage (a JournalFileStorage path or an RDB URL)")
+        written = plots.plot_optuna(args.storage, args.out, on_skip=lambda m: print(f"skipped: {m}", file=sys.stderr))
+    else:
+        if not args.results:
+            raise UserError(f"--kind {args.kind} needs a results folder (RESULTS)")
+        from benchmark.report.load import load_results
+
+        df = load_results(args.results)
+        if args.kind == "shots":
+            if args.shots:
+                raise UserError("--shots applies to --kind queries; the shots figure shows every shots value")
+            written = plots.plot_shots(df, args.out, datasets=args.datasets, backbone=args.backbone)
+        else:
+            written = plots.plot_queries(df, args.out, datasets=args.datasets, backbone=args.backbone, shots=args.shots)
+    for path in written:
+        print(path)
+    return 0

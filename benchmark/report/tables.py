@@ -1,0 +1,372 @@
+"""The paper's tables as a table model, built by pure functions from a results DataFrame.
+
+A :class:`Table` holds cells, not text: ``render.py`` turns it into Markdown, LaTeX or CSV.
+A cell without data is ``Cell(None)`` (a dash) and is named in ``Table.missing``; an average
+over datasets is a dash as soon as one of its datasets is missing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from benchmark.datasets.registry import list_datasets
+from benchmark.errors import UserError
+from benchmark.report.aggregate import (
+    average_over,
+    describe_run,
+    fewshot_rows,
+    prepare,
+    seed_stats,
+    select_datasets,
+    sorted_backbones,
+)
+from benchmark.report.labels import WHITE_BOX, backbone_key, dataset_key, dataset_label, method_key, method_label
+from benchmark.report.published import PUBLISHED_SOURCE, published_results
+
+KINDS = ("few-shot", "shift", "vs-paper", "cost")
+SHIFT_SOURCE = "imagenet"
+COL = "{col}"  # placeholder for the column's key in a row's name, for the missing list
+
+
+@dataclass(frozen=True)
+class Column:
+    """A column: ``key`` names it in CSV, ``label`` in Markdown and LaTeX; ``fmt`` formats its numbers."""
+
+    key: str
+    label: str
+    numeric: bool = True
+    fmt: str = ".2f"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """A value (None: missing), its std over seeds, whether it is the best of its block; ``label`` displays a key."""
+
+    value: float | int | str | None = None
+    std: float | None = None
+    bold: bool = False
+    label: str | None = None
+
+
+@dataclass
+class Table:
+    """Rows of cells under columns; ``breaks`` are row indices that start a new block (a rule in LaTeX)."""
+
+    title: str
+    columns: list[Column]
+    rows: list[list[Cell]]
+    breaks: list[int] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def find(self, **keys: object) -> dict[str, Cell]:
+        """The one row whose key cells hold ``keys`` (e.g. ``method="craft", shots=16``), by column key."""
+        found = [
+            dict(zip((c.key for c in self.columns), row))
+            for row in self.rows
+            if all(cell.value == keys[c.key] for c, cell in zip(self.columns, row) if c.key in keys)
+        ]
+        if len(found) != 1:
+            raise KeyError(f"{len(found)} rows match {keys}")
+        return found[0]
+
+
+@dataclass
+class _Row:
+    keys: list[Cell]
+    values: dict[str, tuple[float, float]]  # column key -> (mean, std)
+    name: str  # how a missing cell of this row is listed; COL stands for the column's key
+
+
+def build_table(
+    df: pd.DataFrame,
+    kind: str,
+    *,
+    backbone: str | None = None,
+    shots: Sequence[int] | None = None,
+    datasets: Sequence[str] | None = None,
+    source: str | None = None,
+) -> Table:
+    """Table ``kind`` (one of :data:`KINDS`) from results rows; ``source`` is named under it."""
+    if kind not in KINDS:
+        raise UserError(f"unknown table kind {kind!r}; kinds: {', '.join(KINDS)}")
+    df = prepare(df, backbone=backbone, shots=shots)
+    if kind == "few-shot":
+        table = few_shot_table(df, datasets)
+    elif kind == "shift":
+        table = shift_table(df)
+    elif kind == "vs-paper":
+        table = vs_paper_table(df, published_results(), datasets)
+    else:
+        table = cost_table(df, datasets)
+    if source:
+        table.notes.append(source)
+    return table
+
+
+def few_shot_table(df: pd.DataFrame, datasets: Sequence[str] | None = None) -> Table:
+    """Methods x datasets plus Average, one block per (backbone, shots); zero-shot once, at shots 0."""
+    rows = fewshot_rows(df)
+    cols = select_datasets(rows["dataset"].unique(), datasets)
+    rows = rows[rows["dataset"].isin(cols)]
+    if rows.empty:
+        raise UserError(f"no few-shot results (rows with eval_dataset == dataset) on {', '.join(cols)}")
+    keys = ["backbone", "method", "shots"]
+    stats = _lookup(seed_stats(rows, [*keys, "dataset"]))
+    avg = _lookup(average_over(rows, keys, cols, "dataset"), ("mean", "std"))
+    backbones = sorted_backbones(rows)
+    multi = len(backbones) > 1
+    blocks, fewer = [], []
+    for b in backbones:
+        combos = rows.loc[rows["backbone"] == b, ["shots", "method"]].drop_duplicates()
+        for k in sorted(combos["shots"].unique()):
+            block = []
+            for m in sorted(combos.loc[combos["shots"] == k, "method"], key=method_key):
+                values = {d: stats[(b, m, k, d)][:2] for d in cols if (b, m, k, d) in stats}
+                if (b, m, k) in avg:
+                    values["average"] = avg[(b, m, k)]
+                name = describe_run(m, COL, k, b if multi else None)
+                fewer += _fewer_seeds(name, {d: stats[(b, m, k, d)][2] for d in cols if (b, m, k, d) in stats})
+                block.append(_Row(([Cell(b)] if multi else []) + [Cell(int(k)), _method_cell(m)], values, name))
+            blocks.append(block)
+    key_columns = ([Column("backbone", "Backbone", False)] if multi else []) + [
+        Column("shots", "Shots", False),
+        Column("method", "Method", False),
+    ]
+    value_columns = [Column(d, dataset_label(d)) for d in cols] + [Column("average", "Average")]
+    where = f" on {backbones[0]}" if not multi else ""
+    title = (
+        f"Few-shot top-1 accuracy (%){where}{_OVER_SEEDS if _has_std(stats) else ''}; "
+        f"Average over the {len(cols)} datasets; bold: best per column at equal shots"
+    )
+    return _assemble(
+        title, key_columns, value_columns, blocks, bold=True, listed=set(cols), notes=_seeds_note(fewer)
+    )
+
+
+def shift_table(df: pd.DataFrame) -> Table:
+    """Trained on ImageNet, evaluated on it and its variants, with the average over the variants; per backbone."""
+    targets = [s.key for s in list_datasets("imagenet_shift")]
+    variants = [t for t in targets if t != SHIFT_SOURCE]
+    rows = df[(df["dataset"] == SHIFT_SOURCE) & df["eval_dataset"].isin(targets) & df["top1_test"].notna()]
+    if rows.empty:
+        raise UserError(
+            f"no distribution-shift results: rows trained on imagenet and evaluated on {', '.join(targets)}"
+        )
+    keys = ["backbone", "method", "shots"]
+    stats = _lookup(seed_stats(rows, [*keys, "eval_dataset"]))
+    avg = _lookup(average_over(rows, keys, variants, "eval_dataset"), ("mean", "std"))
+    show_shots = rows.loc[rows["shots"] > 0, "shots"].nunique() > 1
+    blocks, fewer = [], []
+    for b in sorted_backbones(rows):
+        combos = rows.loc[rows["backbone"] == b, ["method", "shots"]].drop_duplicates()
+        block = []
+        for m, k in sorted(combos.itertuples(index=False), key=lambda mk: (method_key(mk[0]), mk[1])):
+            values = {t: stats[(b, m, k, t)][:2] for t in targets if (b, m, k, t) in stats}
+            if (b, m, k) in avg:
+                values["average"] = avg[(b, m, k)]
+            name = describe_run(m, COL, k, b)
+            fewer += _fewer_seeds(name, {t: stats[(b, m, k, t)][2] for t in targets if (b, m, k, t) in stats})
+            block.append(_Row([Cell(b), _method_cell(m)] + ([Cell(int(k))] if show_shots else []), values, name))
+        blocks.append(block)
+    key_columns = [Column("backbone", "Backbone", False), Column("method", "Method", False)]
+    key_columns += [Column("shots", "Shots", False)] if show_shots else []
+    value_columns = [Column(t, dataset_label(t)) for t in targets] + [Column("average", "Average")]
+    title = (
+        f"Distribution shift: top-1 accuracy (%) trained on ImageNet{_OVER_SEEDS if _has_std(stats) else ''}; "
+        f"Average over the {len(variants)} variants; bold: best per column and backbone"
+    )
+    return _assemble(
+        title, key_columns, value_columns, blocks, bold=True, listed=set(targets), notes=_seeds_note(fewer)
+    )
+
+
+def vs_paper_table(df: pd.DataFrame, published: pd.DataFrame, datasets: Sequence[str] | None = None) -> Table:
+    """Ours beside the published number and the difference, per backbone, method, shots and dataset.
+
+    Each (backbone, method, shots) of ours lists every dataset that it or the paper has; for ImageNet
+    itself the few-shot table's number is used where the shift table has one too.
+    """
+    ours = df[df["top1_test"].notna()]
+    pub = published.sort_values("table", key=lambda t: t != "few_shot", kind="stable")
+    pub = pub.drop_duplicates(["method", "backbone", "dataset", "eval_dataset", "shots"])
+    if datasets:
+        wanted = select_datasets(ours["eval_dataset"].unique(), datasets)
+        ours, pub = ours[ours["eval_dataset"].isin(wanted)], pub[pub["eval_dataset"].isin(wanted)]
+        if ours.empty:
+            raise UserError(f"no results on {', '.join(wanted)}")
+    group = ["backbone", "method", "shots"]
+    stats = _lookup(seed_stats(ours, [*group, "dataset", "eval_dataset"]))
+    paper = _lookup(pub[[*group, "dataset", "eval_dataset", "top1_test"]], ("top1_test",))
+    blocks = []
+    for b, m, k in sorted(
+        ours[group].drop_duplicates().itertuples(index=False),
+        key=lambda g: (backbone_key(g[0]), method_key(g[1]), g[2]),
+    ):
+        pairs = {key[3:] for key in stats if key[:3] == (b, m, k)} | {key[3:] for key in paper if key[:3] == (b, m, k)}
+        block = []
+        for d, e in sorted(pairs, key=lambda p: (dataset_key(p[1]), dataset_key(p[0]))):
+            values = {}
+            if (b, m, k, d, e) in stats:
+                mean, std, n = stats[(b, m, k, d, e)]
+                values |= {"ours": (mean, std), "seeds": (n, math.nan)}
+            if (b, m, k, d, e) in paper:
+                values["paper"] = (paper[(b, m, k, d, e)][0], math.nan)
+            if "ours" in values and "paper" in values:
+                values["delta"] = (values["ours"][0] - values["paper"][0], math.nan)
+            name = describe_run(m, e, k, b)
+            block.append(_Row([Cell(b), _method_cell(m), Cell(int(k)), Cell(e, label=dataset_label(e))], values, name))
+        blocks.append(block)
+    key_columns = [
+        Column("backbone", "Backbone", False),
+        Column("method", "Method", False),
+        Column("shots", "Shots", False),
+        Column("eval_dataset", "Dataset", False),
+    ]
+    value_columns = [
+        Column("ours", "Ours"),
+        Column("seeds", "Seeds", fmt=".0f"),
+        Column("paper", "Paper"),
+        Column("delta", "Δ", fmt="+.2f"),
+    ]
+    notes = [
+        "Δ: ours minus the paper; Paper is a dash where the paper reports no number; "
+        "ImageNet variants: trained on ImageNet",
+        PUBLISHED_SOURCE,
+    ]
+    title = "Ours beside the published numbers: top-1 accuracy (%), ours as mean ± std over seeds"
+    return _assemble(title, key_columns, value_columns, blocks, bold=False, listed={"ours"}, notes=notes)
+
+
+COST_METRICS = [
+    Column("queries", "Queries", fmt=".0f"),
+    Column("text_sequences", "Text seqs", fmt=".0f"),
+    Column("images_encoded", "Images enc.", fmt=".0f"),
+    Column("model_calls", "Model calls", fmt=".0f"),
+    Column("wall_s", "Wall (s)", fmt=".1f"),
+    Column("gpu_s", "GPU (s)", fmt=".1f"),
+    Column("peak_mem_mb", "Peak mem (MB)", fmt=".0f"),
+    Column("learned_params", "Learned params", fmt=".0f"),
+    Column("learned_bytes", "Learned bytes", fmt=".0f"),
+]
+RATIO_COLUMNS = [
+    Column("mem_vs_white_box", "Mem / CoOp", fmt=".3g"),
+    Column("learned_vs_white_box", "Learned / CoOp mem", fmt=".3g"),
+]
+
+
+def cost_table(df: pd.DataFrame, datasets: Sequence[str] | None = None) -> Table:
+    """Per method, means over runs: queries, model calls, time, memory and the size of what it learned.
+
+    With a CoOp row on the same backbone, two ratios make the paper's "1/80 of the memory" checkable:
+    peak memory over CoOp's training peak memory, and learned bytes over that same memory.
+    """
+    if datasets:
+        df = df[df["dataset"].isin(select_datasets(df["dataset"].unique(), datasets))]
+    runs = pd.concat([df[df["cell_id"].isna()], df[df["cell_id"].notna()].drop_duplicates("cell_id")])
+    if runs.empty:
+        raise UserError("no runs to report costs for")
+    backbones = sorted_backbones(runs)
+    multi = len(backbones) > 1
+    with_ratio = (runs["method"] == WHITE_BOX).any()
+    blocks = []
+    for b in backbones:
+        per_method = runs[runs["backbone"] == b].groupby("method")
+        means = per_method[[c.key for c in COST_METRICS]].mean()
+        counts = per_method.size()
+        white_mem = means.loc[WHITE_BOX, "peak_mem_mb"] if WHITE_BOX in means.index else math.nan
+        block = []
+        for m in sorted(means.index, key=method_key):
+            values = {
+                c.key: (float(means.loc[m, c.key]), math.nan) for c in COST_METRICS if pd.notna(means.loc[m, c.key])
+            }
+            values["runs"] = (float(counts[m]), math.nan)
+            if with_ratio and pd.notna(white_mem) and white_mem > 0:
+                for col, num in (("mem_vs_white_box", "peak_mem_mb"), ("learned_vs_white_box", "learned_bytes")):
+                    if num in values:
+                        scale = 2**20 if num == "learned_bytes" else 1
+                        values[col] = (values[num][0] / (white_mem * scale), math.nan)
+            name = f"{b + '/' if multi else ''}{m}/{COL}"
+            block.append(_Row(([Cell(b)] if multi else []) + [_method_cell(m)], values, name))
+        blocks.append(block)
+    key_columns = ([Column("backbone", "Backbone", False)] if multi else []) + [Column("method", "Method", False)]
+    value_columns = [Column("runs", "Runs", fmt=".0f"), *COST_METRICS, *(RATIO_COLUMNS if with_ratio else [])]
+    notes = (
+        ["Mem / CoOp: peak memory over CoOp's (its training) on the same backbone; Learned / CoOp mem: learned "
+         "bytes over that memory; the paper claims about 1/80 (0.0125)"]
+        if with_ratio
+        else []
+    )
+    title = "Cost per run (means over runs; one run per cell)"
+    listed = {c.key for c in COST_METRICS}
+    return _assemble(title, key_columns, value_columns, blocks, bold=False, listed=listed, notes=notes)
+
+
+def _lookup(frame: pd.DataFrame, values: Sequence[str] = ("mean", "std", "n")) -> dict[tuple, tuple[float, ...]]:
+    """Rows of ``frame`` as {its other columns: its ``values`` columns}."""
+    keys = [c for c in frame.columns if c not in values]
+    rows = zip(frame[keys].itertuples(index=False, name=None), frame[list(values)].itertuples(index=False, name=None))
+    return {tuple(k): tuple(float(v) for v in vals) for k, vals in rows}
+
+
+_OVER_SEEDS = ", mean ± std over seeds"
+
+
+def _has_std(stats: dict[tuple, tuple[float, ...]]) -> bool:
+    return any(not math.isnan(v[1]) for v in stats.values())
+
+
+def _method_cell(method: str) -> Cell:
+    return Cell(method, label=method_label(method))
+
+
+def _fewer_seeds(name: str, counts: dict[str, float]) -> list[str]:
+    """Cells of a row measured over fewer seeds than the row's others: ``craft/dtd/1-shot (2 of 3)``."""
+    most = max(counts.values(), default=0)
+    return [f"{name.replace(COL, col)} ({n:.0f} of {most:.0f})" for col, n in counts.items() if n < most]
+
+
+def _seeds_note(fewer: list[str]) -> list[str]:
+    return [f"fewer seeds: {', '.join(fewer)}"] if fewer else []
+
+
+def _assemble(
+    title: str,
+    key_columns: list[Column],
+    value_columns: list[Column],
+    blocks: list[list[_Row]],
+    *,
+    bold: bool,
+    listed: set[str],
+    notes: list[str],
+) -> Table:
+    """Cells from rows: a dash where a value is absent, bold on the best of each column in a block.
+
+    A dash in a ``listed`` column is also named in ``Table.missing``.
+    """
+    table = Table(title, key_columns + value_columns, [], notes=list(notes))
+    for block in blocks:
+        if table.rows:
+            table.breaks.append(len(table.rows))
+        best = {}
+        for c in value_columns if bold else []:
+            shown = [float(format(r.values[c.key][0], c.fmt)) for r in block if c.key in r.values]
+            if len(shown) >= 2:
+                best[c.key] = max(shown)
+        for r in block:
+            cells = list(r.keys)
+            for c in value_columns:
+                if c.key not in r.values:
+                    cells.append(Cell(None))
+                    if c.key in listed:
+                        table.missing.append(r.name.replace(COL, c.key))
+                    continue
+                mean, std = r.values[c.key]
+                is_best = c.key in best and float(format(mean, c.fmt)) == best[c.key]
+                cells.append(Cell(mean, None if math.isnan(std) else std, is_best))
+            table.rows.append(cells)
+    return table

@@ -1,0 +1,50 @@
+"""``craft table``: render a results table (few-shot, shift, vs-paper, cost) as Markdown, LaTeX or CSV."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from benchmark.errors import UserError
+from benchmark.report.published import PUBLISHED_SOURCE, PUBLISHED_TABLES, published_results
+from benchmark.report.render import FORMATS, render_table
+from benchmark.report.tables import KINDS
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("results", nargs="?", help="results folder or Parquet file (local path or pyarrow URI)")
+    parser.add_argument("--kind", choices=KINDS, default="few-shot", help="which table (default: few-shot)")
+    parser.add_argument("--format", choices=FORMATS, default="md", dest="fmt", help="output format (default: md)")
+    parser.add_argument("--backbone", help="only this backbone (e.g. RN50, ViT-B-16)")
+    parser.add_argument("--shots", type=int, nargs="+", metavar="K", help="only these shots (zero-shot rows stay)")
+    parser.add_argument(
+        "--datasets", nargs="+", metavar="NAME", help="dataset keys or suite names (e.g. coop11, builtin)"
+    )
+    parser.add_argument(
+        "--published", action="store_true", help="the few-shot or shift table from the published numbers alone"
+    )
+    parser.add_argument("--out", type=Path, metavar="FILE", help="write the table to FILE instead of standard output")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.published:
+        if args.results:
+            raise UserError("pass RESULTS or --published, not both")
+        if args.kind not in PUBLISHED_TABLES:
+            raise UserError(f"--published renders only the {' and '.join(PUBLISHED_TABLES)} tables")
+        df, source = published_results(args.kind), PUBLISHED_SOURCE
+    elif args.results:
+        from benchmark.report.load import load_results
+
+        df, source = load_results(args.results), None
+    else:
+        raise UserError("pass a results folder (RESULTS), or --published for the paper's numbers")
+    text = render_table(
+        df, args.kind, args.fmt, backbone=args.backbone, shots=args.shots, datasets=args.datasets, source=source
+    )
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text, encoding="utf-8")
+    else:
+        print(text, end="")
+    return 0
