@@ -32,7 +32,8 @@ def demo_cells(datasets: list[str] | None, methods: list[str], shots: int, seeds
 
 
 def run(args: argparse.Namespace) -> int:
-    from benchmark.report.summary import markdown_summary
+    from benchmark.report.load import load_results
+    from benchmark.report.render import render_table
     from benchmark.sweep.runner import run_sweep
 
     cells = demo_cells(args.datasets, args.methods, args.shots, args.seeds)
@@ -45,5 +46,7 @@ def run(args: argparse.Namespace) -> int:
     )
     for line in summary.failures:
         print(f"failed: {line}")
-    print(markdown_summary(args.out, {c.cell_id for c in cells}))
+    df = load_results(args.out)
+    df = df[df["cell_id"].isin({c.cell_id for c in cells})]
+    print(render_table(df, "few-shot", "md", datasets=[c.dataset for c in cells]))
     return 1 if summary.failed else 0

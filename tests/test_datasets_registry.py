@@ -57,7 +57,7 @@ def test_builtin_rows():
         ("digits_shift", "digits-shift", "split_zhou_DigitsShift.json"),
     ]
     assert {(s.layout, s.classes, s.template, s.train_aug) for s in specs} == {
-        ("coop_json", 10, "a photo of the digit {}.", "rrc")
+        ("coop_json", 10, "a photo of the digit {}.", "none")
     }
 
 
@@ -118,13 +118,15 @@ def test_load_image_converts_and_names_bad_paths(tmp_path):
 
 def test_train_transforms():
     image = Image.new("RGB", (40, 30), (255, 0, 0))
-    for kind in ("rrc_flip", "rrc_flip_imagenet", "rrc"):
+    for kind in ("rrc_flip", "rrc_flip_imagenet", "rrc", "none"):
         out = train_transform(kind, 16, MEAN, STD)(image)
         assert out.shape == (3, 16, 16)
         assert torch.allclose(out[0], torch.full((16, 16), (1 - MEAN[0]) / STD[0]), atol=1e-4)
     steps = [type(t).__name__ for t in train_transform("rrc", 16, MEAN, STD).transforms]
     assert steps == ["RandomResizedCrop", "ToTensor", "Normalize"]
     assert train_transform("rrc_flip_imagenet", 16, MEAN, STD).transforms[0].scale == (0.08, 1.0)
+    none = [type(t).__name__ for t in train_transform("none", 16, MEAN, STD).transforms]
+    assert none == ["Resize", "CenterCrop", "ToTensor", "Normalize"]
     assert "RandomHorizontalFlip" in [type(t).__name__ for t in train_transform("rrc_flip", 16, MEAN, STD).transforms]
     with pytest.raises(UserError, match="unknown train augmentation 'flip'"):
         train_transform("flip", 16, MEAN, STD)

@@ -16,6 +16,8 @@ TRAIN_AUGMENTATIONS: dict[str, tuple[tuple[float, float], bool]] = {
     "rrc_flip_imagenet": ((0.08, 1.0), True),
     # Digits: flipping a digit changes it, so no flip.
     "rrc": ((0.5, 1.0), False),
+    # No augmentation: the training pass uses the test-time resize and centre crop.
+    "none": ((1.0, 1.0), False),
 }
 
 
@@ -26,7 +28,10 @@ def train_transform(
     if kind not in TRAIN_AUGMENTATIONS:
         raise UserError(f"unknown train augmentation {kind!r}; valid kinds: {', '.join(TRAIN_AUGMENTATIONS)}")
     scale, flip = TRAIN_AUGMENTATIONS[kind]
-    steps = [T.RandomResizedCrop(image_size, scale=scale, interpolation=T.InterpolationMode.BICUBIC)]
+    if kind == "none":
+        steps = [T.Resize(image_size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(image_size)]
+    else:
+        steps = [T.RandomResizedCrop(image_size, scale=scale, interpolation=T.InterpolationMode.BICUBIC)]
     if flip:
         steps.append(T.RandomHorizontalFlip(p=0.5))
     steps += [T.ToTensor(), T.Normalize(mean=list(mean), std=list(std))]

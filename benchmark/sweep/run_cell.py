@@ -5,9 +5,10 @@ from __future__ import annotations
 import datetime as dt
 import resource
 import socket
-from typing import Any
+from typing import Any, Callable
 
 import torch
+from threadpoolctl import threadpool_limits
 
 from benchmark.provenance import code_version, package_versions
 from benchmark.server import RemoteBackend
@@ -21,8 +22,13 @@ def task_spec(cell: Cell, eval_test: bool = True) -> TaskSpec:
     return TaskSpec(cell.dataset, cell.shots, cell.seed, cell.root, tuple(cell.eval_datasets), eval_test)
 
 
-def run_cell(cell: Cell, server: Any, eval_test: bool = True) -> list[dict[str, Any]]:
-    """Run ``cell`` with ``server`` (Ray actor handle or local ModelServer); one row per eval set."""
+def run_cell(
+    cell: Cell, server: Any, eval_test: bool = True, on_eval: Callable[[dict[str, float]], None] | None = None
+) -> list[dict[str, Any]]:
+    """Run ``cell`` with ``server`` (Ray actor handle or local ModelServer); one row per eval set.
+
+    ``on_eval`` gets each evaluated trace row (a search reports and prunes with it).
+    """
     started = dt.datetime.now(dt.timezone.utc)
     method = get_method(cell.method)
     config = make_config(cell.method, cell.hparams)
@@ -31,8 +37,10 @@ def run_cell(cell: Cell, server: Any, eval_test: bool = True) -> list[dict[str, 
     box = MeteredBlackBox(backend, cell.budget())
     labels = {k: torch.as_tensor(v) for k, v in prep["labels"].items()}
     eval_splits = tuple(s for s in labels if s != "train")
-    task = Task(cell.dataset, prep["classnames"], prep["template"], labels, cell.shots, eval_splits, prep["class_subsets"])
-    result = method.run(box, task, config, cell.seed)
+    task = Task(cell.dataset, prep["classnames"], prep["template"], labels, cell.shots, eval_splits, prep["class_subsets"], on_eval)
+    # One BLAS thread: CMA-ES's eigendecompositions crawl when two OpenBLAS threads fight other runs.
+    with threadpool_limits(1):
+        result = method.run(box, task, config, cell.seed)
     server_cost = backend.release()
     usage = result.usage
     base = {

@@ -29,6 +29,9 @@ class Task:
     eval_splits: tuple[str, ...] = ("val", "test")
     # Image sets scored in a label subspace (ImageNet-A/R: 200 of ImageNet's 1000 classes).
     class_subsets: dict[str, list[int]] = field(default_factory=dict)
+    # Called with each evaluated trace row (queries used, accuracies): progress reports and
+    # the pruning of a hyperparameter search. It may raise to stop the run.
+    on_eval: Callable[[dict[str, float]], None] | None = None
 
 
 @dataclass

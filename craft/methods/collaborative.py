@@ -3,7 +3,7 @@
 Per CMA-ES generation: ask ``popsize`` candidates ``z``, score each prompt ``p0 + A z`` on
 the whole few-shot training set (``popsize`` queries) with the prediction-consistent
 fitness, tell CMA-ES, set the prompt in use to the mean of ``A z`` over a freshly asked
-population, train the refinement MLP for one epoch on that prompt's logits, evaluate.
+population (then scored as the next generation), train the refinement MLP for one epoch on that prompt's logits, evaluate.
 BBT is the same search without the refinement module (fitness: cross-entropy only).
 """
 
@@ -99,14 +99,17 @@ def _search(box: BlackBox, task: Task, cfg: BBTConfig, seed: int, refine: bool) 
     trace: list[dict] = []
     ctx = prompt(torch.zeros(cfg.intrinsic_dim))
     metrics: dict[str, float] = {}
+    solutions = es.ask()
     for g in range(1, generations + 1):
-        solutions = es.ask()
         logits = box.logits(prompt(torch.as_tensor(np.array(solutions))), "train")
         with torch.no_grad():
             refined = mlp(logits) if mlp is not None else logits
             fitness = prompt_fitness(logits, refined, y, lambda_i)
         es.tell(solutions, fitness.tolist())
-        ctx = prompt(torch.as_tensor(np.array(es.ask())).mean(0))
+        # The prompt in use: the mean of a freshly asked population, which is also the next
+        # generation's candidates (pycma allows one ask per tell when its step-size rule injects samples).
+        solutions = es.ask()
+        ctx = prompt(torch.as_tensor(np.array(solutions)).mean(0))
 
         row = {"generation": g, "queries": box.usage.queries, "fitness": float(fitness.min())}
         if mlp is not None:
@@ -128,6 +131,8 @@ def _search(box: BlackBox, task: Task, cfg: BBTConfig, seed: int, refine: bool) 
         if g % cfg.eval_every == 0 or g == generations:
             metrics = evaluate(box, task, ctx, mlp)
             row.update(metrics)
+            if task.on_eval is not None:
+                task.on_eval(row)
         trace.append(row)
     if generations == 0:
         metrics = evaluate(box, task, ctx, mlp)
