@@ -2,8 +2,11 @@
 
 A method never holds the model. It holds a :class:`BlackBox`: it sends continuous
 prompt contexts (``candidates x n_ctx x width``) and gets back logits over the classes
-of a registered image set. :class:`MeteredBlackBox` wraps any :class:`Backend` (the
-open_clip engine, a remote model server, a fake in tests) and counts every call:
+of a registered image set, or the output features those logits come from (normalised
+text and image embeddings and the logit scale, what an embedding API returns; CBBT's
+adapter works on them); both are counted alike. :class:`MeteredBlackBox` wraps any
+:class:`Backend` (the open_clip engine, a remote model server, a fake in tests) and counts
+every call:
 
 * ``queries`` in the paper's sense: one candidate prompt scored on a set of training
   images (the whole few-shot set for CraFT/BBT, a mini-batch for CBBT). Queries are
@@ -15,7 +18,7 @@ open_clip engine, a remote model server, a fake in tests) and counts every call:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
 
@@ -51,6 +54,14 @@ class BackendInfo:
     split_sizes: dict[str, int] = field(default_factory=dict)
 
 
+class OutputFeatures(NamedTuple):
+    """The model's output embeddings: ``logits = logit_scale * image @ text.T`` per candidate."""
+
+    text: torch.Tensor  # candidates x classes x embed, normalised
+    image: torch.Tensor  # images x embed, normalised
+    logit_scale: float
+
+
 @runtime_checkable
 class Backend(Protocol):
     """The raw service behind a :class:`MeteredBlackBox`; it counts nothing itself."""
@@ -65,6 +76,12 @@ class Backend(Protocol):
         self, contexts: torch.Tensor, split: str, indices: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, int]:
         """Logits ``candidates x images x classes`` and the number of images newly encoded."""
+        ...
+
+    def features(
+        self, contexts: torch.Tensor, split: str, indices: torch.Tensor | None = None
+    ) -> tuple[OutputFeatures, int]:
+        """The output features behind :meth:`logits`, and the number of images newly encoded."""
         ...
 
     def template_logits(self, template: str, split: str) -> tuple[torch.Tensor, int]:
@@ -91,6 +108,15 @@ class BlackBox(Protocol):
         *,
         budgeted: bool = True,
     ) -> torch.Tensor: ...
+
+    def features(
+        self,
+        contexts: torch.Tensor,
+        split: str = TRAIN,
+        indices: torch.Tensor | None = None,
+        *,
+        budgeted: bool = True,
+    ) -> OutputFeatures: ...
 
     def template_logits(self, template: str, split: str) -> torch.Tensor: ...
 
@@ -132,6 +158,27 @@ class MeteredBlackBox:
         *,
         budgeted: bool = True,
     ) -> torch.Tensor:
+        contexts = self._admit(contexts, split, budgeted)
+        out, images_encoded = self._backend.logits(contexts, split, indices)
+        self._record(contexts.shape[0], budgeted=budgeted, images_encoded=images_encoded)
+        return out
+
+    def features(
+        self,
+        contexts: torch.Tensor,
+        split: str = TRAIN,
+        indices: torch.Tensor | None = None,
+        *,
+        budgeted: bool = True,
+    ) -> OutputFeatures:
+        """Output features of prompt contexts on an image set; counted exactly as :meth:`logits`."""
+        contexts = self._admit(contexts, split, budgeted)
+        out, images_encoded = self._backend.features(contexts, split, indices)
+        self._record(contexts.shape[0], budgeted=budgeted, images_encoded=images_encoded)
+        return OutputFeatures(*out)
+
+    def _admit(self, contexts: torch.Tensor, split: str, budgeted: bool) -> torch.Tensor:
+        """Checked contexts; refuses, before any compute, a budgeted call off ``train`` or past the budget."""
         contexts = self._check_contexts(contexts)
         self._check_split(split)
         n_cand = contexts.shape[0]
@@ -146,9 +193,7 @@ class MeteredBlackBox:
                     f"query budget {self.budget} would be exceeded: {self.usage.queries} used, "
                     f"{n_cand} candidate(s) asked, {self.remaining()} left"
                 )
-        out, images_encoded = self._backend.logits(contexts, split, indices)
-        self._record(n_cand, budgeted=budgeted, images_encoded=images_encoded)
-        return out
+        return contexts
 
     def template_logits(self, template: str, split: str) -> torch.Tensor:
         """Zero-shot logits of a hand-written template; one unbudgeted query."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from craft.blackbox import BackendInfo
+from craft.blackbox import BackendInfo, OutputFeatures
 
 
 class LinearBackend:
@@ -30,6 +30,14 @@ class LinearBackend:
         imgs = self.images[split] if indices is None else self.images[split][indices]
         w = torch.tanh(contexts.mean(1) @ self.proj)  # cand x classes
         return 5 * imgs.unsqueeze(0) * w.unsqueeze(1) + imgs.unsqueeze(0), 0
+
+    def features(self, contexts, split, indices=None):
+        """Features whose ``image @ text.T`` is exactly :meth:`logits`: images, and per candidate a
+        diagonal text matrix of the class weights (logit scale 1, not normalised)."""
+        self.calls.append((contexts.shape[0], split))
+        imgs = self.images[split] if indices is None else self.images[split][indices]
+        w = torch.tanh(contexts.mean(1) @ self.proj)
+        return OutputFeatures(torch.diag_embed(5 * w + 1), imgs, 1.0), 0
 
     def template_logits(self, template, split):
         # A poor hand-written prompt: the classes' scores rolled by one.

@@ -5,10 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from craft.methods.base import Method, RunResult, Task, config_from_dict
+from craft.methods.cbbt import CBBT, CBBTConfig
 from craft.methods.collaborative import BBT, BBTConfig, CraFT, CraFTConfig
+from craft.methods.whitebox import CoOp, CoOpConfig
 from craft.methods.zeroshot import ZeroShot, ZeroShotConfig
 
-METHODS: dict[str, Method] = {m.name: m for m in (ZeroShot(), BBT(), CraFT())}
+# ``coop`` is a white-box reference (``whitebox = True``): the cell runner trains it on the server.
+METHODS: dict[str, Method] = {m.name: m for m in (ZeroShot(), BBT(), CraFT(), CBBT(), CoOp())}
 
 
 def get_method(name: str) -> Method:
@@ -25,5 +28,5 @@ def make_config(name: str, hparams: dict[str, Any] | None = None, where: str = "
 
 __all__ = [
     "METHODS", "Method", "RunResult", "Task", "get_method", "make_config",
-    "BBTConfig", "CraFTConfig", "ZeroShotConfig",
+    "BBTConfig", "CBBTConfig", "CoOpConfig", "CraFTConfig", "ZeroShotConfig",
 ]

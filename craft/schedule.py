@@ -1,0 +1,22 @@
+"""Learning-rate schedules of the Dassl trainers behind CoOp and CBBT."""
+
+from __future__ import annotations
+
+import math
+
+
+def warmup_cosine(epoch: int, epochs: int, lr: float, warmup_epochs: int = 1, warmup_lr: float = 1e-5) -> float:
+    """Learning rate of ``epoch`` (0-based): ``warmup_lr`` for the warm-up epochs, then cosine.
+
+    As Dassl's ``ConstantWarmupScheduler`` over ``CosineAnnealingLR(T_max=epochs)`` with the
+    count restarted after warm-up: the first epoch after warm-up runs at ``lr``.
+    """
+    if epoch < warmup_epochs:
+        return warmup_lr
+    return 0.5 * lr * (1.0 + math.cos(math.pi * (epoch - warmup_epochs) / epochs))
+
+
+def steps_per_epoch(n_train: int, batch_size: int) -> int:
+    """Mini-batches per epoch: the last partial batch is dropped, as Dassl's training loader does
+    (a training set smaller than one batch is one batch)."""
+    return max(1, n_train // batch_size)
