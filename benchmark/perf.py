@@ -1,0 +1,360 @@
+"""``craft perf``: query throughput of the official-style path against the fast path, side by side.
+
+One invocation loads one backbone on one device and measures, for each query path (the
+official code's way: one candidate a call, fp32, 77 tokens; the fast path; the fast path
+``torch.compile``-d with ``--compile``):
+
+* raw text-tower throughput: text sequences per second for ``candidates x classes`` prompts
+  of a ``paper-shapes`` dataset (one CraFT generation's worth: popsize 40 x C);
+* a real CraFT loop (pycma ask/tell at dimension 512, popsize 40, the queries, the fitness,
+  the refinement epoch) on that dataset's shapes: generations per second and the text
+  sequences per second sustained inside it, with ``--runs`` concurrent loops on one engine;
+* peak memory (CUDA ``max_memory_allocated``; on CPU the process's peak RSS);
+* the fast/official ratios, and an estimate of the wall time of the full 11-dataset x
+  3-seed 16-shot CraFT sweep on this device.
+
+Image features are random unit vectors of the dataset's sizes: query speed does not depend on
+their values (nor on the weights: ``--weights random`` is enough).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmark.errors import UserError
+from benchmark.perf_measure import (
+    cma_seconds, dataset_shapes, device_name, measure_eval, measure_loop, measure_raw, padded_classnames,
+    sweep_datasets, sweep_row, sweep_rows_scaled, sweep_summary, synthetic_task,
+)
+
+IMAGE_NOTE = "random unit vectors of the dataset's sizes: query speed does not depend on their values"
+CPU_TARGET, GPU_TARGET, GPU_SEQ_TARGET, SWEEP_TARGET_S = 3.0, 20.0, 150_000, 15 * 60
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backbone", default="craft-tiny", help="open_clip architecture (default: craft-tiny)")
+    p.add_argument("--weights", default=None, help="'random', 'builtin' (craft-tiny), a tag or a checkpoint (default: builtin for craft-tiny, else random)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--dataset", default="paper-shapes/caltech101", help="paper-shapes dataset whose class count and sizes are used")
+    p.add_argument("--prompt-tokens", type=int, default=20,
+                   help="class names padded so that every prompt has this many tokens, SOS and EOS included "
+                        "(capped at the model's context length; 0: the paper-shapes names as they are)")
+    p.add_argument("--popsize", type=int, default=40)
+    p.add_argument("--intrinsic-dim", type=int, default=512)
+    p.add_argument("--candidates", type=int, default=None,
+                   help="candidates per raw call (default: popsize on GPU; on CPU as many as take about --raw-seconds)")
+    p.add_argument("--raw-seconds", type=float, default=5.0, help="CPU: target duration of one fast raw call")
+    p.add_argument("--repeats", type=int, default=None, help="timed raw calls per path (default: 5 on GPU, 2 on CPU)")
+    p.add_argument("--generations", type=int, default=3, help="timed CraFT generations per loop")
+    p.add_argument("--warmup", type=int, default=1, help="untimed calls / generations first")
+    p.add_argument("--runs", default="1", help="comma-separated numbers of concurrent CraFT loops to measure (e.g. 1,4)")
+    p.add_argument("--max-generation-s", type=float, default=30.0,
+                   help="skip a path's loop when its raw throughput predicts a longer generation")
+    p.add_argument("--compile", action="store_true", help="also measure the fast path under torch.compile")
+    p.add_argument("--compile-mode", default="default",
+                   help="torch.compile mode: default, max-autotune-no-cudagraphs, reduce-overhead, ...")
+    p.add_argument("--no-official", action="store_true", help="skip the official-style path")
+    p.add_argument("--sweep", choices=("auto", "measure", "scale", "off"), default="auto",
+                   help="sweep estimate: run each coop11 dataset's loop (measure), scale the main one (scale); auto: measure on GPU")
+    p.add_argument("--sweep-generations", type=int, default=2, help="timed generations per dataset when measuring the sweep")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's; 1 on a CPU device whose load average exceeds its cores)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, help="write the figures here")
+
+
+# ------------------------------------------------------------------------------- orchestration
+@dataclass
+class QueryPath:
+    """One way of answering queries: an engine mode, compiled or not."""
+
+    name: str
+    mode: str
+    compile: bool | str
+
+
+def run(args: argparse.Namespace) -> int:
+    """Measure every path side by side; print the report and write the JSON (after each phase)."""
+    from benchmark.engine import ClipEngine
+    from benchmark.models import BUILTIN, RANDOM, load_model
+
+    device = _resolve_device(args.device)
+    threads_note = _set_threads(args.threads, device)
+    runs_list = _parse_runs(args.runs)
+    weights = args.weights or (BUILTIN if args.backbone == "craft-tiny" else RANDOM)
+    shapes = dataset_shapes(args.dataset)
+    torch.manual_seed(args.seed)
+    loaded = load_model(args.backbone, weights, device)
+
+    paths = [] if args.no_official else [QueryPath("official", "official", False)]
+    paths.append(QueryPath("fast", "fast", False))
+    if args.compile:
+        paths.append(QueryPath("fast_compiled", "fast", args.compile_mode))
+    engines = {p.name: ClipEngine(loaded, device, mode=p.mode, compile=p.compile) for p in paths}
+    ref = engines["fast"]
+    p0 = ref.embed_words("a photo of a")
+    classnames = padded_classnames(loaded.tokenizer, shapes.classes, args.prompt_tokens, p0.shape[0], ref.context_length)
+    part = ref.class_part(classnames)
+    data, task = synthetic_task(ref, shapes, classnames, args.seed)
+    contexts_all = p0 + 0.05 * torch.randn(args.popsize, *p0.shape, generator=torch.Generator().manual_seed(args.seed))
+
+    result: dict[str, Any] = {
+        "command": "craft perf " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["perf"] else sys.argv[1:]),
+        "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "device": device_name(device), "device_type": device.type,
+        "torch": torch.__version__, "open_clip": _version("open_clip_torch"), "python": platform.python_version(),
+        "cpu_threads": torch.get_num_threads(), "cpu_threads_note": threads_note, "cpu_count": os.cpu_count(),
+        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "backbone": args.backbone, "weights": weights, "dataset": shapes.key, "classes": shapes.classes,
+        "train_images": shapes.train, "popsize": args.popsize, "intrinsic_dim": args.intrinsic_dim,
+        "context_tokens": p0.shape[0], "prompt_tokens": 1 + p0.shape[0] + part.max_len + 1,
+        "official_prompt_tokens": ref.context_length, "prefix_shared": ref.prefix_shared,
+        "compile_mode": args.compile_mode if args.compile else None,
+        "image_features": IMAGE_NOTE, "paths": {},
+    }
+    save = _saver(args.json, result)
+
+    # 1. Raw throughput, calls of all paths interleaved. On CPU, size the call by a one-candidate probe.
+    repeats = args.repeats or (5 if device.type == "cuda" else 2)
+    n_cand = args.candidates
+    if n_cand is None:
+        n_cand = args.popsize
+        if device.type != "cuda":
+            t0 = time.perf_counter()
+            ref.text_features(contexts_all[:1], part)
+            n_cand = max(1, min(args.popsize, int(args.raw_seconds / (time.perf_counter() - t0))))
+    _log(f"raw: {n_cand} candidates x {shapes.classes} classes, paths {', '.join(engines)}")
+    # Compiled paths compile in their first call; on CPU the official path has nothing to warm.
+    warm = {p.name: max(args.warmup if (p.mode == "fast" or device.type == "cuda") else 0, 1 if p.compile else 0)
+            for p in paths}
+    raw = measure_raw(engines, classnames, contexts_all[:n_cand], warm, repeats)
+    for p in paths:
+        e = raw[p.name]
+        result["paths"][p.name] = {"mode": p.mode, "compile": p.compile, **({"error": e["error"]} if "error" in e else {"raw": e})}
+    result["ratios"] = _ratios(result["paths"])
+    save()
+
+    # 2. The CraFT loop, per path and number of concurrent runs.
+    seq_per_gen = (args.popsize + 1) * shapes.classes
+    for p in paths:
+        entry = result["paths"][p.name]
+        if "raw" in entry:
+            entry["loop"] = [_loop(engines[p.name], data, task, args, runs, seq_per_gen / entry["raw"]["sequences_per_s"], p.name)
+                             for runs in runs_list]
+            result["ratios"] = _ratios(result["paths"])
+            save()
+
+    # 3. The sweep estimate, on the fastest fast path.
+    result["cma_seconds_per_generation"] = cma_seconds(args.intrinsic_dim, args.popsize)
+    best = _best_fast(result["paths"])
+    if best and args.sweep != "off":
+        mode = args.sweep if args.sweep != "auto" else ("measure" if device.type == "cuda" else "scale")
+        _log(f"sweep estimate ({mode}) on {best}")
+        try:
+            result["sweep_estimate"] = _sweep(engines[best], result["paths"][best], mode, shapes, data, task, args,
+                                              result["cma_seconds_per_generation"], seq_per_gen, loaded.tokenizer, p0.shape[0])
+        except Exception as exc:  # noqa: BLE001 - keep the figures measured so far
+            result["sweep_estimate"] = {"error": f"{type(exc).__name__}: {exc}"}
+    result["targets"] = _targets(result, device)
+    save()
+    print(render(result))
+    if args.json:
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _log(msg: str) -> None:
+    print(f"[perf] {msg}", file=sys.stderr, flush=True)
+
+
+def _saver(path: str | None, result: dict[str, Any]):
+    def save() -> None:
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(json.dumps(result, indent=1, default=float) + "\n")
+
+    return save
+
+
+def _set_threads(threads: int | None, device: torch.device) -> str:
+    """Set torch's CPU threads: as asked; else 1 on a CPU device whose load exceeds its cores."""
+    if threads:
+        torch.set_num_threads(threads)
+        return "--threads"
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if device.type == "cpu" and load > (os.cpu_count() or 1):
+        torch.set_num_threads(1)
+        return (f"1: the load average ({load:.1f}) exceeds the {os.cpu_count()} cores, where threads of one "
+                "operation wait on each other and smaller operations suffer most (--threads overrides)")
+    return "torch's default"
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is visible to torch")
+    return device
+
+
+def _parse_runs(text: str) -> list[int]:
+    try:
+        runs = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        runs = []
+    if not runs or runs[0] < 1:
+        raise UserError(f"--runs takes comma-separated positive integers, got {text!r}")
+    return runs
+
+
+def _version(dist: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
+
+
+def _loop(engine, data, task, args, runs: int, predicted_s: float, name: str) -> dict[str, Any]:
+    """One loop measurement, or why it was skipped (too slow) or failed."""
+    if predicted_s * runs > args.max_generation_s:
+        return {"runs": runs, "predicted_generations_per_s": 1 / predicted_s, "skipped": (
+            f"a generation would take about {predicted_s * runs:.0f} s at the raw throughput "
+            f"(over --max-generation-s {args.max_generation_s:g})")}
+    _log(f"loop {name}: {runs} concurrent run(s)")
+    try:
+        return measure_loop(engine, data, task, args.popsize, args.intrinsic_dim, args.generations, args.warmup, runs)
+    except Exception as exc:  # noqa: BLE001 - one path failing must not lose the others
+        return {"runs": runs, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def _loop_at(entry: dict[str, Any], runs: int) -> dict[str, Any] | None:
+    return next((x for x in entry.get("loop", []) if x.get("runs") == runs and "sequences_per_s" in x), None)
+
+
+def _loop_best(entry: dict[str, Any]) -> dict[str, Any] | None:
+    done = [x for x in entry.get("loop", []) if "sequences_per_s" in x]
+    return max(done, key=lambda x: x["sequences_per_s"]) if done else None
+
+
+def _best_fast(paths: dict[str, Any]) -> str | None:
+    fast = [k for k in ("fast", "fast_compiled") if "raw" in paths.get(k, {})]
+    return max(fast, key=lambda k: paths[k]["raw"]["sequences_per_s"]) if fast else None
+
+
+def _ratios(paths: dict[str, Any]) -> dict[str, float]:
+    """Fast over official: raw wall time, raw CPU time, and each loop at the same number of runs."""
+    out: dict[str, float] = {}
+    off = paths.get("official", {})
+    for name in ("fast", "fast_compiled"):
+        entry = paths.get(name, {})
+        if "raw" in entry and "raw" in off:
+            out[f"raw_{name}/official"] = entry["raw"]["sequences_per_s"] / off["raw"]["sequences_per_s"]
+            out[f"raw_cpu_time_{name}/official"] = entry["raw"]["sequences_per_cpu_s"] / off["raw"]["sequences_per_cpu_s"]
+        for x in entry.get("loop", []):
+            o = _loop_at(off, x.get("runs", 0))
+            if o and "sequences_per_s" in x:
+                out[f"loop_runs{x['runs']}_{name}/official"] = x["sequences_per_s"] / o["sequences_per_s"]
+    return out
+
+
+def _sweep(engine, entry, mode, shapes, data, task, args, cma_s, seq_per_gen, tokenizer, n_ctx) -> dict[str, Any]:
+    one, most = _loop_at(entry, 1), _loop_best(entry)
+    speedup = most["sequences_per_s"] / one["sequences_per_s"] if one and most and most["runs"] > 1 else None
+    if mode == "measure":
+        rows = []
+        for d in sweep_datasets():
+            names = padded_classnames(tokenizer, d.classes, args.prompt_tokens, n_ctx, engine.context_length)
+            d_data, d_task = synthetic_task(engine, d, names, args.seed)
+            _log(f"sweep {d.key}")
+            loop = measure_loop(engine, d_data, d_task, args.popsize, args.intrinsic_dim, args.sweep_generations, 1, 1)
+            ev = measure_eval(engine, d_data, d_task, args.intrinsic_dim)
+            rows.append(sweep_row(d, args.popsize, loop["seconds_per_generation"], loop["query_seconds_per_generation"], ev))
+            del d_data, d_task
+        return sweep_summary(rows, mode, speedup)
+    loop = one or {
+        "query_seconds_per_generation": seq_per_gen / entry["raw"]["sequences_per_s"],
+        "runner_seconds_per_generation": cma_s,
+    }
+    eval_s = measure_eval(engine, data, task, args.intrinsic_dim) if one else 0.0
+    out = sweep_summary(sweep_rows_scaled(shapes, loop, eval_s, cma_s, args.popsize), mode, speedup)
+    if not one:
+        out["note"] = ("the loop was not measured on this device: query time from the raw throughput, runner time "
+                       "= CMA-ES alone (fitness and refinement left out), evaluations left out")
+    return out
+
+
+def _targets(result: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """The issue's targets: on CPU fast >= 3x official; on a GPU >= 150k seq/s in the loop, >= 20x, sweep <= 15 min."""
+    r = result.get("ratios", {})
+    raw = max((v for k, v in r.items() if k.startswith("raw_") and "cpu_time" not in k), default=None)
+    loop = max((v for k, v in r.items() if k.startswith("loop_")), default=None)
+    out: dict[str, Any] = {"raw_ratio": raw, "loop_ratio": loop}
+    if device.type != "cuda":
+        return out | {"ratio_target": CPU_TARGET, "met": bool(raw and raw >= CPU_TARGET)}
+    best = max((_loop_best(e)["sequences_per_s"] for e in result["paths"].values()
+                if e.get("mode") == "fast" and _loop_best(e)), default=None)
+    sweep = result.get("sweep_estimate", {})
+    wall = sweep.get("concurrent_s", sweep.get("serial_s"))
+    return out | {
+        "loop_sequences_per_s": best, "loop_sequences_per_s_target": GPU_SEQ_TARGET,
+        "ratio_target": GPU_TARGET, "sweep_s": wall, "sweep_s_target": SWEEP_TARGET_S,
+        "met": bool(best and best >= GPU_SEQ_TARGET and loop and loop >= GPU_TARGET and wall and wall <= SWEEP_TARGET_S),
+    }
+
+
+def _fmt(x: Any) -> str:
+    if not isinstance(x, (int, float)) or isinstance(x, bool):
+        return "-" if x is None else str(x)
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:,.3g}"
+
+
+def render(result: dict[str, Any]) -> str:
+    """A short text report of the figures."""
+    lines = [
+        f"craft perf: {result['backbone']} ({result['weights']}) on {result['device']} [{result['device_type']}], "
+        f"torch {result['torch']}, {result['cpu_threads']} CPU threads ({result['cpu_threads_note']}), "
+        f"load average at start {[round(x, 1) for x in result['load_average_at_start'] or []]}",
+        f"dataset {result['dataset']}: {result['classes']} classes, {result['train_images']} training images; "
+        f"prompts of {result['prompt_tokens']} tokens (official path: {result['official_prompt_tokens']}); "
+        f"popsize {result['popsize']}, intrinsic dim {result['intrinsic_dim']}; image features: {IMAGE_NOTE}",
+        "",
+        f"{'path':<14} {'raw seq/s':>11} {'loop runs':>9} {'gen/s':>8} {'loop seq/s':>11} {'query s/gen':>11} {'peak MiB':>9}",
+    ]
+    for name, e in result["paths"].items():
+        if "error" in e:
+            lines.append(f"{name:<14} error: {e['error']}")
+            continue
+        raw = e["raw"]
+        for i, x in enumerate(e.get("loop") or [{}]):
+            head = f"{name:<14} {_fmt(raw['sequences_per_s']):>11}" if i == 0 else " " * 26
+            if "skipped" in x or "error" in x:
+                lines.append(f"{head} {x['runs']:>9} {'skipped' if 'skipped' in x else 'error':>8}  {x.get('skipped') or x.get('error')}")
+                continue
+            peak = max(raw["peak_mem_mib"], x.get("peak_mem_mib", 0.0))
+            lines.append(f"{head} {_fmt(x.get('runs')):>9} {_fmt(x.get('generations_per_s')):>8} "
+                         f"{_fmt(x.get('sequences_per_s')):>11} {_fmt(x.get('query_seconds_per_generation')):>11} {_fmt(peak):>9}")
+    lines.append("")
+    lines += [f"ratio {k}: {v:.2f}x" for k, v in result.get("ratios", {}).items()]
+    sweep = result.get("sweep_estimate")
+    if sweep and "error" not in sweep:
+        conc = f", {sweep['concurrent_s'] / 60:.1f} min with concurrent runs" if "concurrent_s" in sweep else ""
+        lines.append(f"11-dataset x 3-seed 16-shot CraFT sweep ({sweep['mode']}): {sweep['serial_s'] / 60:.1f} min "
+                     f"one run at a time{conc}; {sweep['query_bound_s'] / 60:.1f} min inside black-box calls")
+    elif sweep:
+        lines.append(f"sweep estimate: error: {sweep['error']}")
+    t = result.get("targets", {})
+    lines.append(f"targets met: {t.get('met')} ({', '.join(f'{k}={_fmt(v)}' for k, v in t.items() if k != 'met')})")
+    return "\n".join(lines)

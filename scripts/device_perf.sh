@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Issue 8's GPU measurement in one prepared command: `craft perf` on ViT-B-16 (random weights:
+# speed does not depend on them) on a bare GPU machine, within 5 minutes. Figures land in
+# $OUT/perf.json (written after each phase, so a cut-off run still leaves what it measured),
+# the printed report in $OUT/perf.log, the machine in $OUT/env.txt.
+#
+# 1. Once, on a developer machine (where pip reaches the package index), in the repository root:
+#        bash scripts/device_perf.sh prepare
+#    It adds /.whl/ to .git/info/exclude and downloads into .whl/ the wheels the device image
+#    lacks (KINDS.md lists what it has): open_clip_torch with ftfy and wcwidth, and cma, all
+#    pure-Python wheels for the device's CPython 3.12 (about 3 MB).
+# 2. One device call (the run tool):
+#        command: bash scripts/device_perf.sh      carry: [".whl"]      timeout_s: 420
+#
+# Extra arguments after the script name replace the default `craft perf` arguments, e.g.
+#     bash scripts/device_perf.sh --backbone ViT-B-32 --weights random --device cuda --compile
+# The device image already holds torch, torchvision, numpy, timm, huggingface-hub, safetensors,
+# regex, tqdm, threadpoolctl, pillow, scikit-learn and pyyaml, which is all the rest `craft perf` imports.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+WHEELS=(open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.7.0 cma==4.5.0)
+WHEEL_DIR="${WHEEL_DIR:-.whl}"
+
+if [[ "${1:-}" == prepare ]]; then
+    set -e
+    mkdir -p .git/info
+    grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
+    python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+        --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d "$WHEEL_DIR" "${WHEELS[@]}"
+    ls -l "$WHEEL_DIR"
+    exit 0
+fi
+
+OUT="${OUT:-/tmp/device_perf}"
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+start=$SECONDS
+
+# The missing packages, from the carried wheels; then the project itself, from the carried tree.
+if ! python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/craft_site "$WHEEL_DIR"/*.whl; then
+    echo "no wheels in $WHEEL_DIR: run 'bash scripts/device_perf.sh prepare' here first and carry .whl" >&2
+    exit 3
+fi
+export PYTHONPATH="/tmp/craft_site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if ! command -v craft >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile -e . >"$OUT/install.log" 2>&1 \
+        || echo "editable install failed (see install.log): running benchmark.cli from the tree" >&2
+fi
+CRAFT=(craft)
+command -v craft >/dev/null || CRAFT=(python3 -m benchmark.cli)
+
+{
+    nvidia-smi
+    python3 -c "import torch, open_clip, cma; print('torch', torch.__version__, 'open_clip', open_clip.__version__, \
+'cma', cma.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else '')"
+    nproc
+} >"$OUT/env.txt" 2>&1
+cat "$OUT/env.txt"
+
+if [[ $# -gt 0 ]]; then
+    ARGS=("$@")
+else
+    ARGS=(--backbone ViT-B-16 --weights random --device cuda --compile --runs 1,4)
+fi
+echo "setup took $((SECONDS - start)) s; running: ${CRAFT[*]} perf ${ARGS[*]} --json $OUT/perf.json"
+# 270 s for the measurement: with the setup above, the whole command ends inside 5 minutes.
+timeout 270 "${CRAFT[@]}" perf "${ARGS[@]}" --json "$OUT/perf.json" 2>&1 | tee "$OUT/perf.log"
+rc=${PIPESTATUS[0]}
+echo "craft perf exit code $rc after $((SECONDS - start)) s (124: cut off at 270 s; perf.json holds the phases done)"
+exit "$rc"

@@ -1,0 +1,129 @@
+"""``craft perf``: its pieces (prompt padding, generation timing, sweep model) and one small end-to-end run."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from benchmark.cli import main
+from benchmark.errors import UserError
+from benchmark.models import load_model
+from benchmark.perf import _parse_runs, _ratios
+from benchmark.perf_measure import (
+    SEEDS, _generations, dataset_shapes, padded_classnames, peak_memory, sweep_datasets, sweep_row, sweep_summary,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread: on a small shared CPU, tiny ops with two threads wait on each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_model("craft-tiny", "random").tokenizer
+
+
+@pytest.mark.parametrize("target, expected", [(12, 12), (16, 16), (40, 16)])
+def test_padded_classnames_give_prompts_of_the_asked_length_capped_at_the_context(tokenizer, target, expected):
+    names = padded_classnames(tokenizer, 120, target, n_ctx=4, context_length=16)
+    assert len(set(names)) == 120
+    name_tokens = (tokenizer([f"{n}." for n in names]) != 0).sum(1) - 2
+    assert set((1 + 4 + name_tokens + 1).tolist()) == {expected}
+
+
+def test_padded_classnames_zero_keeps_the_paper_shapes_names(tokenizer):
+    assert padded_classnames(tokenizer, 3, 0, 4, 77) == ["class 0", "class 1", "class 2"]
+
+
+def test_generation_times_run_from_one_budgeted_call_to_the_next():
+    # (start, end, budgeted, sequences): generation g = budgeted call, then refinement call.
+    calls = []
+    for g in range(4):
+        t = 10.0 * g
+        calls += [(t, t + 2.0, True, 400), (t + 3.0, t + 3.5, False, 10)]
+    rows = _generations(calls, first=1, count=2)
+    assert [r["seconds"] for r in rows] == [10.0, 10.0]
+    assert [r["query_seconds"] for r in rows] == [2.5, 2.5]
+    assert [r["sequences"] for r in rows] == [410, 410]
+    assert rows[0]["start"] == 10.0 and rows[1]["end"] == 30.0
+
+
+def test_sweep_covers_the_eleven_coop11_datasets_with_their_budgets():
+    shapes = {d.key: d for d in sweep_datasets()}
+    assert len(shapes) == 11 and shapes["paper-shapes/imagenet"].classes == 1000
+    assert shapes["paper-shapes/caltech101"].train == 16 * 100
+    rows = [sweep_row(d, 40, gen_s=0.1, query_s=0.04, eval_s=0.1) for d in shapes.values()]
+    gens = {r["dataset"]: r["generations"] for r in rows}
+    assert gens["paper-shapes/imagenet"] == 100 and gens["paper-shapes/eurosat"] == 200  # 4000/40, 8000/40
+    row = next(r for r in rows if r["dataset"] == "paper-shapes/eurosat")
+    assert row["run_seconds"] == pytest.approx(200 * 0.1 + 20 * 0.1)  # an evaluation every 10 generations
+    summary = sweep_summary(rows, "measure", concurrency_speedup=2.0)
+    assert summary["serial_s"] == pytest.approx(SEEDS * (10 * 22.0 + 11.0))
+    assert summary["query_bound_s"] == pytest.approx(SEEDS * (10 * 10.0 + 5.0))
+    assert summary["concurrent_s"] == pytest.approx(summary["serial_s"] / 2)  # above the query bound here
+    assert sweep_summary(rows, "measure", concurrency_speedup=8.0)["concurrent_s"] == summary["query_bound_s"]
+    assert "3 seeds" in summary["model"]
+
+
+def test_dataset_shapes_accept_bare_keys_and_refuse_test_only_sets():
+    assert dataset_shapes("eurosat") == dataset_shapes("paper-shapes/eurosat")
+    assert dataset_shapes("eurosat").test == 8100
+    with pytest.raises(UserError, match="test-only"):
+        dataset_shapes("imagenet_v2")
+    with pytest.raises(UserError, match="--runs"):
+        _parse_runs("1,x")
+    assert _parse_runs("4,1,4") == [1, 4]
+
+
+def test_ratios_compare_loops_at_the_same_concurrency_only():
+    paths = {
+        "official": {"raw": {"sequences_per_s": 10.0, "sequences_per_cpu_s": 5.0},
+                     "loop": [{"runs": 1, "sequences_per_s": 4.0}]},
+        "fast": {"raw": {"sequences_per_s": 50.0, "sequences_per_cpu_s": 20.0},
+                 "loop": [{"runs": 1, "sequences_per_s": 12.0}, {"runs": 4, "sequences_per_s": 40.0}]},
+    }
+    assert _ratios(paths) == {"raw_fast/official": 5.0, "raw_cpu_time_fast/official": 4.0,
+                              "loop_runs1_fast/official": 3.0}
+
+
+def test_peak_memory_on_cpu_reports_the_resident_peak():
+    with peak_memory(torch.device("cpu")) as mem:
+        block = torch.ones(64, 2**20 // 4)  # 64 MiB, touched
+        block += 1
+    assert mem["peak_mem_mib"] >= 64 and "RSS" in mem["peak_mem_kind"]
+
+
+def test_perf_command_measures_both_paths_side_by_side_and_writes_json(tmp_path, capsys):
+    out = tmp_path / "perf.json"
+    rc = main(["perf", "--backbone", "craft-tiny", "--weights", "random", "--dataset", "eurosat", "--device", "cpu",
+               "--candidates", "4", "--repeats", "2", "--generations", "2", "--runs", "1,2",
+               "--sweep", "scale", "--json", str(out)])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    printed = capsys.readouterr().out
+    assert "ratio raw_fast/official" in printed and "sweep" in printed
+    assert result["backbone"] == "craft-tiny" and result["classes"] == 10 and result["device_type"] == "cpu"
+    assert result["prompt_tokens"] == 16 and result["official_prompt_tokens"] == 16 and result["prefix_shared"]
+    for name in ("official", "fast"):
+        entry = result["paths"][name]
+        assert entry["raw"]["sequences_per_call"] == 40 and entry["raw"]["sequences_per_s"] > 0
+        assert len(entry["raw"]["seconds"]) == 2 and entry["raw"]["peak_mem_mib"] > 0
+        loops = {x["runs"]: x for x in entry["loop"]}
+        assert set(loops) == {1, 2}
+        one = loops[1]
+        # 40 candidates + 1 refinement query, 10 classes each, per generation.
+        assert one["sequences_per_generation"] == 41 * 10
+        assert one["generations_per_s"] > 0 and 0 < one["query_seconds_per_generation"] < one["seconds_per_generation"]
+    assert set(result["ratios"]) >= {"raw_fast/official", "loop_runs1_fast/official", "loop_runs2_fast/official"}
+    sweep = result["sweep_estimate"]
+    assert sweep["mode"] == "scale" and len(sweep["datasets"]) == 11
+    assert math.isclose(sweep["serial_s"], SEEDS * sum(r["run_seconds"] for r in sweep["datasets"]))
+    assert result["targets"]["ratio_target"] == 3.0 and "met" in result["targets"]
