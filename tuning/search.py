@@ -1,0 +1,180 @@
+"""The search: per study, Ray Tune trials with Optuna choosing and ASHA pruning, resumable.
+
+Optuna storage is the source of truth. On each start, trials a killed driver left RUNNING are
+marked FAIL (their numbers are never reused), the finished trials (COMPLETE, or PRUNED by ASHA)
+are counted, and only the missing number is run, so ``craft tune CONFIG`` again after a kill
+ends with exactly the requested number. Trials reserve CPU only and share the model server
+actors of ``craft bench`` (:func:`benchmark.sweep.runner.start_servers`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from benchmark.sweep.cell import Cell
+from tuning.config import SearchConfig
+from tuning.objective import server_key, trainable
+from tuning.storage import enqueue_warm_start, fail_interrupted, finished, open_storage, open_study
+from tuning.studies import Study, plan_studies
+from tuning.warmstart import warm_start_points
+
+METRIC, MODE = "top1_val", "max"
+MAX_ROUNDS = 3  # Tune runs per study while trials fail with errors but others finish
+
+
+@dataclass
+class StudyStatus:
+    """Where a study stands after the search."""
+
+    name: str
+    requested: int
+    finished: int
+    failed_now: int = 0
+    wall_s: float = 0.0
+
+
+def make_sampler(kind: str, seed: int) -> Any:
+    """TPE (default), CMA-ES or GP, seeded; conditional parameters fall back to independent sampling."""
+    import optuna
+
+    if kind == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    if kind == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def _searcher_cls():
+    from ray.tune.search.optuna import OptunaSearch
+
+    class MilestoneOptunaSearch(OptunaSearch):
+        """OptunaSearch that steps intermediate values by queries and tells ASHA-stopped trials as PRUNED."""
+
+        def __init__(self, **kwargs: Any) -> None:
+            self._reported: dict[str, set[int]] = {}
+            super().__init__(**kwargs)
+
+        def on_trial_result(self, trial_id: str, result: dict) -> None:
+            if trial_id in self._ot_trials and trial_id not in self._completed_trials:
+                self._report(trial_id, result)
+
+        def _report(self, trial_id: str, result: dict) -> None:
+            """Record a milestone once (Tune hands the last result to on_trial_complete only)."""
+            steps = self._reported.setdefault(trial_id, set())
+            step = int(result["queries"])
+            if step not in steps:
+                steps.add(step)
+                self._ot_trials[trial_id].report(result[self.metric], step)
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            import optuna
+
+            if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+                return
+            trial = self._ot_trials[trial_id]
+            if result and self.metric in result and not error:
+                self._report(trial_id, result)
+            if error or not result or self.metric not in result:
+                state, value = optuna.trial.TrialState.FAIL, None
+            elif result.get("fraction", 0.0) < 1.0:
+                state, value = optuna.trial.TrialState.PRUNED, None
+            else:
+                state, value = optuna.trial.TrialState.COMPLETE, result[self.metric]
+            self._ot_study.tell(trial, value, state=state)
+            self._completed_trials.add(trial_id)
+
+    return MilestoneOptunaSearch
+
+
+def _tune_once(study: Study, cfg: SearchConfig, storage: Any, servers: dict[str, list[Any]], n: int,
+               progress: bool) -> None:
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    ot_study = open_study(storage, study.name)
+    searcher = _searcher_cls()(
+        space=study.space.sample, metric=METRIC, mode=MODE, storage=storage, study_name=study.name,
+        sampler=make_sampler(cfg.sampler, cfg.seed + len(ot_study.trials)),
+    )
+    m = study.milestones
+    scheduler = (ASHAScheduler(time_attr="queries", metric=METRIC, mode=MODE, max_t=m.budget * study.cells_per_trial,
+                               grace_period=m.grace, reduction_factor=cfg.pruning.reduction_factor)
+                 # A white-box reference (CoOp) sends no queries: no query milestones to prune at.
+                 if cfg.pruning is not None and m.budget > 0 and len(m.queries) * study.cells_per_trial > 1
+                 else FIFOScheduler())
+    fn = tune.with_resources(tune.with_parameters(trainable, study=study, servers=servers), {"cpu": 1})
+    local = "://" not in cfg.out
+    tuner = tune.Tuner(
+        fn,
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=n,
+                                    max_concurrent_trials=cfg.max_concurrent_trials, reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=f"{study.name.replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}",
+            storage_path=os.path.abspath(os.path.join(cfg.out, "ray_tune")) if local else None,
+            failure_config=tune.FailureConfig(max_failures=0), verbose=1 if progress else 0,
+        ),
+    )
+    tuner.fit()
+
+
+def _prepare(study: Study, cfg: SearchConfig, storage: Any) -> int:
+    """Fail what a killed driver left running, enqueue the warm start; return how many trials are missing."""
+    from optuna.trial import TrialState
+
+    ot_study = open_study(storage, study.name)
+    fail_interrupted(ot_study)
+    missing = cfg.trials - len(finished(ot_study))
+    if missing > 0 and cfg.warm_start:
+        waiting = len(ot_study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+        enqueue_warm_start(ot_study, warm_start_points(study), missing - waiting)
+    return missing
+
+
+def server_cells(studies: list[Study]) -> list[Cell]:
+    """A cell per (backbone, weights) the studies need: what :func:`start_servers` takes."""
+    cells: dict[tuple[str, str], Cell] = {}
+    for s in studies:
+        for t in s.targets:
+            cells.setdefault((t.backbone, t.weights), Cell(s.method, t.dataset, t.shots, 1, t.backbone, t.weights))
+    return list(cells.values())
+
+
+def run_search(cfg: SearchConfig, *, address: str | None = None, num_cpus: int | None = None,
+               progress: bool = True) -> list[StudyStatus]:
+    """Bring every study of ``cfg`` to ``cfg.trials`` finished trials; return where each stands."""
+    if not cfg.is_url():  # the default journal lives in ``out``, created here
+        os.makedirs(os.path.dirname(os.path.abspath(cfg.storage)), exist_ok=True)
+    storage = open_storage(cfg.storage)
+    studies = plan_studies(cfg)
+    todo = [s for s in studies if _prepare(s, cfg, storage) > 0]
+    statuses = {s.name: StudyStatus(s.name, cfg.trials, len(finished(open_study(storage, s.name)))) for s in studies}
+    if not todo:
+        return list(statuses.values())
+
+    from benchmark.sweep.runner import init_ray, start_servers, stop_servers
+
+    init_ray(address, num_cpus)
+    groups = start_servers(server_cells(todo), runs_per_server=cfg.max_concurrent_trials)
+    servers = {server_key(b, w): handles for (b, w), handles in groups.items()}
+    try:
+        for study in todo:
+            start = time.perf_counter()
+            status = statuses[study.name]
+            for _ in range(MAX_ROUNDS):
+                missing = _prepare(study, cfg, storage)
+                if missing <= 0:
+                    break
+                before = len(finished(open_study(storage, study.name)))
+                _tune_once(study, cfg, storage, servers, missing, progress)
+                after = len(finished(open_study(storage, study.name)))
+                status.failed_now += missing - (after - before)
+                if after == before:
+                    break
+            status.finished = len(finished(open_study(storage, study.name)))
+            status.wall_s = time.perf_counter() - start
+    finally:
+        stop_servers(groups)  # free their GPUs for the final evaluation
+    return list(statuses.values())

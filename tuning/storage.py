@@ -1,0 +1,123 @@
+"""Optuna storage: the source of truth of a search, what makes it resumable.
+
+A journal file by default (one JSON line per change, appended under a file lock), or any RDB URL.
+Only the driver writes it (trials report through Ray Tune), so a killed driver leaves at most
+one half-written last line (:func:`open_storage` cuts it) and trials marked RUNNING
+(:func:`fail_interrupted` marks them FAIL, so their numbers are never reused).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from benchmark.errors import UserError
+
+DIRECTION = "maximize"
+INTERRUPTED = "interrupted"  # user attribute of a trial that a stopped driver left running
+WARM_START = "warm_start"  # user attribute naming the setting a warm-start trial was enqueued from
+
+
+def repair_journal(path: str) -> bool:
+    """Cut a half-written last line (a driver killed mid-append); True if one was cut."""
+    p = Path(path)
+    if not p.is_file() or p.stat().st_size == 0:
+        return False
+    with open(p, "rb+") as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+            return False
+        data = p.read_bytes()
+        f.truncate(data.rfind(b"\n") + 1)
+    return True
+
+
+def open_storage(storage: str, *, repair: bool = True) -> Any:
+    """The Optuna storage behind ``storage`` (journal file path or RDB URL), opened before Ray starts.
+
+    ``repair=False`` for readers (``--dry-run``, ``--export``): the journal is left as it is.
+    """
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    if "://" in storage:
+        try:
+            return optuna.storages.RDBStorage(storage)
+        except Exception as exc:  # bad URL, driver missing, server unreachable
+            raise UserError(f"cannot open Optuna storage {storage}: {str(exc).splitlines()[0]}") from None
+    folder = Path(storage).parent
+    if not folder.is_dir():
+        raise UserError(f"Optuna journal {storage} is in folder {folder}, which does not exist")
+    if repair:
+        repair_journal(storage)
+    return JournalStorage(JournalFileBackend(storage))
+
+
+def open_study(storage: Any, name: str) -> Any:
+    """Load study ``name``, or create it (direction: maximise validation accuracy)."""
+    import optuna
+
+    return optuna.create_study(study_name=name, storage=storage, direction=DIRECTION, load_if_exists=True)
+
+
+def fail_interrupted(study: Any) -> int:
+    """Mark FAIL (and ``interrupted``) the trials a stopped driver left RUNNING; return how many.
+
+    Call it only while no driver runs the study: a RUNNING trial is taken to belong to one that is gone.
+    """
+    from optuna.trial import TrialState
+
+    left = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for t in left:
+        study._storage.set_trial_user_attr(t._trial_id, INTERRUPTED, True)
+        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+    return len(left)
+
+
+def finished(study: Any) -> list[Any]:
+    """Trials that count towards the requested number: run to their full budget or stopped by ASHA."""
+    from optuna.trial import TrialState
+
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+
+
+def load_existing(storage: Any, name: str) -> Any | None:
+    """Study ``name`` if it exists (nothing is created), else None."""
+    import optuna
+
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        return None
+
+
+def completed(study: Any) -> list[Any]:
+    """Trials that ran their whole budget: the candidates for the best configuration."""
+    from optuna.trial import TrialState
+
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+
+def best_trial(study: Any) -> Any | None:
+    """The completed trial with the highest validation accuracy (the earliest on a tie), or None."""
+    done = [t for t in completed(study) if t.value is not None]
+    return max(done, key=lambda t: (t.value, -t.number)) if done else None
+
+
+def enqueue_warm_start(study: Any, points: list[tuple[str, dict[str, Any]]], room: int) -> int:
+    """Enqueue up to ``room`` of the labelled ``points`` not already finished or waiting; return how many."""
+    from optuna.trial import TrialState
+
+    present = {t.user_attrs.get(WARM_START) for t in study.get_trials(
+        deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.WAITING))}
+    added = 0
+    for label, params in points:
+        if added >= room:
+            break
+        if label in present:
+            continue
+        study.enqueue_trial(params, user_attrs={WARM_START: label})
+        added += 1
+    return added
