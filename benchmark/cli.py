@@ -24,7 +24,12 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="craft", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="craft",
+        description="craft-bench: black-box fine-tuning of vision-language models (CraFT, CBBT, BBT, "
+        "zero-shot CLIP, white-box CoOp): runs, sweeps, search, tables and figures.",
+        epilog="Each command has --help, e.g. 'craft bench --help'.",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)

@@ -1,12 +1,16 @@
-"""``craft demo``: zero-shot CLIP, BBT and CraFT on the built-in suite, through Ray, into Parquet."""
+"""``craft demo``: zero-shot CLIP, BBT and CraFT on the built-in suite, through Ray, into Parquet.
+
+A thin wrapper of ``craft bench``: its flags make the sweep config of ``configs/demo.yaml``
+(changed where a flag says so), run through the same planning and runner.
+"""
 
 from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Sequence
 
-from benchmark.datasets.registry import list_datasets
-from benchmark.sweep.cell import Cell
+from benchmark.sweep.config import SweepConfig
 
 METHODS = ("zero_shot_clip", "bbt", "craft")
 
@@ -21,24 +25,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true")
 
 
-def demo_cells(datasets: list[str] | None, methods: list[str], shots: int, seeds: list[int]) -> list[Cell]:
+def demo_config(
+    out: str = "results/demo", datasets: Sequence[str] | None = None, methods: Sequence[str] = METHODS,
+    shots: int = 16, seeds: Sequence[int] = (1, 2, 3),
+) -> SweepConfig:
+    """The sweep of ``configs/demo.yaml``, with the flags' changes."""
     from benchmark.builtin_suite import BUILTIN_BACKBONE
+    from benchmark.sweep.config import config_from_dict
 
-    keys = datasets or [s.key for s in list_datasets("builtin")]
-    return [
-        Cell(method, key, shots, seed, BUILTIN_BACKBONE, "builtin")
-        for key in keys for method in methods for seed in seeds
-    ]
+    raw = {"out": out, "methods": list(methods), "shots": [shots], "seeds": list(seeds),
+           "backbones": [f"{BUILTIN_BACKBONE}:builtin"]}
+    raw.update({"datasets": list(datasets)} if datasets else {"suite": "builtin"})
+    return config_from_dict(raw, "craft demo")
 
 
 def run(args: argparse.Namespace) -> int:
     from benchmark.report.load import load_results
     from benchmark.report.render import render_table
+    from benchmark.sweep.plan import check_inputs, expand
     from benchmark.sweep.runner import run_sweep
 
-    cells = demo_cells(args.datasets, args.methods, args.shots, args.seeds)
+    cfg = demo_config(args.out, args.datasets, args.methods, args.shots, args.seeds)
+    cells = expand(cfg)
+    check_inputs(cfg)
     start = time.perf_counter()
-    summary = run_sweep(cells, args.out, num_cpus=args.num_cpus, progress=not args.no_progress)
+    summary = run_sweep(cells, cfg.out, num_cpus=args.num_cpus, runs_per_server=cfg.runs_per_server,
+                        progress=not args.no_progress)
     wall = time.perf_counter() - start
     print(
         f"\n{summary.done} runs done, {summary.skipped} already done (skipped), {summary.failed} failed "

@@ -7,8 +7,9 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from benchmark.datasets.registry import get_spec
 from craft.budget import default_budget
-from craft.methods import make_config
+from craft.methods import get_method, make_config
 
 
 @dataclass(frozen=True)
@@ -39,10 +40,21 @@ class Cell:
         return asdict(make_config(self.method, self.hparams, f"cell {self.method}/{self.dataset}"))
 
     def budget(self) -> int:
-        """The query budget: the config's, else by shots as in the official scripts; 0 for zero-shot."""
-        if self.method == "zero_shot_clip":
+        """The query budget: the config's, else the method's default; 0 for zero-shot and white-box runs.
+
+        The default is by shots as in the official CraFT scripts, except for methods with a
+        ``default_budget`` of their own (CBBT: the query cost of its official schedule, which
+        depends on the number of training images, ``shots x classes``).
+        """
+        method = get_method(self.method)
+        if self.method == "zero_shot_clip" or getattr(method, "whitebox", False):
             return 0
-        return int(self.full_hparams().get("budget") or default_budget(self.shots, self.dataset))
+        config = make_config(self.method, self.hparams, f"cell {self.method}/{self.dataset}")
+        if getattr(config, "budget", None):
+            return int(config.budget)
+        if hasattr(method, "default_budget"):
+            return int(method.default_budget(config, self.shots * get_spec(self.dataset).classes, self.dataset))
+        return default_budget(self.shots, self.dataset)
 
     def label(self) -> str:
         return f"{self.method}/{self.dataset}/{self.shots}shot/seed{self.seed}/{self.backbone}"

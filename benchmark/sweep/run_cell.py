@@ -15,7 +15,7 @@ from benchmark.server import RemoteBackend
 from benchmark.sweep.cell import Cell
 from benchmark.task import TaskSpec
 from craft.blackbox import MeteredBlackBox
-from craft.methods import Task, get_method, make_config
+from craft.methods import RunResult, Task, get_method, make_config
 
 
 def task_spec(cell: Cell, eval_test: bool = True) -> TaskSpec:
@@ -38,9 +38,17 @@ def run_cell(
     labels = {k: torch.as_tensor(v) for k, v in prep["labels"].items()}
     eval_splits = tuple(s for s in labels if s != "train")
     task = Task(cell.dataset, prep["classnames"], prep["template"], labels, cell.shots, eval_splits, prep["class_subsets"], on_eval)
-    # One BLAS thread: CMA-ES's eigendecompositions crawl when two OpenBLAS threads fight other runs.
-    with threadpool_limits(1):
-        result = method.run(box, task, config, cell.seed)
+    whitebox_peak_mb = None
+    if getattr(method, "whitebox", False):  # needs the model: trained on the server (benchmark.whitebox)
+        out = backend.run_whitebox(cell.method, cell.hparams, cell.seed, eval_splits)
+        result, whitebox_peak_mb = RunResult(**out["result"]), out["peak_mem_mb"]
+        for row in result.trace:  # evaluations ran remotely: report them now, in order
+            if task.on_eval is not None and any(k.startswith("top1_") for k in row):
+                task.on_eval(row)
+    else:
+        # One BLAS thread: CMA-ES's eigendecompositions crawl when two OpenBLAS threads fight other runs.
+        with threadpool_limits(1):
+            result = method.run(box, task, config, cell.seed)
     server_cost = backend.release()
     usage = result.usage
     base = {
@@ -64,7 +72,7 @@ def run_cell(
         "learned_bytes": result.learned_bytes,
         "wall_s": result.wall_s,
         "gpu_s": server_cost.get("gpu_s"),
-        "peak_mem_mb": server_cost.get("peak_mem_mb") or _peak_rss_mb(),
+        "peak_mem_mb": whitebox_peak_mb or server_cost.get("peak_mem_mb") or _peak_rss_mb(),
         "trace": result.trace,
         "code_version": code_version(),
         "packages": package_versions(),

@@ -1,23 +1,35 @@
 """Running cells on Ray: model server actors hold the model, CPU-only tasks run the methods.
 
-One server actor per (backbone, weights) and GPU (one CPU server where the cluster has no
-GPU); each serves several runs at once (threads). A run reserves CPU only: the GPU is
-counted once, by its server. The driver writes each finished cell to its own Parquet file.
+Servers: one per GPU and (backbone, weights), each reserving ``1 / backbones`` of a GPU, spread
+over the nodes (Ray's SPREAD strategy; one CPU server per backbone where the cluster has no GPU). A run reserves one CPU and no GPU: the GPU is counted once, by its
+server (Ray would leave runs pending forever if both reserved it). Each server takes
+``runs_per_server`` runs at once.
+
+Faults: a run whose process or node dies is run again by Ray (``max_retries``); a server that
+dies is restarted by Ray (``max_restarts=-1``) and its runs prepare their tasks again
+(features from the disk cache), or move to another server of their backbone meanwhile. The
+driver writes each finished cell (log, then results) atomically, so a killed driver loses only
+the cells in flight, and the same command run again does only what is missing.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import socket
+import sys
 import time
 import traceback
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from benchmark.results_io import cell_status, clean_temporaries, write_cell
+from benchmark.errors import UserError
+from benchmark.results_io import cell_status, check_writable, clean_temporaries, write_cell, write_log
 from benchmark.sweep.cell import Cell
 
 WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+RUN_RETRIES = 3  # re-runs of a cell whose process or node died
+SERVER_START_TIMEOUT_S = 1800.0  # GPU nodes of an autoscaling cluster may take minutes to come up
 
 
 @dataclass
@@ -30,54 +42,173 @@ class SweepSummary:
     failures: list[str] = field(default_factory=list)
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
-    """Connect to ``address`` (or ``RAY_ADDRESS``), else start a local runtime with explicit resources."""
+# ----------------------------------------------------------------------------- Ray
+
+
+def _probe(address: str) -> None:
+    """UserError unless something listens at ``host:port`` (ray.init would retry for minutes)."""
+    if address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"Ray address {address!r} is not host:port (e.g. 10.0.0.5:6379) or ray://host:10001")
+    try:
+        with socket.create_connection((host, int(port)), timeout=5):
+            pass
+    except OSError as exc:
+        raise UserError(
+            f"no Ray cluster answers at {address} ({exc.strerror or exc}); start one (ray start --head, or ray up "
+            "cluster.yaml), fix --address / RAY_ADDRESS, or leave both unset to run on this machine"
+        ) from None
+
+
+def _runtime_env() -> dict[str, Any]:
+    """Worker environment variables, minus any a submitted job already sets (Ray refuses a conflict)."""
+    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
+
+    job_env = {}
+    if RAY_JOB_CONFIG_JSON_ENV_VAR in os.environ:
+        job = json.loads(os.environ[RAY_JOB_CONFIG_JSON_ENV_VAR])
+        job_env = (job.get("runtime_env") or {}).get("env_vars") or {}
+    return {"env_vars": {k: v for k, v in WORKER_ENV.items() if k not in job_env}}
+
+
+def init_ray(
+    address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None, *, dashboard: bool = False
+) -> None:
+    """Connect to ``address`` (or ``RAY_ADDRESS``), else start a local runtime with explicit resources.
+
+    A local runtime keeps Ray's defaults for safety: token authentication on, and its dashboard
+    (only with ``dashboard=True``) bound to 127.0.0.1.
+    """
     import ray
 
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
-    runtime_env = {"env_vars": WORKER_ENV}
-    if address:
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
-    else:
-        ray.init(
-            num_cpus=num_cpus or os.cpu_count() or 1, num_gpus=num_gpus, include_dashboard=False,
-            runtime_env=runtime_env, log_to_driver=False,
-        )
-
-
-def _run_cell_task(cell: Cell, server: Any, eval_test: bool) -> list[dict[str, Any]]:
-    from benchmark.sweep.run_cell import failed_row, run_cell
-
     try:
-        return run_cell(cell, server, eval_test)
-    except Exception:  # a failed cell is recorded, not lost; process deaths are retried by Ray
-        return [failed_row(cell, traceback.format_exc())]
+        if address:
+            _probe(address)
+            ray.init(address=address, runtime_env=_runtime_env(), log_to_driver=False)
+        else:
+            ray.init(
+                num_cpus=num_cpus or os.cpu_count() or 1, num_gpus=num_gpus, include_dashboard=dashboard,
+                dashboard_host="127.0.0.1", runtime_env=_runtime_env(), log_to_driver=False,
+            )
+    except UserError:
+        raise
+    except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:
+        where = f"the Ray cluster at {address}" if address else "a local Ray runtime"
+        hint = ("; a cluster with token authentication needs RAY_AUTH_MODE=token and its token here "
+                "(~/.ray/auth_token, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH)") if address else ""
+        raise UserError(f"could not connect to {where}: {' '.join(str(exc).split())[:300]}{hint}") from None
 
 
-def start_servers(cells: list[Cell], runs_per_server: int, mode: str = "fast", cache_dir: str | None = None) -> dict[tuple[str, str], list[Any]]:
-    """One server actor per GPU for each (backbone, weights); spread over nodes."""
+def server_count(keys: int, gpus: int) -> tuple[int, float]:
+    """Servers per (backbone, weights) and the GPU share of each: one per GPU and backbone."""
+    if gpus <= 0:
+        return 1, 0.0
+    return gpus, 1.0 / keys
+
+
+def start_servers(
+    cells: list[Cell],
+    runs_per_server: int,
+    mode: str = "fast",
+    cache_dir: str | None = None,
+    *,
+    gpus: int | None = None,
+    batching: bool | None = None,
+) -> dict[tuple[str, str], list[Any]]:
+    """Start the servers for the backbones of ``cells``, spread over GPUs and nodes; wait until they answer.
+
+    ``gpus``: the GPUs to place servers on (default: those the cluster has now; more make an
+    autoscaling cluster add GPU nodes). Returns ``(backbone, weights) -> actor handles``.
+    """
     import ray
 
     from benchmark.server import ModelServer
 
-    gpus = int(ray.cluster_resources().get("GPU", 0))
+    gpus = int(ray.cluster_resources().get("GPU", 0)) if gpus is None else gpus
     keys = sorted({(c.backbone, c.weights) for c in cells})
-    per_key = max(1, gpus // max(1, len(keys))) if gpus else 1
+    per_key, share = server_count(len(keys), gpus)
     actor_cls = ray.remote(ModelServer)
-    servers: dict[tuple[str, str], list[Any]] = {}
-    for backbone, weights in keys:
-        servers[(backbone, weights)] = [
-            actor_cls.options(
-                num_gpus=1 if gpus else 0, num_cpus=0, max_concurrency=runs_per_server + 2,
-                max_restarts=-1, max_task_retries=3, scheduling_strategy="SPREAD",
-            ).remote(backbone, weights, mode=mode, cache_dir=cache_dir)
-            for _ in range(per_key)
-        ]
-    # Fail fast on a server that cannot start (weights missing, unknown backbone).
-    ray.get([s.ping.remote() for group in servers.values() for s in group])
+    # Threads: one query and one ping (RemoteBackend's liveness probe) per run, and spare.
+    options = dict(num_cpus=0, num_gpus=share, max_concurrency=2 * runs_per_server + 2, max_restarts=-1,
+                   max_task_retries=0, scheduling_strategy="SPREAD")
+    servers: dict[tuple[str, str], list[Any]] = {key: [] for key in keys}
+    for _ in range(per_key):  # interleaved, so that each GPU tends to get one server of each backbone
+        for backbone, weights in keys:
+            servers[(backbone, weights)].append(
+                actor_cls.options(**options).remote(backbone, weights, mode=mode, cache_dir=cache_dir, batching=batching)
+            )
+    for (backbone, weights), group in servers.items():  # fail fast: weights missing, unknown backbone
+        try:
+            _wait([s.ping.remote() for s in group], f"the model servers of {backbone}:{weights}")
+        except ray.exceptions.RayActorError as exc:
+            stop_servers(servers)
+            cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+            raise UserError(f"the model server for {backbone}:{weights} could not start: {' '.join(str(cause).split())[:400]}") from None
     return servers
+
+
+def stop_servers(servers: dict[tuple[str, str], list[Any]]) -> None:
+    """Kill the server actors and free their GPUs."""
+    import ray
+
+    for group in servers.values():
+        for handle in group:
+            ray.kill(handle)
+
+
+def _wait(refs: Any, what: str) -> Any:
+    import ray
+
+    try:
+        return ray.get(refs, timeout=SERVER_START_TIMEOUT_S)
+    except ray.exceptions.GetTimeoutError:
+        raise UserError(f"waited {SERVER_START_TIMEOUT_S:.0f} s for {what}; the cluster cannot place them") from None
+
+
+# ----------------------------------------------------------------------------- one cell, on a worker
+
+
+def _run_cell_task(cell: Cell, servers: list[Any], eval_test: bool) -> dict[str, Any]:
+    """Run one cell; return its rows and its log. A Python error is a failed cell, not a lost one."""
+    from benchmark.sweep.run_cell import failed_row, run_cell
+
+    lines: list[str] = []
+
+    def log(text: str) -> None:
+        lines.append(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}")
+
+    def on_eval(row: dict[str, float]) -> None:
+        log("eval " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+
+    log(f"cell {cell.label()} id {cell.cell_id} on {socket.gethostname()} pid {os.getpid()}")
+    log(f"hparams {json.dumps(cell.full_hparams(), sort_keys=True)} budget {cell.budget()}")
+    start = time.perf_counter()
+    try:
+        rows = run_cell(cell, servers, eval_test, on_eval=on_eval)
+        r = rows[0]
+        log(f"done in {time.perf_counter() - start:.1f} s: top1_val={r['top1_val']} top1_test={r['top1_test']} "
+            f"queries={r['queries']} model_calls={r['model_calls']} gpu_s={r['gpu_s']}")
+    except Exception:  # noqa: BLE001 - recorded in the cell's failure row and log
+        tb = traceback.format_exc()
+        log(f"failed after {time.perf_counter() - start:.1f} s:\n{tb}")
+        rows = [failed_row(cell, tb)]
+    return {"rows": rows, "log": "\n".join(lines) + "\n"}
+
+
+# ----------------------------------------------------------------------------- the sweep
+
+
+def pending_cells(cells: list[Cell], out: str, rerun_failed: bool) -> tuple[list[Cell], int]:
+    """The cells still to run under ``out`` and the number skipped (done, or failed unless rerun)."""
+    status = cell_status(out)
+    todo = [c for c in cells if status.get(c.cell_id) != "ok" and (rerun_failed or status.get(c.cell_id) != "failed")]
+    return todo, len(cells) - len(todo)
 
 
 def run_sweep(
@@ -91,65 +222,117 @@ def run_sweep(
     progress: bool = True,
     eval_test: bool = True,
     cache_dir: str | None = None,
+    gpus: int | None = None,
+    batching: bool | None = None,
+    dashboard: bool = False,
 ) -> SweepSummary:
-    """Run every cell not yet done under ``out``; write each as it finishes."""
+    """Run every cell not yet done under ``out``; write each (log and rows) as it finishes."""
     import ray
 
     summary = SweepSummary()
     start = time.perf_counter()
+    check_writable(out)
     clean_temporaries(out)
-    status = cell_status(out)
-    todo = []
-    for c in cells:
-        s = status.get(c.cell_id)
-        if s == "ok" or (s == "failed" and not rerun_failed):
-            summary.skipped += 1
-        else:
-            todo.append(c)
+    todo, summary.skipped = pending_cells(cells, out, rerun_failed)
     if not todo:
         summary.wall_s = time.perf_counter() - start
         return summary
 
-    init_ray(address, num_cpus)
-    servers = start_servers(todo, runs_per_server, cache_dir=cache_dir)
-    remote_run = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=False)(_run_cell_task)
-    bar = _progress(len(todo), progress)
-    pending: dict[Any, Cell] = {}
+    init_ray(address, num_cpus, dashboard=dashboard)
+    servers = start_servers(todo, runs_per_server, cache_dir=cache_dir, gpus=gpus, batching=batching)
+    remote_run = ray.remote(num_cpus=1, num_gpus=0, max_retries=RUN_RETRIES, retry_exceptions=False)(_run_cell_task)
+    display = Progress(len(todo), progress)
+    load: dict[tuple[str, str], list[int]] = {k: [0] * len(g) for k, g in servers.items()}
+    pending: dict[Any, tuple[Cell, tuple[str, str], int]] = {}
     queue = list(todo)
-    turn: dict[tuple[str, str], int] = defaultdict(int)
-    capacity = sum(len(g) for g in servers.values()) * runs_per_server
-    while queue or pending:
-        while queue and len(pending) < capacity:
-            cell = queue.pop(0)
-            group = servers[(cell.backbone, cell.weights)]
-            server = group[turn[(cell.backbone, cell.weights)] % len(group)]
-            turn[(cell.backbone, cell.weights)] += 1
-            pending[remote_run.remote(cell, server, eval_test)] = cell
-        ready, _ = ray.wait(list(pending), num_returns=1)
-        for ref in ready:
-            cell = pending.pop(ref)
-            try:
-                rows = ray.get(ref)
-            except Exception as exc:  # the task died more often than retried
-                from benchmark.sweep.run_cell import failed_row
-
-                rows = [failed_row(cell, f"{type(exc).__name__}: {exc}")]
-            write_cell(out, rows)
-            if rows[0]["status"] == "ok":
-                summary.done += 1
-                summary.queries += int(rows[0]["queries"] or 0)
-            else:
-                summary.failed += 1
-                summary.failures.append(f"{cell.label()}: {rows[0]['error'].strip().splitlines()[-1]}")
-            elapsed = time.perf_counter() - start
-            bar.set_postfix(running=len(pending), failed=summary.failed, qps=f"{summary.queries / elapsed:.0f}")
-            bar.update(1)
-    bar.close()
+    try:
+        while queue or pending:
+            queue = _submit(queue, pending, servers, load, runs_per_server, remote_run, eval_test)
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=2.0)
+            for ref in ready:
+                cell, key, idx = pending.pop(ref)
+                load[key][idx] -= 1
+                rows, log_text = _collect(ref, cell)
+                write_log(out, cell.method, cell.dataset, cell.cell_id, log_text)
+                write_cell(out, rows)
+                ok = rows[0]["status"] == "ok"
+                if ok:
+                    summary.done += 1
+                    summary.queries += int(rows[0]["queries"] or 0)
+                else:
+                    summary.failed += 1
+                    summary.failures.append(f"{cell.label()}: {rows[0]['error'].strip().splitlines()[-1]}")
+                display.finished(cell, ok, summary, len(pending), time.perf_counter() - start)
+            display.tick(summary, len(pending), time.perf_counter() - start)
+    finally:
+        display.close()
+        stop_servers(servers)
     summary.wall_s = time.perf_counter() - start
     return summary
 
 
-def _progress(total: int, enabled: bool):
-    from tqdm import tqdm
+def _submit(queue, pending, servers, load, runs_per_server, remote_run, eval_test) -> list[Cell]:
+    """Start queued cells on the least-loaded server of their backbone while one has room."""
+    left = []
+    for cell in queue:
+        key = (cell.backbone, cell.weights)
+        idx = min(range(len(load[key])), key=lambda i: load[key][i])
+        if load[key][idx] >= runs_per_server:
+            left.append(cell)
+            continue
+        group = servers[key]
+        ordered = group[idx:] + group[:idx]  # its chosen server first, the others to fail over to
+        pending[remote_run.remote(cell, ordered, eval_test)] = (cell, key, idx)
+        load[key][idx] += 1
+    return left
 
-    return tqdm(total=total, unit="run", desc="runs", disable=not enabled, dynamic_ncols=True)
+
+def _collect(ref: Any, cell: Cell) -> tuple[list[dict[str, Any]], str]:
+    """A finished task's rows and log; a task that died more often than retried is a failed cell."""
+    import ray
+
+    from benchmark.sweep.run_cell import failed_row
+
+    try:
+        result = ray.get(ref)
+        return result["rows"], result["log"]
+    except Exception as exc:  # noqa: BLE001 - worker or node lost RUN_RETRIES + 1 times
+        error = f"{type(exc).__name__}: {exc}"
+        text = f"{time.strftime('%Y-%m-%d %H:%M:%S')} cell {cell.label()} id {cell.cell_id} lost after {RUN_RETRIES} retries:\n{error}\n"
+        return [failed_row(cell, error)], text
+
+
+class Progress:
+    """Cells done, running and failed, queries per second and an ETA: a bar on a terminal, lines in a log."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total, self.enabled = total, enabled
+        self.bar = None
+        self._last_line = 0.0
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="cell", desc="cells", dynamic_ncols=True)
+
+    def _status(self, s: SweepSummary, running: int, elapsed: float) -> str:
+        finished = s.done + s.failed
+        eta = (self.total - finished) * elapsed / finished if finished else float("nan")
+        eta_text = "?" if eta != eta else f"{int(eta // 60)}m{int(eta % 60):02d}s"
+        return f"{finished}/{self.total} done ({s.failed} failed), {running} running, {s.queries / max(elapsed, 1e-9):.0f} queries/s, ETA {eta_text}"
+
+    def finished(self, cell: Cell, ok: bool, s: SweepSummary, running: int, elapsed: float) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(running=running, failed=s.failed, qps=f"{s.queries / max(elapsed, 1e-9):.0f}")
+        else:
+            print(f"{'ok' if ok else 'FAILED'} {cell.label()}; {self._status(s, running, elapsed)}", file=sys.stderr, flush=True)
+
+    def tick(self, s: SweepSummary, running: int, elapsed: float) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(running=running, failed=s.failed, qps=f"{s.queries / max(elapsed, 1e-9):.0f}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

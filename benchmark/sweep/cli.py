@@ -1,0 +1,79 @@
+"""``craft bench CONFIG.yaml``: plan a sweep, or run what is missing of it on Ray.
+
+Everything that can be wrong with the input (config keys and values, the data root, datasets,
+backbones, the results location, the cluster address) is reported as one sentence before any
+run starts and before anything is written. Rerunning the same command skips done cells.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from benchmark.errors import UserError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="sweep config (YAML); see configs/demo.yaml and configs/paper_rn50.yaml")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the plan (cells, estimated queries, which are done) and run nothing")
+    parser.add_argument("--address", default=None,
+                        help="Ray cluster to run on (host:port or ray://host:10001; default: RAY_ADDRESS, else this machine)")
+    parser.add_argument("--rerun-failed", action="store_true", help="run failed cells again (done cells are always skipped)")
+    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray runtime (default: all)")
+    parser.add_argument("--gpus", type=int, default=None,
+                        help="GPUs to place model servers on (default: the cluster's now; set it when an autoscaling "
+                             "cluster has yet to start its GPU nodes)")
+    parser.add_argument("--dashboard", action="store_true",
+                        help="start the local runtime's Ray dashboard, on 127.0.0.1 only")
+    parser.add_argument("--no-progress", action="store_true", help="no progress display")
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+
+    from benchmark.results_io import check_location
+    from benchmark.sweep.config import load_config
+    from benchmark.sweep.plan import check_inputs, expand, format_plan, make_plan
+
+    if args.num_cpus is not None and (args.address or os.environ.get("RAY_ADDRESS")):
+        raise UserError("--num-cpus sizes a local Ray runtime; a cluster given by --address or RAY_ADDRESS has its own CPUs")
+    for flag in ("num_cpus", "gpus"):
+        value = getattr(args, flag)
+        if value is not None and value < (1 if flag == "num_cpus" else 0):
+            raise UserError(f"--{flag.replace('_', '-')} must be {'>= 1' if flag == 'num_cpus' else '>= 0'}, got {value}")
+    cfg = load_config(args.config)
+    cells = expand(cfg)
+    check_inputs(cfg)
+    if args.dry_run:
+        print(format_plan(make_plan(cells, cfg.out), cfg, args.rerun_failed))
+        return 0
+    check_location(cfg.out)
+
+    from benchmark.sweep.runner import init_ray, pending_cells, run_sweep
+
+    todo, skipped = pending_cells(cells, cfg.out, args.rerun_failed)
+    if not todo:
+        print(f"nothing to run: all {skipped} cells of {args.config} are done or failed before "
+              f"(--rerun-failed retries failed ones); results in {cfg.out}")
+        return 0
+    init_ray(args.address, args.num_cpus, dashboard=args.dashboard)
+    if args.gpus and not (args.address or os.environ.get("RAY_ADDRESS")):
+        import ray
+
+        have = int(ray.cluster_resources().get("GPU", 0))
+        if args.gpus > have:
+            raise UserError(f"--gpus {args.gpus}: this machine has {have} GPU(s) for Ray (an autoscaling cluster could add more)")
+    summary = run_sweep(
+        cells, cfg.out, runs_per_server=cfg.runs_per_server, rerun_failed=args.rerun_failed,
+        progress=not args.no_progress, gpus=args.gpus,
+    )
+    print(
+        f"{summary.done} cells done, {summary.skipped} already done or failed before (skipped), "
+        f"{summary.failed} failed, in {summary.wall_s:.1f} s; results and per-cell logs in {cfg.out}"
+    )
+    for line in summary.failures:
+        print(f"failed: {line}", file=sys.stderr)
+    if summary.failed:
+        print("see each failed cell's .log beside its results; retry them with --rerun-failed", file=sys.stderr)
+    return 1 if summary.failed else 0

@@ -1,0 +1,118 @@
+"""From a sweep config to cells: the product of its lists, each cell's estimated queries and status.
+
+The product runs backbone, dataset, shots, seed, method (a server's concurrent runs then tend to
+share a dataset, whose queries it can batch). Zero-shot CLIP learns nothing, so it is planned
+once per (backbone, dataset, seed), at the sweep's largest shots (its few-shot validation set).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmark.errors import UserError
+from benchmark.results_io import cell_status
+from benchmark.sweep.cell import Cell
+from benchmark.sweep.config import SweepConfig
+
+ZERO_SHOT = "zero_shot_clip"
+
+
+def expand(cfg: SweepConfig) -> list[Cell]:
+    """Every cell of ``cfg``, in run order, each once."""
+    cells: list[Cell] = []
+    for backbone, weights in cfg.backbones:
+        for ds in cfg.datasets:
+            extra = cfg.eval_datasets.get(ds, ())
+            for shots in cfg.shots:
+                for seed in cfg.seeds:
+                    for method in cfg.methods:
+                        if method == ZERO_SHOT and shots != max(cfg.shots):
+                            continue
+                        cells.append(Cell(method, ds, shots, seed, backbone, weights,
+                                          cfg.hparams_for(method, ds), extra, cfg.root))
+    return list({c.cell_id: c for c in cells}.values())
+
+
+def estimated_queries(cell: Cell) -> int:
+    """Budgeted queries the cell will use: its budget, in whole CMA-ES generations where it has them."""
+    budget = cell.budget()
+    popsize = cell.full_hparams().get("popsize")
+    return budget - budget % popsize if popsize else budget
+
+
+@dataclass
+class Plan:
+    """The cells of a sweep and what is already done under its ``out``."""
+
+    cells: list[Cell]
+    status: dict[str, str]  # cell_id -> done | failed | todo
+    queries: dict[str, int]  # cell_id -> estimated queries
+
+    def todo(self, rerun_failed: bool = False) -> list[Cell]:
+        wanted = {"todo", "failed"} if rerun_failed else {"todo"}
+        return [c for c in self.cells if self.status[c.cell_id] in wanted]
+
+    def count(self, status: str) -> int:
+        return sum(1 for s in self.status.values() if s == status)
+
+
+def make_plan(cells: list[Cell], out: str) -> Plan:
+    """Status of each cell under ``out`` (nothing there yet: all to do)."""
+    found = cell_status(out)
+    status = {c.cell_id: {"ok": "done", "failed": "failed"}.get(found.get(c.cell_id, ""), "todo") for c in cells}
+    return Plan(cells, status, {c.cell_id: estimated_queries(c) for c in cells})
+
+
+def check_inputs(cfg: SweepConfig) -> None:
+    """What can be checked before Ray starts: the data root, every dataset's files, the backbones."""
+    from benchmark.datasets.registry import load_dataset
+    from benchmark.models import known_backbones
+    from benchmark.builtin_suite import BUILTIN_BACKBONE
+
+    if cfg.root is not None and not os.path.isdir(cfg.root):
+        raise UserError(f"{cfg.path}: root {cfg.root} does not exist or is not a folder (it must hold the dataset folders)")
+    for ds in cfg.datasets:
+        for key in (ds, *cfg.eval_datasets.get(ds, ())):
+            try:
+                load_dataset(key, cfg.root)
+            except UserError as exc:
+                raise UserError(f"{cfg.path}: {exc}") from None
+    known = set(known_backbones())
+    for name, weights in cfg.backbones:
+        if name not in known:
+            raise UserError(f"{cfg.path}: unknown backbone {name!r} (any name from open_clip.list_models(), or {BUILTIN_BACKBONE})")
+        if weights == "builtin" and name != BUILTIN_BACKBONE:
+            raise UserError(f"{cfg.path}: weights 'builtin' exist only for {BUILTIN_BACKBONE}, not {name}")
+        if ("/" in weights or weights.endswith((".pt", ".pth", ".bin", ".safetensors"))) and not Path(weights).is_file():
+            raise UserError(f"{cfg.path}: checkpoint {weights} (weights of {name}) does not exist")
+
+
+def format_plan(plan: Plan, cfg: SweepConfig, rerun_failed: bool = False) -> str:
+    """The dry-run report: totals, then one line per (backbone, method, dataset)."""
+    todo_ids = {c.cell_id for c in plan.todo(rerun_failed)}
+    q_total = sum(plan.queries.values())
+    q_todo = sum(plan.queries[i] for i in todo_ids)
+    lines = [
+        f"sweep {cfg.path} -> {cfg.out}" + (f" (includes: {', '.join(cfg.includes)})" if cfg.includes else ""),
+        f"{len(plan.cells)} cells: {plan.count('done')} done, {plan.count('failed')} failed, {len(todo_ids)} to run"
+        + (" (failed ones included: --rerun-failed)" if rerun_failed and plan.count("failed") else "")
+        + f"; estimated queries to run: {q_todo:,} of {q_total:,}",
+    ]
+    groups: dict[tuple[str, str, str], Counter] = {}
+    for c in plan.cells:
+        g = groups.setdefault((f"{c.backbone}:{c.weights}", c.method, c.dataset), Counter())
+        g["cells"] += 1
+        g[plan.status[c.cell_id]] += 1
+        if c.cell_id in todo_ids:
+            g["run"] += 1
+            g["queries"] += plan.queries[c.cell_id]
+    header = ("backbone", "method", "dataset", "cells", "done", "failed", "to run", "queries to run")
+    rows = [(b, m, d, str(g["cells"]), str(g["done"]), str(g["failed"]), str(g["run"]), f"{g['queries']:,}")
+            for (b, m, d), g in groups.items()]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, *rows]:
+        lines.append("  ".join(v.ljust(w) if i < 3 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))))
+    return "\n".join(lines)

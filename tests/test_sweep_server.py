@@ -1,0 +1,118 @@
+"""The model server: cross-caller batching with unchanged numerics, task leases, and surviving server faults."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from benchmark.batching import QueryBatcher
+from benchmark.server import ModelServer, RemoteBackend
+from benchmark.task import TaskSpec
+
+SPEC = TaskSpec("digits_rotate", 2, 1)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory):
+    from benchmark.builtin_suite import ensure_builtin_suite
+
+    mp = pytest.MonkeyPatch()
+    root = tmp_path_factory.mktemp("cache")
+    mp.setenv("CRAFT_BENCH_CACHE", str(root))
+    ensure_builtin_suite(root / "builtin")
+    yield root
+    mp.undo()
+
+
+def contexts(n: int, seed: int, width: int, n_ctx: int = 4) -> torch.Tensor:
+    return torch.randn(n, n_ctx, width, generator=torch.Generator().manual_seed(seed)) * 0.02
+
+
+@pytest.fixture
+def one_thread():
+    """As CPU model servers run (OMP_NUM_THREADS=1): with several threads, CPU kernels round the last
+    bit differently for different batch sizes, merged or not (about 1e-7 here)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_concurrent_queries_merge_into_one_pass_with_identical_results(cache, one_thread) -> None:
+    server = ModelServer("craft-tiny", "builtin", batching=True)
+    engine, batcher = server.engine, server._batcher
+    assert isinstance(batcher, QueryBatcher)
+    leases = [server.prepare(TaskSpec(ds, 2, seed)) for ds, seed in
+              [("digits_rotate", 1), ("digits_rotate", 2), ("digits_shift", 1), ("digits_rotate", 3)]]
+    # The digit sets share one class list; request 2 has a shorter context, so it cannot join.
+    queries = [contexts(n, i, engine.width, n_ctx) for i, (n, n_ctx) in enumerate([(40, 4), (7, 4), (40, 3), (1, 4)])]
+    alone = [server._backend(p["task_id"]).logits(q, "train")[0] for p, q in zip(leases, queries)]
+
+    # Hold the first pass long enough for the other three callers to queue behind it.
+    original = engine.text_features
+    calls = []
+    def slow_first(c, part):
+        calls.append(c.shape[0])
+        if len(calls) == 1:
+            time.sleep(0.5)
+        return original(c, part)
+    engine.text_features = slow_first
+    results: dict[int, np.ndarray] = {}
+    def call(i: int) -> None:
+        results[i] = server.logits(leases[i]["task_id"], queries[i].numpy(), "train", None)[0]
+    first = threading.Thread(target=call, args=(0,))
+    first.start()
+    time.sleep(0.1)
+    rest = [threading.Thread(target=call, args=(i,)) for i in (1, 2, 3)]
+    for t in rest:
+        t.start()
+    for t in (first, *rest):
+        t.join()
+    engine.text_features = original
+    # Pass 1: request 0; pass 2: requests 1 and 3 (same class list and context length); pass 3: request 2.
+    assert (batcher.passes, batcher.requests) == (3, 4) and calls == [40, 7 + 1, 40]
+    for i in range(4):
+        assert torch.equal(torch.from_numpy(results[i]), alone[i]), f"request {i} changed by batching"
+
+
+def test_leases_share_a_task_and_the_last_release_drops_it(cache) -> None:
+    server = ModelServer("craft-tiny", "builtin", batching=False)
+    a, b = server.prepare(SPEC), server.prepare(SPEC)
+    assert a["task_id"] != b["task_id"] and b["images_encoded"] == 0 and server.ping()["tasks"] == 1
+    q = contexts(3, 0, server.engine.width).numpy()
+    server.logits(a["task_id"], q, "train", None)
+    assert server.release(a["task_id"])["gpu_s"] > 0
+    out, _ = server.logits(b["task_id"], q, "train", None)  # b still holds the task
+    assert out.shape == (3, len(a["labels"]["train"]), 10)
+    server.release(b["task_id"])
+    assert server.ping()["tasks"] == 0
+
+
+def test_runs_survive_a_dead_server_and_a_restarted_one(cache) -> None:
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"CRAFT_BENCH_CACHE": str(cache), "OMP_NUM_THREADS": "1"}})
+    try:
+        actor = ray.remote(ModelServer).options(num_cpus=0, max_restarts=-1, max_task_retries=0, max_concurrency=4)
+        a, b = actor.remote("craft-tiny", "builtin"), actor.remote("craft-tiny", "builtin")
+        backend = RemoteBackend([a, b], SPEC)
+        q = contexts(5, 1, backend.info().width)
+        before, _ = backend.logits(q, "train")
+
+        ray.kill(a, no_restart=True)  # dead for good: the run moves to b and prepares its task there
+        after, _ = backend.logits(q, "train")
+        assert torch.equal(before, after) and backend.server is b and backend.failovers >= 1
+        pid = ray.get(b.ping.remote())["pid"]
+
+        ray.kill(b, no_restart=False)  # b restarts empty: the run prepares its task again (from disk cache)
+        lease = backend.prepared["task_id"]
+        again, _ = backend.logits(q, "train")
+        assert torch.equal(before, again)
+        assert backend.prepared["task_id"] != lease and ray.get(b.ping.remote())["pid"] != pid
+        assert backend.release()["gpu_s"] > 0
+    finally:
+        ray.shutdown()
