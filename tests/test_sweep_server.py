@@ -10,7 +10,10 @@ import pytest
 import torch
 
 from benchmark.batching import QueryBatcher
+from benchmark.errors import UserError
 from benchmark.server import ModelServer, RemoteBackend
+from benchmark.sweep.cell import Cell
+from benchmark.sweep.runner import start_servers
 from benchmark.task import TaskSpec
 
 SPEC = TaskSpec("digits_rotate", 2, 1)
@@ -110,9 +113,23 @@ def test_runs_survive_a_dead_server_and_a_restarted_one(cache) -> None:
 
         ray.kill(b, no_restart=False)  # b restarts empty: the run prepares its task again (from disk cache)
         lease = backend.prepared["task_id"]
+        # ray.kill is asynchronous: wait until the restarted process answers before querying.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if ray.get(b.ping.remote(), timeout=10)["pid"] != pid:
+                    break
+            except Exception:  # the actor is between its death and its restart
+                pass
+            time.sleep(0.2)
         again, _ = backend.logits(q, "train")
         assert torch.equal(before, again)
         assert backend.prepared["task_id"] != lease and ray.get(b.ping.remote())["pid"] != pid
         assert backend.release()["gpu_s"] > 0
+
+        # A server that cannot start is one sentence, not a restart loop.
+        bad = Cell("zero_shot_clip", "digits_rotate", 2, 1, "RN50", "/nowhere/rn50.pt")
+        with pytest.raises(UserError, match=r"^the model server for RN50:/nowhere/rn50.pt could not start: checkpoint file not found"):
+            start_servers([bad], runs_per_server=1)
     finally:
         ray.shutdown()
