@@ -17,6 +17,7 @@ from benchmark.results_io import (
 from benchmark.sweep.config import config_from_dict
 from benchmark.sweep.plan import check_inputs, estimated_queries, expand, format_plan, make_plan
 from benchmark.sweep.run_cell import failed_row
+from benchmark.sweep.runner import pending_cells
 
 SWEEP = {"out": "unused", "methods": ["zero_shot_clip", "bbt", "craft"], "datasets": ["digits_noise", "digits_shift"],
          "shots": [1, 4], "seeds": [1, 2, 3], "backbones": ["craft-tiny:builtin"],
@@ -57,6 +58,10 @@ def test_plan_sees_done_and_failed_cells(tmp_path: Path) -> None:
     assert len(plan.todo()) == len(cells) - 2 and len(plan.todo(rerun_failed=True)) == len(cells) - 1
     text = format_plan(plan, cfg)
     assert f"{len(cells)} cells: 1 done, 1 failed, {len(cells) - 2} to run" in text
+    todo, skipped = pending_cells(cells, out, rerun_failed=False)  # what the runner starts
+    assert skipped == 2 and cells[0] not in todo and cells[1] not in todo
+    todo, skipped = pending_cells(cells, out, rerun_failed=True)
+    assert skipped == 1 and cells[1] in todo
 
 
 def test_a_success_replaces_the_failure_record_and_status_reads_back(tmp_path: Path) -> None:

@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from benchmark.errors import UserError
-from benchmark.results_io import cell_status, check_writable, clean_temporaries, write_cell, write_log
+from benchmark.results_io import (
+    cell_status, check_location, check_writable, clean_temporaries, write_cell, write_log,
+)
 from benchmark.sweep.cell import Cell
 
 WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -148,9 +150,15 @@ def start_servers(
             _wait([s.ping.remote() for s in group], f"the model servers of {backbone}:{weights}")
         except ray.exceptions.RayActorError as exc:
             stop_servers(servers)
-            cause = exc.cause if getattr(exc, "cause", None) is not None else exc
-            raise UserError(f"the model server for {backbone}:{weights} could not start: {' '.join(str(cause).split())[:400]}") from None
+            raise UserError(f"the model server for {backbone}:{weights} could not start: {_last_error_line(exc)}") from None
     return servers
+
+
+def _last_error_line(exc: Exception) -> str:
+    """The original error of a failed actor creation (the last line of its traceback), as one sentence."""
+    lines = [ln.strip() for ln in str(getattr(exc, "error_msg", exc)).splitlines() if ln.strip()]
+    last = lines[-1] if lines else type(exc).__name__
+    return last.removeprefix("benchmark.errors.UserError: ")[:500]
 
 
 def stop_servers(servers: dict[tuple[str, str], list[Any]]) -> None:
@@ -231,8 +239,7 @@ def run_sweep(
 
     summary = SweepSummary()
     start = time.perf_counter()
-    check_writable(out)
-    clean_temporaries(out)
+    check_location(out)
     todo, summary.skipped = pending_cells(cells, out, rerun_failed)
     if not todo:
         summary.wall_s = time.perf_counter() - start
@@ -240,6 +247,12 @@ def run_sweep(
 
     init_ray(address, num_cpus, dashboard=dashboard)
     servers = start_servers(todo, runs_per_server, cache_dir=cache_dir, gpus=gpus, batching=batching)
+    try:  # nothing is written before the servers are up
+        check_writable(out)
+        clean_temporaries(out)
+    except BaseException:
+        stop_servers(servers)
+        raise
     remote_run = ray.remote(num_cpus=1, num_gpus=0, max_retries=RUN_RETRIES, retry_exceptions=False)(_run_cell_task)
     display = Progress(len(todo), progress)
     load: dict[tuple[str, str], list[int]] = {k: [0] * len(g) for k, g in servers.items()}
