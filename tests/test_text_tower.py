@@ -17,13 +17,7 @@ WORDS = ["cat", "golden retriever", "a rather long class name of an aircraft", "
 REL_TOL = 1e-4  # the stated tolerance: relative L2 error of fast-path logits, fp32 on CPU
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: on a small shared CPU, tiny ops with two threads wait on each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def small_clip(layers: int = 3, quick_gelu: bool = False, ls: float | None = None, qk_norm: bool = False) -> LoadedModel:
