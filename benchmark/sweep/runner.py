@@ -260,7 +260,8 @@ def run_sweep(
     queue = list(todo)
     try:
         while queue or pending:
-            queue = _submit(queue, pending, servers, load, runs_per_server, remote_run, eval_test)
+            slots = run_slots() - len(pending)
+            queue = _submit(queue, pending, servers, load, runs_per_server, remote_run, eval_test, slots)
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=2.0)
             for ref in ready:
                 cell, key, idx = pending.pop(ref)
@@ -284,10 +285,26 @@ def run_sweep(
     return summary
 
 
-def _submit(queue, pending, servers, load, runs_per_server, remote_run, eval_test) -> list[Cell]:
-    """Start queued cells on the least-loaded server of their backbone while one has room."""
+def run_slots() -> int:
+    """How many runs may be in flight: the cluster's CPUs (now: an autoscaling cluster grows).
+
+    A run reserves one CPU, but Ray lends a task's CPU to other tasks while it blocks in
+    ``ray.get``, which a run does at every query, so Ray alone would start every queued run
+    at once. More runs than CPUs only time-slice them: on 2 cores, 12 cells took 111 s with 4
+    in flight and 80-94 s with 2 (``craft bench``, runs_per_server 4 and 2).
+    """
+    import ray
+
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def _submit(queue, pending, servers, load, runs_per_server, remote_run, eval_test, slots: int) -> list[Cell]:
+    """Start queued cells on the least-loaded server of their backbone while one has room (at most ``slots``)."""
     left = []
     for cell in queue:
+        if slots <= 0:
+            left.append(cell)
+            continue
         key = (cell.backbone, cell.weights)
         idx = min(range(len(load[key])), key=lambda i: load[key][i])
         if load[key][idx] >= runs_per_server:
@@ -297,6 +314,7 @@ def _submit(queue, pending, servers, load, runs_per_server, remote_run, eval_tes
         ordered = group[idx:] + group[:idx]  # its chosen server first, the others to fail over to
         pending[remote_run.remote(cell, ordered, eval_test)] = (cell, key, idx)
         load[key][idx] += 1
+        slots -= 1
     return left
 
 

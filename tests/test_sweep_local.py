@@ -1,0 +1,66 @@
+"""A sweep on a local Ray runtime, as ``craft demo`` runs one: no more runs in flight than CPUs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from benchmark.report.load import load_results
+from benchmark.sweep.config import config_from_dict
+from benchmark.sweep.plan import expand
+
+
+def test_a_local_sweep_runs_each_cell_once_one_at_a_time_on_one_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run blocks in ``ray.get`` at every query, and Ray lends a blocked task's CPU to the next
+    task, so the driver caps runs in flight at the CPUs (recorded times are to the second)."""
+    ray = pytest.importorskip("ray")
+    from benchmark.builtin_suite import ensure_builtin_suite
+    from benchmark.sweep.runner import run_sweep
+
+    monkeypatch.setenv("CRAFT_BENCH_CACHE", str(tmp_path / "cache"))  # workers inherit it
+    ensure_builtin_suite(tmp_path / "cache" / "builtin")
+    cfg = config_from_dict({
+        "out": str(tmp_path / "out"), "datasets": ["digits_rotate"], "methods": ["bbt"], "shots": [2],
+        "seeds": [1, 2, 3], "backbones": ["craft-tiny:builtin"], "runs_per_server": 4,
+        "hparams": {"bbt": {"*": {"budget": 400, "intrinsic_dim": 64}}},
+    })
+    cells = expand(cfg)
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        summary = run_sweep(cells, cfg.out, runs_per_server=4, progress=False)
+    finally:
+        ray.shutdown()
+    assert (summary.done, summary.failed) == (3, 0)
+    rows = load_results(cfg.out).sort_values("started_at")
+    assert sorted(rows["cell_id"]) == sorted(c.cell_id for c in cells)
+    spans = list(zip(rows["started_at"], rows["finished_at"]))
+    for (_, end), (start, _) in zip(spans, spans[1:]):
+        assert start >= end, f"two runs in flight on one CPU: {spans}"
+
+
+class _Remote:
+    def __init__(self) -> None:
+        self.started: list[str] = []
+
+    def remote(self, cell, servers, eval_test):  # noqa: ANN001 - stands in for a Ray remote function
+        self.started.append(cell.cell_id)
+        return object()
+
+
+def test_submit_fills_free_slots_in_order_on_the_least_loaded_server() -> None:
+    from benchmark.sweep.runner import _submit
+
+    cfg = config_from_dict({
+        "out": "unused", "datasets": ["digits_rotate"], "methods": ["bbt"], "shots": [2], "seeds": [1, 2, 3, 4, 5],
+        "backbones": ["craft-tiny:builtin"],
+    })
+    cells = expand(cfg)
+    key = (cells[0].backbone, cells[0].weights)
+    servers, load, pending, remote = {key: ["s0", "s1"]}, {key: [1, 0]}, {}, _Remote()
+    left = _submit(cells, pending, servers, load, 4, remote, True, slots=2)
+    assert remote.started == [c.cell_id for c in cells[:2]] and left == cells[2:]
+    assert load[key] == [2, 1] and sorted(idx for _, _, idx in pending.values()) == [0, 1]
+    assert _submit(left, pending, servers, load, 4, remote, True, slots=0) == left  # no free CPU: nothing starts
+    left = _submit(left, pending, servers, load, 2, remote, True, slots=9)  # now the servers are full
+    assert left == cells[3:] and load[key] == [2, 2]
