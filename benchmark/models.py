@@ -48,12 +48,25 @@ class LoadedModel:
 
 
 def known_backbones() -> list[str]:
-    import open_clip
+    """open_clip's model names and the built-in model's, as ``open_clip.list_models()`` lists them.
 
-    from benchmark.builtin_suite import register_builtin_model
+    Read from open_clip's config folder as open_clip reads it, without importing open_clip
+    (seconds, with torchvision), so that a sweep's driver checks its config at once.
+    """
+    import importlib.util
+    import json
 
-    register_builtin_model()
-    return sorted(open_clip.list_models())
+    from benchmark.builtin_suite import BUILTIN_BACKBONE
+
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or spec.origin is None:
+        raise UserError("open_clip is not installed: pip install open_clip_torch")
+    names = {BUILTIN_BACKBONE}
+    for path in (Path(spec.origin).parent / "model_configs").glob("*.json"):
+        cfg = json.loads(path.read_text())
+        if all(k in cfg for k in ("embed_dim", "vision_cfg", "text_cfg")):
+            names.add(path.stem)
+    return sorted(names)
 
 
 @contextmanager

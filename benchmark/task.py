@@ -23,18 +23,7 @@ from benchmark.datasets.types import DatasetSplits, Item
 from benchmark.engine import ClipEngine, TaskData
 from benchmark.errors import UserError
 from benchmark.features import FeatureCache
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """The data of one run."""
-
-    dataset: str
-    shots: int
-    seed: int
-    root: str | None = None
-    eval_datasets: tuple[str, ...] = ()
-    eval_test: bool = True  # False during a hyperparameter search: no test image is read
+from benchmark.task_spec import TaskSpec
 
 
 @dataclass

@@ -30,7 +30,7 @@ from benchmark.datasets.registry import list_datasets
 from benchmark.server import ModelServer
 from benchmark.sweep.cell import Cell
 from benchmark.sweep.run_cell import run_cell
-from benchmark.task import TaskSpec
+from benchmark.task_spec import TaskSpec
 
 # Row name: (method, hyperparameters other than the defaults).
 VARIANTS = {

@@ -85,3 +85,19 @@ def test_pretrained_tag_not_cached_is_a_clear_error_and_downloads_nothing(tmp_pa
     with pytest.raises(UserError, match="with pretrained tag 'openai' are not in the local cache .* downloads are off"):
         load_model("RN50", "openai", allow_download=False)
     assert not list(tmp_path.rglob("*.*")), "nothing may be downloaded"
+
+
+def test_known_backbones_are_open_clips_list_without_importing_it():
+    import subprocess
+    import sys
+
+    import open_clip
+
+    from benchmark.builtin_suite import register_builtin_model
+    from benchmark.models import known_backbones
+
+    register_builtin_model()
+    assert known_backbones() == sorted(open_clip.list_models())
+    assert {"RN50", "RN101", "ViT-B-32", "ViT-B-16", "craft-tiny"} <= set(known_backbones())
+    code = "import sys; from benchmark.models import known_backbones; known_backbones(); print('open_clip' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"

@@ -11,10 +11,11 @@ import torch
 
 from benchmark.batching import QueryBatcher
 from benchmark.errors import UserError
-from benchmark.server import ModelServer, RemoteBackend
+from benchmark.remote import RemoteBackend
+from benchmark.server import ModelServer
 from benchmark.sweep.cell import Cell
 from benchmark.sweep.runner import start_servers
-from benchmark.task import TaskSpec
+from benchmark.task_spec import TaskSpec
 
 SPEC = TaskSpec("digits_rotate", 2, 1)
 

@@ -189,7 +189,8 @@ def _pruning(raw: Any, where: str) -> Pruning | None:
 
 def _check_data(cfg: SearchConfig, where: str) -> None:
     """Train and validation images of every (dataset, shots, search seed) exist; test is never looked at."""
-    from benchmark.task import TaskSpec, load_task_splits
+    from benchmark.task import load_task_splits
+    from benchmark.task_spec import TaskSpec
 
     for ds in cfg.datasets:
         for k in cfg.shots:

@@ -11,9 +11,9 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from benchmark.provenance import code_version, package_versions
-from benchmark.server import RemoteBackend
+from benchmark.remote import RemoteBackend
 from benchmark.sweep.cell import Cell
-from benchmark.task import TaskSpec
+from benchmark.task_spec import TaskSpec
 from craft.blackbox import MeteredBlackBox
 from craft.methods import RunResult, Task, get_method, make_config
 

@@ -9,10 +9,8 @@ BBT is the same search without the refinement module (fitness: cross-entropy onl
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
-import cma
 import numpy as np
 import torch
 
@@ -73,6 +71,8 @@ def _validate(cfg: BBTConfig) -> None:
 
 
 def _search(box: BlackBox, task: Task, cfg: BBTConfig, seed: int, refine: bool) -> tuple[dict, list, RefinementMLP | None, torch.Tensor]:
+    import cma  # here, not at the top: it imports scipy.stats and matplotlib (a second), which a sweep's driver never needs
+
     _validate(cfg)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
