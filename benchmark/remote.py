@@ -97,9 +97,10 @@ class RemoteBackend:
         from ray.exceptions import GetTimeoutError, RayActorError
 
         while True:
-            ready, _ = ray.wait([ref], timeout=self.probe_every_s)
-            if ready:
-                return ray.get(ref)
+            try:  # one call, not ray.wait then ray.get: a run makes hundreds of these
+                return ray.get(ref, timeout=self.probe_every_s)
+            except GetTimeoutError:
+                pass
             try:
                 ray.get(self.server.ping.remote(), timeout=self.ping_timeout_s)
             except (GetTimeoutError, RayActorError) as exc:

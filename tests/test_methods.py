@@ -65,3 +65,26 @@ def test_unknown_method_and_hyperparameter_errors_name_the_valid_ones():
         make_config("craft", {"sigmaa": 1})
     with pytest.raises(ValueError, match="invalid hyperparameter value.*sigma=-1"):
         _run("craft", sigma=-1)
+
+
+def test_cma_eigen_gap_scales_pycmas_decomposition_interval(monkeypatch):
+    import cma.sampler
+
+    calls = {"n": 0}
+    decompose = cma.sampler.GaussFullSampler._decompose_C
+
+    def counted(self):
+        calls["n"] += 1
+        decompose(self)
+
+    monkeypatch.setattr(cma.sampler.GaussFullSampler, "_decompose_C", counted)
+    counts = {}
+    for gap in (1.0, 10.0):
+        calls["n"] = 0
+        _run("bbt", intrinsic_dim=256, popsize=40, budget=40 * 25, cma_eigen_gap=gap)
+        counts[gap] = calls["n"]
+    # pycma's own interval at N=256, popsize 40 is 1.2 generations: every other one at gap 1,
+    # every 13th at gap 10 (25 generations).
+    assert 11 <= counts[1.0] <= 13 and 1 <= counts[10.0] <= 2
+    with pytest.raises(ValueError, match="cma_eigen_gap=0"):
+        _run("bbt", cma_eigen_gap=0)
