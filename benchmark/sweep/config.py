@@ -296,7 +296,7 @@ def _check_hparams(value: Any, where: str) -> None:
             try:
                 make_config(method, values, path)
             except (ValueError, TypeError) as exc:
-                raise UserError(f"{where}: {exc}") from None
+                raise UserError(f"{where}: {path}: {exc}") from None
 
 
 def _fits(value: Any, hint: Any) -> bool:
@@ -387,4 +387,4 @@ def _check_combined_hparams(hparams: dict[str, Any], datasets: list[str], where:
             try:
                 make_config(method, values, f"hparams.{method} for {ds}")
             except (ValueError, TypeError) as exc:
-                raise UserError(f"{where}: {exc}") from None
+                raise UserError(f"{where}: hparams.{method} for {ds} ('*' and its own): {exc}") from None

@@ -60,6 +60,9 @@ class CBBTConfig:
     budget: int | None = None
     eval_every: int = 10
 
+    def __post_init__(self) -> None:  # bad values fail where the config is read, not mid-sweep
+        _validate(self)
+
 
 def epochs_for(cfg: CBBTConfig, dataset: str) -> int:
     """The number of epochs: the config's, else the official script's for ``dataset``."""

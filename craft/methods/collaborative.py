@@ -46,6 +46,9 @@ class BBTConfig:
     # seed noise (python -m benchmarks.cma_cost --accuracy).
     cma_eigen_gap: float = 10.0
 
+    def __post_init__(self) -> None:  # bad values fail where the config is read, not mid-sweep
+        _validate(self)
+
 
 @dataclass
 class CraFTConfig(BBTConfig):
@@ -74,6 +77,7 @@ def _validate(cfg: BBTConfig) -> None:
         "intrinsic_dim": cfg.intrinsic_dim >= 1,
         "eval_every": cfg.eval_every >= 1,
         "cma_eigen_gap": cfg.cma_eigen_gap > 0,
+        "budget": cfg.budget is None or cfg.budget >= 0,
     }
     if isinstance(cfg, CraFTConfig):
         checks.update(n=cfg.n >= 1, lr=cfg.lr > 0, batch_size=cfg.batch_size >= 1, hidden=cfg.hidden >= 1)

@@ -40,6 +40,9 @@ class CoOpConfig:
     warmup_lr: float = 1e-5
     eval_every: int = 10
 
+    def __post_init__(self) -> None:  # bad values fail where the config is read, not mid-sweep
+        validate_coop(self)
+
 
 def coop_epochs(cfg: CoOpConfig, shots: int, dataset: str) -> int:
     """The config's epochs, else CoOp's for ``shots`` (50 on ImageNet)."""
