@@ -278,15 +278,15 @@ def cma_seconds(dim: int, popsize: int, iterations: int = 48) -> float:
     As the methods drive pycma (``cma_eigen_gap`` of CraFT's defaults), and a mean, not a
     median: the eigendecomposition comes every few dozen generations and is most of the cost.
     """
-    import cma
     import numpy as np
     from threadpoolctl import threadpool_limits
 
     from craft.methods import CraFTConfig
+    from craft.methods.collaborative import cma_strategy
 
+    cfg = CraFTConfig()
     with threadpool_limits(1, user_api="blas"):
-        es = cma.CMAEvolutionStrategy(np.zeros(dim), 1.0, {"popsize": popsize, "seed": 1, "verbose": -9, "bounds": [-5, 5]})
-        es.sm.lazy_update_gap *= CraFTConfig().cma_eigen_gap
+        es = cma_strategy(dim, cfg.sigma, popsize, cfg.bound, 1, cfg.cma_eigen_gap)
         xs = es.ask()
         t0 = time.perf_counter()
         for _ in range(iterations):

@@ -24,11 +24,9 @@ from threadpoolctl import threadpool_limits
 
 def time_generations(dim: int, gap: float, generations: int, popsize: int = 40) -> tuple[float, int]:
     """Milliseconds per generation and the number of eigendecompositions, as BBT drives pycma."""
-    import cma
+    from craft.methods.collaborative import cma_strategy
 
-    opts = {"popsize": popsize, "seed": 2, "verbose": -9, "maxiter": generations, "bounds": [-5.0, 5.0]}
-    es = cma.CMAEvolutionStrategy(np.zeros(dim), 1.0, opts)
-    es.sm.lazy_update_gap *= gap
+    es = cma_strategy(dim, 1.0, popsize, 5.0, 2, gap, generations)
     decompositions = 0
     decompose = es.sm._decompose_C
 

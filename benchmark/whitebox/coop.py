@@ -19,7 +19,7 @@ from benchmark.engine import ClipEngine, TaskData
 from benchmark.whitebox.memory import peak_memory
 from craft.blackbox import Usage
 from craft.methods.base import RunResult, Timer, _restrict, accuracy
-from craft.methods.whitebox import CoOpConfig, coop_epochs, validate_coop
+from craft.methods.whitebox import CoOpConfig, coop_epochs
 from craft.schedule import steps_per_epoch, warmup_cosine
 
 COOP_N_CTX = 16
@@ -60,7 +60,6 @@ def train_coop(
     on_eval: Callable[[dict[str, float]], None] | None = None,
 ) -> tuple[RunResult, float | None]:
     """Train CoOp on ``data``'s cached features; the result and the peak training memory (MiB)."""
-    validate_coop(cfg)
     timer = Timer()
     gen = torch.Generator().manual_seed(seed)
     part = engine.class_part(data.classnames)

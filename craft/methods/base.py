@@ -64,6 +64,14 @@ def config_from_dict(cls: type[C], values: dict[str, Any] | None, where: str = "
     return cls(**values)  # type: ignore[call-arg]
 
 
+def reject_invalid(cfg: Any, checks: dict[str, bool], expected: str = "") -> None:
+    """Raise one ValueError naming every field whose check failed, with its value (and ``expected``)."""
+    bad = [k for k, ok in checks.items() if not ok]
+    if bad:
+        values = ", ".join(f"{k}={getattr(cfg, k)!r}" for k in bad)
+        raise ValueError(f"invalid hyperparameter value(s): {values}" + (f" (expected: {expected})" if expected else ""))
+
+
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """Top-1 accuracy in percent."""
     if labels.numel() == 0:

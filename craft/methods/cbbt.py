@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from craft.adapter import SIDES, OutputAdapter
 from craft.blackbox import BlackBox
-from craft.methods.base import RunResult, Task, Timer, _restrict, accuracy, evaluate
+from craft.methods.base import RunResult, Task, Timer, _restrict, accuracy, evaluate, reject_invalid
 from craft.schedule import steps_per_epoch, warmup_cosine
 from craft.zeroth_order import combine, default_mu, directions, perturbed, queries_per_step
 
@@ -93,13 +93,8 @@ def _validate(cfg: CBBTConfig) -> None:
         "budget": cfg.budget is None or cfg.budget >= 0,
         "eval_every": cfg.eval_every >= 1,
     }
-    bad = [k for k, ok in checks.items() if not ok]
-    if bad:
-        raise ValueError(
-            f"invalid hyperparameter value(s): {', '.join(f'{k}={getattr(cfg, k)!r}' for k in bad)} "
-            f"(expected: non-empty ctx_init, q/batch_size/epochs/eval_every >= 1, mu/lr/clip_norm/warmup_lr > 0, "
-            f"0 <= adapter_ratio <= 1, adapter_on in {SIDES})"
-        )
+    reject_invalid(cfg, checks, "non-empty ctx_init, q/batch_size/epochs/eval_every >= 1, mu/lr/clip_norm/warmup_lr > 0, "
+                   f"0 <= adapter_ratio <= 1, adapter_on in {SIDES}")
 
 
 def _losses(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -133,7 +128,6 @@ class CBBT:
     def run(self, box: BlackBox, task: Task, config: CBBTConfig, seed: int) -> RunResult:
         timer = Timer()
         cfg = config
-        _validate(cfg)
         gen = torch.Generator().manual_seed(seed)
         y_all = task.labels["train"]
         n_train = len(y_all)

@@ -20,7 +20,7 @@ import torch
 from craft.blackbox import BlackBox
 from craft.budget import default_budget
 from craft.losses import prompt_fitness, refinement_loss
-from craft.methods.base import RunResult, Task, Timer, evaluate
+from craft.methods.base import RunResult, Task, Timer, evaluate, reject_invalid
 from craft.prompt import PromptGenerator
 from craft.refine import RefinementMLP
 
@@ -81,15 +81,25 @@ def _validate(cfg: BBTConfig) -> None:
     }
     if isinstance(cfg, CraFTConfig):
         checks.update(n=cfg.n >= 1, lr=cfg.lr > 0, batch_size=cfg.batch_size >= 1, hidden=cfg.hidden >= 1)
-    bad = [k for k, ok in checks.items() if not ok]
-    if bad:
-        raise ValueError(f"invalid hyperparameter value(s): {', '.join(f'{k}={getattr(cfg, k)!r}' for k in bad)}")
+    reject_invalid(cfg, checks)
+
+
+def cma_strategy(dim: int, sigma: float, popsize: int, bound: float, seed: int, eigen_gap: float, maxiter: int | None = None):
+    """pycma's CMA-ES as BBT and CraFT run it: ``x0 = 0``, box bounds ``+-bound`` when ``bound > 0``,
+    and the eigendecomposition interval scaled by ``eigen_gap`` (see :class:`BBTConfig`)."""
+    import cma  # here, not at the top: it imports scipy.stats and matplotlib (a second), which a sweep's driver never needs
+
+    opts = {"popsize": popsize, "seed": seed, "verbose": -9}
+    if maxiter is not None:
+        opts["maxiter"] = maxiter
+    if bound > 0:
+        opts["bounds"] = [-bound, bound]
+    es = cma.CMAEvolutionStrategy(np.zeros(dim), sigma, opts)
+    es.sm.lazy_update_gap *= eigen_gap  # pycma's interval, from c1, c_mu and N, scaled
+    return es
 
 
 def _search(box: BlackBox, task: Task, cfg: BBTConfig, seed: int, refine: bool) -> tuple[dict, list, RefinementMLP | None, torch.Tensor]:
-    import cma  # here, not at the top: it imports scipy.stats and matplotlib (a second), which a sweep's driver never needs
-
-    _validate(cfg)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     budget = min(cfg.budget or default_budget(task.shots, task.dataset), box.remaining())
@@ -107,12 +117,8 @@ def _search(box: BlackBox, task: Task, cfg: BBTConfig, seed: int, refine: bool) 
         mlp = RefinementMLP(n_classes, cfg.hidden)
         opt = torch.optim.Adam(mlp.parameters(), lr=cfg.lr)
 
-    opts = {"popsize": cfg.popsize, "seed": seed + 1, "verbose": -9, "maxiter": budget // cfg.popsize}
-    if cfg.bound > 0:
-        opts["bounds"] = [-cfg.bound, cfg.bound]
-    es = cma.CMAEvolutionStrategy(np.zeros(cfg.intrinsic_dim), cfg.sigma, opts)
-    es.sm.lazy_update_gap *= cfg.cma_eigen_gap  # pycma's interval, from c1, c_mu and N, scaled
     generations = budget // cfg.popsize
+    es = cma_strategy(cfg.intrinsic_dim, cfg.sigma, cfg.popsize, cfg.bound, seed + 1, cfg.cma_eigen_gap, generations)
     trace: list[dict] = []
     ctx = prompt(torch.zeros(cfg.intrinsic_dim))
     metrics: dict[str, float] = {}

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from craft.blackbox import BlackBox
-from craft.methods.base import RunResult, Task
+from craft.methods.base import RunResult, Task, reject_invalid
 
 # CoOp's epochs by shots (its scripts: rn50_ep50 for 1 shot, rn50_ep100 for 2/4, rn50 for 8/16).
 COOP_EPOCHS_BY_SHOTS = {1: 50, 2: 100, 4: 100, 8: 200, 16: 200}
@@ -67,12 +67,7 @@ def validate_coop(cfg: CoOpConfig) -> None:
         "warmup_lr": cfg.warmup_lr > 0,
         "eval_every": cfg.eval_every >= 1,
     }
-    bad = [k for k, ok in checks.items() if not ok]
-    if bad:
-        raise ValueError(
-            f"invalid hyperparameter value(s): {', '.join(f'{k}={getattr(cfg, k)!r}' for k in bad)} "
-            "(expected: n_ctx/batch_size/epochs/eval_every >= 1, lr/warmup_lr > 0, 0 <= momentum < 1)"
-        )
+    reject_invalid(cfg, checks, "n_ctx/batch_size/epochs/eval_every >= 1, lr/warmup_lr > 0, 0 <= momentum < 1")
 
 
 class CoOp:
