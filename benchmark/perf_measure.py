@@ -169,6 +169,36 @@ def measure_raw(
     return out
 
 
+def agreement(engines: dict[str, Any], classnames: list[str], contexts: torch.Tensor, images: torch.Tensor) -> dict[str, dict[str, float]]:
+    """Each non-official path's outputs against the official path's on ``contexts``.
+
+    ``features_rel_err``: relative L2 error of the normalised text features; ``logits_rel_err``:
+    of the logits on ``images``; ``top1_agreement``: share of (candidate, image) pairs whose
+    predicted class is the same.
+    """
+    if "official" not in engines:
+        return {}
+    ref_engine = engines["official"]
+    ref = ref_engine.text_features(contexts, ref_engine.class_part(classnames)).float()
+    ref_logits = ref_engine.logits(images, ref)
+    out = {}
+    for name, eng in engines.items():
+        if name == "official":
+            continue
+        try:
+            feats = eng.text_features(contexts, eng.class_part(classnames)).float()
+        except Exception as exc:  # noqa: BLE001 - reported as that path's error by measure_raw
+            out[name] = {"error": f"{type(exc).__name__}: {exc}"}
+            continue
+        logits = eng.logits(images, feats)
+        out[name] = {
+            "features_rel_err": float((feats - ref).norm() / ref.norm()),
+            "logits_rel_err": float((logits - ref_logits).norm() / ref_logits.norm()),
+            "top1_agreement": float((logits.argmax(-1) == ref_logits.argmax(-1)).float().mean()),
+        }
+    return out
+
+
 # ------------------------------------------------------------------------------- CraFT loop
 def _timed_box_cls():
     from craft.blackbox import MeteredBlackBox

@@ -116,6 +116,9 @@ def test_perf_command_measures_both_paths_side_by_side_and_writes_json(tmp_path,
         # 40 candidates + 1 refinement query, 10 classes each, per generation.
         assert one["sequences_per_generation"] == 41 * 10
         assert one["generations_per_s"] > 0 and 0 < one["query_seconds_per_generation"] < one["seconds_per_generation"]
+    agree = result["paths"]["fast"]["vs_official"]  # fp32 on CPU: the same features within rounding
+    assert agree["features_rel_err"] < 1e-4 and agree["logits_rel_err"] < 1e-4 and agree["top1_agreement"] >= 0.99
+    assert "fast against official: text features" in printed
     assert set(result["ratios"]) >= {"raw_fast/official", "loop_runs1_fast/official", "loop_runs2_fast/official"}
     sweep = result["sweep_estimate"]
     assert sweep["mode"] == "scale" and len(sweep["datasets"]) == 11

@@ -52,12 +52,13 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
 
-@pytest.mark.parametrize("kind", ["plain", "quick_gelu+layer_scale", "one_layer"])
+@pytest.mark.parametrize("kind", ["plain", "quick_gelu+layer_scale", "one_layer", "two_layers"])
 def test_fast_logits_match_open_clip_within_stated_tolerance(kind):
     loaded = {
         "plain": lambda: small_clip(),
         "quick_gelu+layer_scale": lambda: small_clip(quick_gelu=True, ls=1.0),
-        "one_layer": lambda: small_clip(layers=1),
+        "one_layer": lambda: small_clip(layers=1),  # the first block is the last
+        "two_layers": lambda: small_clip(layers=2),  # no middle block
     }[kind]()
     engine = ClipEngine(loaded, mode="fast")
     assert engine.prefix_shared
@@ -129,3 +130,31 @@ def test_chunk_size_follows_max_sequences_or_the_memory_budget():
     assert engine.chunk_sequences(8) == pytest.approx(2 * engine.chunk_sequences(16), abs=2)  # inversely with length
     assert engine.chunk_sequences(10_000) == 256  # never below 256 sequences
     assert ClipEngine(_shared_small(), mode="fast", max_sequences=7).chunk_sequences(20) == 7
+
+
+@pytest.mark.parametrize("kind", ["plain", "quick_gelu+layer_scale"])
+def test_cpu_mlp_row_blocks_give_open_clip_features(kind, monkeypatch):
+    loaded = small_clip() if kind == "plain" else small_clip(quick_gelu=True, ls=1.0)
+    engine = ClipEngine(loaded, mode="fast")
+    ctx = engine.embed_words("a photo of a") + 0.3 * torch.randn(3, 4, engine.width)
+    blocks = []
+    into = text_tower._linear_into
+    monkeypatch.setattr(text_tower, "MLP_ROWS", 7)  # far fewer rows than a layer's tokens
+    monkeypatch.setattr(text_tower, "_linear_into", lambda out, x, layer: (blocks.append(x.shape[0]), into(out, x, layer)))
+    ours = engine.text_features(ctx, engine.class_part(WORDS))
+    assert blocks and max(blocks) == 7 and min(blocks) < 7  # full blocks and a remainder ran
+    assert rel_err(ours, open_clip_features(loaded, ctx, WORDS)) < REL_TOL
+
+
+def test_first_block_class_state_is_computed_once_per_class_list_and_context_length(monkeypatch):
+    engine = ClipEngine(_shared_small(), mode="fast")
+    part = engine.class_part(WORDS)
+    made = []
+    real = text_tower.class_state
+    monkeypatch.setattr(text_tower, "class_state", lambda model, suffix: made.append(suffix.shape) or real(model, suffix))
+    ctx = torch.randn(2, 4, engine.width) * 0.3
+    first = engine.text_features(ctx, part)
+    again = engine.text_features(ctx, part)
+    engine.text_features(torch.randn(2, 3, engine.width) * 0.3, part)  # another context length: another state
+    assert len(made) == 2 and set(part.states) == {4, 3}
+    assert torch.equal(first, again)
