@@ -10,7 +10,8 @@ Two query paths compute the same features:
   model's full context length (77 for CLIP).
 * ``fast``: every candidate of a call in one forward pass (chunked), each batch cut to its
   longest real prompt (the causal mask makes positions after a prompt's end irrelevant to
-  its feature), bf16 autocast on GPU, optionally ``torch.compile``-d. On open_clip's default
+  its feature), bf16 autocast on GPU (``precision="fp32"`` turns it off), optionally
+  ``torch.compile``-d. On open_clip's default
   text blocks, the ``[SOS] + ctx`` prefix shared by a candidate's prompts is run once per
   candidate, not once per class (``benchmark.text_tower``); chunks are sized by device memory.
 """
@@ -26,6 +27,9 @@ import torch.nn.functional as F
 from benchmark import text_tower
 from benchmark.models import LoadedModel
 from craft.blackbox import BackendInfo, OutputFeatures
+
+
+PRECISIONS = ("auto", "bf16", "fp32")  # of the fast path on a GPU; see ClipEngine
 
 
 @dataclass
@@ -56,11 +60,17 @@ class ClipEngine:
         mode: str = "fast",
         compile: bool | str = False,
         max_sequences: int | None = None,
+        precision: str = "auto",
     ) -> None:
         """``compile``: False, True (``torch.compile`` default mode) or a ``torch.compile`` mode name.
-        ``max_sequences``: text sequences per forward pass; None sizes chunks by device memory."""
+        ``max_sequences``: text sequences per forward pass; None sizes chunks by device memory.
+        ``precision`` of the fast and white-box paths on a GPU: ``auto`` or ``bf16`` (bf16
+        autocast), ``fp32`` (none; the official path and CPUs are always fp32). A sweep picks it
+        per method (``benchmark.sweep.runner.arithmetic``)."""
         if mode not in ("fast", "official"):
             raise ValueError(f"mode must be 'fast' or 'official', got {mode!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         model = loaded.model
         for attr in ("token_embedding", "positional_embedding", "transformer", "ln_final", "attn_mask"):
             if not hasattr(model, attr):
@@ -76,6 +86,8 @@ class ClipEngine:
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.mode = mode
+        self.precision = precision
+        self.bf16 = self.device.type == "cuda" and precision != "fp32" and mode == "fast"  # autocast on
         self.context_length = int(model.positional_embedding.shape[0])
         self.width = int(model.token_embedding.weight.shape[1])
         self.max_sequences = max_sequences
@@ -171,8 +183,7 @@ class ClipEngine:
                 x, eot = self._sequences(contexts[c : c + 1], part, full=True)
                 feats.append(self._encode_embeddings(x, eot).float())
             return F.normalize(torch.cat(feats), dim=-1).reshape(n_cand, n_cls, -1)
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
-        with autocast:
+        with self._autocast():
             if self.prefix_shared:
                 feats = self._prefix_shared_text(contexts, part)
             else:
@@ -182,6 +193,9 @@ class ClipEngine:
                     [self._encode(x[i : i + step], eot[i : i + step]).float() for i in range(0, x.shape[0], step)]
                 )
         return F.normalize(feats, dim=-1).reshape(n_cand, n_cls, -1)
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16)
 
     def chunk_sequences(self, seq_len: int) -> int:
         """Text sequences per forward pass: ``max_sequences``, or what the memory budget holds."""
@@ -244,12 +258,13 @@ class ClipEngine:
         """Normalised text features that autograd can differentiate with respect to ``contexts``.
 
         The white-box path (CoOp, and the true gradient the zeroth-order tests compare with):
-        the fast path's prompt assembly and EOT gather in one pass, bf16 autocast on GPU.
+        the fast path's prompt assembly and EOT gather in one pass, bf16 autocast on GPU unless
+        ``precision="fp32"``.
         """
         contexts = contexts.to(self.device)
         n_cand, n_cls = contexts.shape[0], len(part.classnames)
         x, eot = self._sequences(contexts.float(), part, full=False)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+        with self._autocast():
             out = self._encode_embeddings(x, eot).float()
         return F.normalize(out, dim=-1).reshape(n_cand, n_cls, -1)
 
@@ -270,7 +285,7 @@ class ClipEngine:
         feats = []
         for start in range(0, len(images), batch_size):
             batch = torch.stack([transform(loader(p)) for p in images[start : start + batch_size]])
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            with self._autocast():
                 feats.append(self.model.encode_image(batch.to(self.device)).float())
         if not feats:
             return torch.zeros(0, self.model.text_projection.shape[-1] if self.model.text_projection is not None else self.width, device=self.device)

@@ -64,6 +64,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile-mode", default="default",
                    help="torch.compile mode: default, max-autotune-no-cudagraphs, reduce-overhead, ...")
     p.add_argument("--no-official", action="store_true", help="skip the official-style path")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="the fast paths' arithmetic on a GPU: auto or bf16 (bf16 autocast), fp32 (CPUs: always fp32)")
     p.add_argument("--sweep", choices=("auto", "measure", "scale", "off"), default="auto",
                    help="sweep estimate: run each coop11 dataset's loop (measure), scale the main one (scale); auto: measure on GPU")
     p.add_argument("--sweep-generations", type=int, default=2, help="timed generations per dataset when measuring the sweep")
@@ -100,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
     paths.append(QueryPath("fast", "fast", False))
     if args.compile:
         paths.append(QueryPath("fast_compiled", "fast", args.compile_mode))
-    engines = {p.name: ClipEngine(loaded, device, mode=p.mode, compile=p.compile) for p in paths}
+    engines = {p.name: ClipEngine(loaded, device, mode=p.mode, compile=p.compile, precision=args.precision)
+               for p in paths}
     ref = engines["fast"]
     p0 = ref.embed_words("a photo of a")
     classnames = padded_classnames(loaded.tokenizer, shapes.classes, args.prompt_tokens, p0.shape[0], ref.context_length)
@@ -120,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
         "context_tokens": p0.shape[0], "prompt_tokens": 1 + p0.shape[0] + part.max_len + 1,
         "official_prompt_tokens": ref.context_length, "prefix_shared": ref.prefix_shared,
         "compile_mode": args.compile_mode if args.compile else None,
+        "fast_precision": "bf16" if engines["fast"].bf16 else "fp32",
         "image_features": IMAGE_NOTE, "paths": {},
     }
     save = _saver(args.json, result)
@@ -333,7 +337,8 @@ def render(result: dict[str, Any]) -> str:
         f"load average at start {[round(x, 1) for x in result['load_average_at_start'] or []]}",
         f"dataset {result['dataset']}: {result['classes']} classes, {result['train_images']} training images; "
         f"prompts of {result['prompt_tokens']} tokens (official path: {result['official_prompt_tokens']}); "
-        f"popsize {result['popsize']}, intrinsic dim {result['intrinsic_dim']}; image features: {IMAGE_NOTE}",
+        f"popsize {result['popsize']}, intrinsic dim {result['intrinsic_dim']}; fast path in {result.get('fast_precision', 'fp32')}; "
+        f"image features: {IMAGE_NOTE}",
         "",
         f"{'path':<14} {'raw seq/s':>11} {'loop runs':>9} {'gen/s':>8} {'loop seq/s':>11} {'query s/gen':>11} {'peak MiB':>9}",
     ]

@@ -51,10 +51,14 @@ class ModelServer:
         cache_dir: str | None = None,
         device: str | None = None,
         batching: bool | None = None,
+        precision: str = "auto",
     ) -> None:
-        """``batching``: merge concurrent callers' queries (None: on a GPU only, where it pays)."""
+        """``batching``: merge concurrent callers' queries (None: on a GPU only, where it pays);
+        ``precision``: the engine's (``auto``/``bf16``: bf16 autocast on a GPU; ``fp32``)."""
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.engine = ClipEngine(load_model(backbone, weights, device), device, mode=mode, compile=compile)
+        self.engine = ClipEngine(
+            load_model(backbone, weights, device), device, mode=mode, compile=compile, precision=precision
+        )
         self.cache = FeatureCache(cache_dir) if cache_dir != "" else None
         if batching is None:
             batching = self.engine.device.type == "cuda"
@@ -71,6 +75,7 @@ class ModelServer:
         batcher = self._batcher
         return {
             "backbone": self.engine.loaded.backbone, "device": str(self.engine.device), "tasks": len(self._tasks),
+            "precision": self.engine.precision, "bf16": self.engine.bf16,
             "pid": os.getpid(), "served": self._served,
             "batched_passes": batcher.passes if batcher else None, "batched_requests": batcher.requests if batcher else None,
         }

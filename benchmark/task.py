@@ -77,6 +77,8 @@ def prepare_task(engine: ClipEngine, spec: TaskSpec, cache: FeatureCache | None 
     fs, extra = load_task_splits(spec)
     ds_spec = get_spec(spec.dataset)
     base = {"backbone": engine.loaded.backbone, "weights": weights_id(engine), "dataset": spec.dataset}
+    if engine.bf16:  # features encoded under bf16 autocast are other features than fp32 ones
+        base["precision"] = "bf16"
     encoded = 0
 
     def encode(items: list[Item], ds: DatasetSplits, transform, fields: dict, seed: int | None) -> torch.Tensor:

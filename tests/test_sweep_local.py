@@ -49,18 +49,29 @@ class _Remote:
 
 
 def test_submit_fills_free_slots_in_order_on_the_least_loaded_server() -> None:
-    from benchmark.sweep.runner import _submit
+    from benchmark.sweep.runner import ServerPool, _submit
 
     cfg = config_from_dict({
         "out": "unused", "datasets": ["digits_rotate"], "methods": ["bbt"], "shots": [2], "seeds": [1, 2, 3, 4, 5],
         "backbones": ["craft-tiny:builtin"],
     })
     cells = expand(cfg)
-    key = (cells[0].backbone, cells[0].weights)
-    servers, load, pending, remote = {key: ["s0", "s1"]}, {key: [1, 0]}, {}, _Remote()
+    key = (cells[0].backbone, cells[0].weights, "fp32")
+    servers, load, pending, remote = ServerPool({key: ["s0", "s1"]}), {key: [1, 0]}, {}, _Remote()
     left = _submit(cells, pending, servers, load, 4, remote, True, slots=2)
     assert remote.started == [c.cell_id for c in cells[:2]] and left == cells[2:]
     assert load[key] == [2, 1] and sorted(idx for _, _, idx in pending.values()) == [0, 1]
     assert _submit(left, pending, servers, load, 4, remote, True, slots=0) == left  # no free CPU: nothing starts
     left = _submit(left, pending, servers, load, 2, remote, True, slots=9)  # now the servers are full
     assert left == cells[3:] and load[key] == [2, 2]
+
+
+def test_servers_compute_in_fp32_on_cpus_and_for_cbbt_under_auto_on_gpus() -> None:
+    from benchmark.sweep.cell import Cell
+    from benchmark.sweep.runner import ServerPool
+
+    craft, cbbt = (Cell(m, "digits_rotate", 2, 1, "craft-tiny", "builtin") for m in ("craft", "cbbt"))
+    arith = lambda precision, gpu, cell: ServerPool({}, precision, gpu).key(cell)[2]  # noqa: E731
+    assert (arith("auto", True, craft), arith("auto", True, cbbt)) == ("bf16", "fp32")
+    assert (arith("bf16", True, cbbt), arith("fp32", True, craft)) == ("bf16", "fp32")  # a set precision is kept
+    assert {arith(p, False, c) for p in ("auto", "bf16") for c in (craft, cbbt)} == {"fp32"}  # one CPU server

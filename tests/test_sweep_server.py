@@ -14,7 +14,7 @@ from benchmark.errors import UserError
 from benchmark.remote import RemoteBackend
 from benchmark.server import ModelServer
 from benchmark.sweep.cell import Cell
-from benchmark.sweep.runner import start_servers
+from benchmark.sweep.runner import start_servers, stop_servers
 from benchmark.task_spec import TaskSpec
 
 SPEC = TaskSpec("digits_rotate", 2, 1)
@@ -98,7 +98,7 @@ def test_leases_share_a_task_and_the_last_release_drops_it(cache) -> None:
 
 def test_runs_survive_a_dead_server_and_a_restarted_one(cache) -> None:
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"CRAFT_BENCH_CACHE": str(cache), "OMP_NUM_THREADS": "1"}})
     try:
         actor = ray.remote(ModelServer).options(num_cpus=0, max_restarts=-1, max_task_retries=0, max_concurrency=4)
@@ -128,9 +128,32 @@ def test_runs_survive_a_dead_server_and_a_restarted_one(cache) -> None:
         assert backend.prepared["task_id"] != lease and ray.get(b.ping.remote())["pid"] != pid
         assert backend.release()["gpu_s"] > 0
 
+        # On a GPU (declared), CBBT's runs get an fp32 server and the others a bf16 one, sharing it.
+        tiny = [Cell(m, "digits_rotate", 2, 1, "craft-tiny", "builtin") for m in ("craft", "cbbt")]
+        pool = start_servers(tiny, runs_per_server=1, gpus=1)
+        assert {k: ray.get(g[0].ping.remote())["precision"] for k, g in pool.groups.items()} == {
+            ("craft-tiny", "builtin", "bf16"): "bf16", ("craft-tiny", "builtin", "fp32"): "fp32"}
+        assert pool.group(tiny[1]) == pool.groups[("craft-tiny", "builtin", "fp32")]
+        stop_servers(pool)
+
         # A server that cannot start is one sentence, not a restart loop.
         bad = Cell("zero_shot_clip", "digits_rotate", 2, 1, "RN50", "/nowhere/rn50.pt")
         with pytest.raises(UserError, match=r"^the model server for RN50:/nowhere/rn50.pt could not start: checkpoint file not found"):
             start_servers([bad], runs_per_server=1)
     finally:
         ray.shutdown()
+
+
+@pytest.mark.filterwarnings("ignore:CUDA is not available")  # the simulated GPU engine's autocast
+def test_bf16_image_features_are_cached_apart_from_fp32_ones(cache) -> None:
+    fp32 = ModelServer("craft-tiny", "builtin", batching=False, precision="fp32")
+    fp32.prepare(SPEC)
+    assert fp32.ping()["precision"] == "fp32" and not fp32.ping()["bf16"]
+    assert ModelServer("craft-tiny", "builtin", batching=False).prepare(SPEC)["images_encoded"] == 0  # CPU: fp32 too
+    gpu_like = ModelServer("craft-tiny", "builtin", batching=False)
+    gpu_like.engine.bf16 = True  # as the engine on a GPU under precision auto or bf16
+    again = gpu_like.prepare(SPEC)
+    assert again["images_encoded"] > 0  # not served the fp32 features
+    assert any('"precision": "bf16"' in p.read_text() for p in (cache / "features").rglob("*.json"))
+    with pytest.raises(ValueError, match="precision must be one of auto, bf16, fp32, got 'fp16'"):
+        ModelServer("craft-tiny", "builtin", precision="fp16")

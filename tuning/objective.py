@@ -17,18 +17,17 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tuning.studies import Study
+
+if TYPE_CHECKING:
+    from benchmark.sweep.runner import ServerPool
 
 Report = Callable[[dict[str, float]], None]
 
 
-def server_key(backbone: str, weights: str) -> str:
-    return f"{backbone}|{weights}"
-
-
-def run_trial(study: Study, params: dict[str, Any], servers: dict[str, list[Any]], report: Report, salt: str = "") -> None:
+def run_trial(study: Study, params: dict[str, Any], servers: ServerPool, report: Report, salt: str = "") -> None:
     """Run the cells of ``params`` in turn and ``report`` at each of their milestones."""
     from benchmark.sweep.run_cell import run_cell
 
@@ -51,7 +50,7 @@ def run_trial(study: Study, params: dict[str, Any], servers: dict[str, list[Any]
                     pending.remove(m)
                 send([*finals, float(row["top1_val"])], j * budget + max(reached))
 
-        group = servers[server_key(cell.backbone, cell.weights)]
+        group = servers.group(cell)
         server = group[zlib.crc32(f"{salt}{j}".encode()) % len(group)]
         rows = run_cell(cell, server, eval_test=False, on_eval=on_eval if budget else None)
         finals.append(float(rows[0]["top1_val"]))
@@ -59,7 +58,7 @@ def run_trial(study: Study, params: dict[str, Any], servers: dict[str, list[Any]
             send(finals, j * budget + marks[-1])
 
 
-def trainable(config: dict[str, Any], study: Study, servers: dict[str, list[Any]]) -> None:
+def trainable(config: dict[str, Any], study: Study, servers: ServerPool) -> None:
     """Ray Tune function trainable: ``config`` is the trial's sampled hyperparameters."""
     from ray import tune
 

@@ -12,14 +12,17 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from benchmark.sweep.cell import Cell
 from tuning.config import SearchConfig
-from tuning.objective import server_key, trainable
+from tuning.objective import trainable
 from tuning.storage import enqueue_warm_start, fail_interrupted, finished, open_storage, open_study
 from tuning.studies import Study, plan_studies
 from tuning.warmstart import warm_start_points
+
+if TYPE_CHECKING:
+    from benchmark.sweep.runner import ServerPool
 
 METRIC, MODE = "top1_val", "max"
 MAX_ROUNDS = 3  # Tune runs per study while trials fail with errors but others finish
@@ -89,7 +92,7 @@ def _searcher_cls():
     return MilestoneOptunaSearch
 
 
-def _tune_once(study: Study, cfg: SearchConfig, storage: Any, servers: dict[str, list[Any]], n: int,
+def _tune_once(study: Study, cfg: SearchConfig, storage: Any, servers: ServerPool, n: int,
                progress: bool) -> None:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -134,11 +137,11 @@ def _prepare(study: Study, cfg: SearchConfig, storage: Any) -> int:
 
 
 def server_cells(studies: list[Study]) -> list[Cell]:
-    """A cell per (backbone, weights) the studies need: what :func:`start_servers` takes."""
-    cells: dict[tuple[str, str], Cell] = {}
+    """A cell per (method, backbone, weights) the studies need: what :func:`start_servers` takes."""
+    cells: dict[tuple[str, str, str], Cell] = {}
     for s in studies:
         for t in s.targets:
-            cells.setdefault((t.backbone, t.weights), Cell(s.method, t.dataset, t.shots, 1, t.backbone, t.weights))
+            cells.setdefault((s.method, t.backbone, t.weights), Cell(s.method, t.dataset, t.shots, 1, t.backbone, t.weights))
     return list(cells.values())
 
 
@@ -157,8 +160,7 @@ def run_search(cfg: SearchConfig, *, address: str | None = None, num_cpus: int |
     from benchmark.sweep.runner import init_ray, start_servers, stop_servers
 
     init_ray(address, num_cpus)
-    groups = start_servers(server_cells(todo), runs_per_server=cfg.max_concurrent_trials)
-    servers = {server_key(b, w): handles for (b, w), handles in groups.items()}
+    servers = start_servers(server_cells(todo), runs_per_server=cfg.max_concurrent_trials)
     try:
         for study in todo:
             start = time.perf_counter()
@@ -176,5 +178,5 @@ def run_search(cfg: SearchConfig, *, address: str | None = None, num_cpus: int |
             status.finished = len(finished(open_study(storage, study.name)))
             status.wall_s = time.perf_counter() - start
     finally:
-        stop_servers(groups)  # free their GPUs for the final evaluation
+        stop_servers(servers)  # free their GPUs for the final evaluation
     return list(statuses.values())

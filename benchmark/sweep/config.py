@@ -37,6 +37,7 @@ KEYS = {
     "backbones": "backbones as [name:weights, ...] or {name: weights}",
     "hparams": "method -> dataset ('*' = every dataset) -> hyperparameter: value",
     "runs_per_server": "runs served at once by one model server",
+    "precision": "model servers' arithmetic on a GPU: auto (bf16, CBBT fp32), bf16 or fp32 for all (CPUs: fp32)",
 }
 DEFAULT_RUNS_PER_SERVER = 4
 
@@ -56,6 +57,7 @@ class SweepConfig:
     eval_datasets: dict[str, tuple[str, ...]] = field(default_factory=dict)
     hparams: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     runs_per_server: int = DEFAULT_RUNS_PER_SERVER
+    precision: str = "auto"
     includes: tuple[str, ...] = ()
 
     def hparams_for(self, method: str, dataset: str) -> dict[str, Any]:
@@ -247,6 +249,11 @@ def _check_layer(raw: dict[str, Any], where: str) -> None:
         v = raw["runs_per_server"]
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise UserError(f"{where}: runs_per_server must be an integer >= 1, got {v!r}")
+    if "precision" in raw:
+        from benchmark.engine import PRECISIONS
+
+        if raw["precision"] not in PRECISIONS:
+            raise UserError(f"{where}: precision must be one of {', '.join(PRECISIONS)}, got {raw['precision']!r}")
     if "eval_datasets" in raw:
         _check_eval_datasets(raw["eval_datasets"], where)
     if "hparams" in raw:
@@ -360,6 +367,7 @@ def _finish(raw: dict[str, Any], where: str, includes: tuple[str, ...]) -> Sweep
         eval_datasets=eval_datasets,
         hparams={m: {ds: _normalise(m, v) for ds, v in by_ds.items()} for m, by_ds in (raw.get("hparams") or {}).items()},
         runs_per_server=raw.get("runs_per_server", DEFAULT_RUNS_PER_SERVER),
+        precision=raw.get("precision", "auto"),
         includes=includes,
     )
 

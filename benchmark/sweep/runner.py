@@ -1,9 +1,11 @@
 """Running cells on Ray: model server actors hold the model, CPU-only tasks run the methods.
 
-Servers: one per GPU and (backbone, weights), each reserving ``1 / backbones`` of a GPU, spread
-over the nodes (Ray's SPREAD strategy; one CPU server per backbone where the cluster has no GPU). A run reserves one CPU and no GPU: the GPU is counted once, by its
-server (Ray would leave runs pending forever if both reserved it). Each server takes
-``runs_per_server`` runs at once.
+Servers: one per GPU and (backbone, weights, arithmetic), each reserving ``1 / keys`` of a GPU,
+spread over the nodes (Ray's SPREAD strategy; one CPU server per backbone where the cluster has
+no GPU). The arithmetic is bf16 autocast or fp32 (:func:`arithmetic`): on a GPU under the default
+``precision: auto``, CBBT's runs get fp32 servers and the other methods bf16 ones. A run reserves
+one CPU and no GPU: the GPU is counted once, by its server (Ray would leave runs pending forever
+if both reserved it). Each server takes ``runs_per_server`` runs at once.
 
 Faults: a run whose process or node dies is run again by Ray (``max_retries``); a server that
 dies is restarted by Ray (``max_restarts=-1``) and its runs prepare their tasks again
@@ -32,6 +34,37 @@ from benchmark.sweep.cell import Cell
 WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 RUN_RETRIES = 3  # re-runs of a cell whose process or node died
 SERVER_START_TIMEOUT_S = 1800.0  # GPU nodes of an autoscaling cluster may take minutes to come up
+
+
+FP32_METHODS = frozenset({"cbbt"})  # difference prompts 0.001-0.02 apart: bf16 rounding swamps that
+
+
+def arithmetic(method: str, precision: str, gpu: bool) -> str:
+    """What a ``method`` run's server computes in: fp32 on CPUs; on GPUs the sweep's
+    ``precision``, where ``auto`` is bf16 except for :data:`FP32_METHODS`. On ViT-B-16, bf16
+    autocast took the cosine of CBBT's gradient estimate with the true gradient from 0.57 to 0.11
+    (``python -m benchmarks.cbbt_precision --backbone ViT-B-16``)."""
+    if not gpu:
+        return "fp32"
+    if precision == "auto":
+        return "fp32" if method in FP32_METHODS else "bf16"
+    return precision
+
+
+@dataclass
+class ServerPool:
+    """Model server actors by (backbone, weights, arithmetic), and which of them serve a cell."""
+
+    groups: dict[tuple[str, str, str], list[Any]]
+    precision: str = "auto"
+    gpu: bool = False
+
+    def key(self, cell: Cell) -> tuple[str, str, str]:
+        return (cell.backbone, cell.weights, arithmetic(cell.method, self.precision, self.gpu))
+
+    def group(self, cell: Cell) -> list[Any]:
+        """The servers for ``cell``: its backbone and weights, in its arithmetic."""
+        return self.groups[self.key(cell)]
 
 
 @dataclass
@@ -108,7 +141,7 @@ def init_ray(
 
 
 def server_count(keys: int, gpus: int) -> tuple[int, float]:
-    """Servers per (backbone, weights) and the GPU share of each: one per GPU and backbone."""
+    """Servers per key (backbone, weights, arithmetic) and the GPU share of each: one per GPU and key."""
     if gpus <= 0:
         return 1, 0.0
     return gpus, 1.0 / keys
@@ -122,36 +155,41 @@ def start_servers(
     *,
     gpus: int | None = None,
     batching: bool | None = None,
-) -> dict[tuple[str, str], list[Any]]:
-    """Start the servers for the backbones of ``cells``, spread over GPUs and nodes; wait until they answer.
+    precision: str = "auto",
+) -> ServerPool:
+    """Start the servers that ``cells`` need, spread over GPUs and nodes; wait until they answer.
 
     ``gpus``: the GPUs to place servers on (default: those the cluster has now; more make an
-    autoscaling cluster add GPU nodes). Returns ``(backbone, weights) -> actor handles``.
+    autoscaling cluster add GPU nodes); ``precision``: the sweep's (``auto``, ``bf16``, ``fp32``;
+    see :func:`arithmetic`).
     """
     import ray
 
     from benchmark.server import ModelServer
 
     gpus = int(ray.cluster_resources().get("GPU", 0)) if gpus is None else gpus
-    keys = sorted({(c.backbone, c.weights) for c in cells})
+    pool = ServerPool({}, precision, gpus > 0)
+    keys = sorted({pool.key(c) for c in cells})
     per_key, share = server_count(len(keys), gpus)
     actor_cls = ray.remote(ModelServer)
     # Threads: one query and one ping (RemoteBackend's liveness probe) per run, and spare.
     options = dict(num_cpus=0, num_gpus=share, max_concurrency=2 * runs_per_server + 2, max_restarts=-1,
                    max_task_retries=0, scheduling_strategy="SPREAD")
-    servers: dict[tuple[str, str], list[Any]] = {key: [] for key in keys}
-    for _ in range(per_key):  # interleaved, so that each GPU tends to get one server of each backbone
-        for backbone, weights in keys:
-            servers[(backbone, weights)].append(
-                actor_cls.options(**options).remote(backbone, weights, mode=mode, cache_dir=cache_dir, batching=batching)
+    pool.groups.update({key: [] for key in keys})
+    for _ in range(per_key):  # interleaved, so that each GPU tends to get one server of each key
+        for backbone, weights, arith in keys:
+            pool.groups[(backbone, weights, arith)].append(
+                actor_cls.options(**options).remote(
+                    backbone, weights, mode=mode, cache_dir=cache_dir, batching=batching, precision=arith
+                )
             )
-    for (backbone, weights), group in servers.items():  # fail fast: weights missing, unknown backbone
+    for (backbone, weights, _), group in pool.groups.items():  # fail fast: weights missing, unknown backbone
         try:
             _wait([s.ping.remote() for s in group], f"the model servers of {backbone}:{weights}")
         except ray.exceptions.RayActorError as exc:
-            stop_servers(servers)
+            stop_servers(pool)
             raise UserError(f"the model server for {backbone}:{weights} could not start: {_last_error_line(exc)}") from None
-    return servers
+    return pool
 
 
 def _last_error_line(exc: Exception) -> str:
@@ -161,11 +199,11 @@ def _last_error_line(exc: Exception) -> str:
     return last.removeprefix("benchmark.errors.UserError: ")[:500]
 
 
-def stop_servers(servers: dict[tuple[str, str], list[Any]]) -> None:
+def stop_servers(servers: ServerPool) -> None:
     """Kill the server actors and free their GPUs."""
     import ray
 
-    for group in servers.values():
+    for group in servers.groups.values():
         for handle in group:
             ray.kill(handle)
 
@@ -233,6 +271,7 @@ def run_sweep(
     gpus: int | None = None,
     batching: bool | None = None,
     dashboard: bool = False,
+    precision: str = "auto",
 ) -> SweepSummary:
     """Run every cell not yet done under ``out``; write each (log and rows) as it finishes."""
     import ray
@@ -246,7 +285,7 @@ def run_sweep(
         return summary
 
     init_ray(address, num_cpus, dashboard=dashboard)
-    servers = start_servers(todo, runs_per_server, cache_dir=cache_dir, gpus=gpus, batching=batching)
+    servers = start_servers(todo, runs_per_server, cache_dir=cache_dir, gpus=gpus, batching=batching, precision=precision)
     try:  # nothing is written before the servers are up
         check_writable(out)
         clean_temporaries(out)
@@ -255,7 +294,7 @@ def run_sweep(
         raise
     remote_run = ray.remote(num_cpus=1, num_gpus=0, max_retries=RUN_RETRIES, retry_exceptions=False)(_run_cell_task)
     display = Progress(len(todo), progress)
-    load: dict[tuple[str, str], list[int]] = {k: [0] * len(g) for k, g in servers.items()}
+    load: dict[tuple[str, str, str], list[int]] = {k: [0] * len(g) for k, g in servers.groups.items()}
     pending: dict[Any, tuple[Cell, tuple[str, str], int]] = {}
     queue = list(todo)
     try:
@@ -298,19 +337,19 @@ def run_slots() -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
-def _submit(queue, pending, servers, load, runs_per_server, remote_run, eval_test, slots: int) -> list[Cell]:
-    """Start queued cells on the least-loaded server of their backbone while one has room (at most ``slots``)."""
+def _submit(queue, pending, servers: ServerPool, load, runs_per_server, remote_run, eval_test, slots: int) -> list[Cell]:
+    """Start queued cells on the least-loaded of their servers while one has room (at most ``slots``)."""
     left = []
     for cell in queue:
         if slots <= 0:
             left.append(cell)
             continue
-        key = (cell.backbone, cell.weights)
+        key = servers.key(cell)
         idx = min(range(len(load[key])), key=lambda i: load[key][i])
         if load[key][idx] >= runs_per_server:
             left.append(cell)
             continue
-        group = servers[key]
+        group = servers.groups[key]
         ordered = group[idx:] + group[:idx]  # its chosen server first, the others to fail over to
         pending[remote_run.remote(cell, ordered, eval_test)] = (cell, key, idx)
         load[key][idx] += 1
