@@ -126,9 +126,7 @@ def _search(box: BlackBox, task: Task, cfg: BBTConfig, seed: int, refine: bool) 
     for g in range(1, generations + 1):
         logits = box.logits(prompt(torch.as_tensor(np.array(solutions))), "train")
         with torch.no_grad():
-            # The refined logits enter the fitness only through the KL term.
-            refined = mlp(logits) if mlp is not None and lambda_i else logits
-            fitness = prompt_fitness(logits, refined, y, lambda_i)
+            fitness = prompt_fitness(logits, y, lambda_i, mlp)
         es.tell(solutions, fitness.tolist())
         # The prompt in use: the mean of a freshly asked population, which is also the next
         # generation's candidates (pycma allows one ask per tell when its step-size rule injects samples).

@@ -1,0 +1,36 @@
+"""The prompt fitness against its definition: CE plus lambda_I times KL(refined || logits), per candidate."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from craft.losses import prompt_fitness
+from craft.refine import RefinementMLP
+
+
+def _by_definition(logits: torch.Tensor, labels: torch.Tensor, lambda_i: float, head) -> torch.Tensor:
+    out = []
+    for cand in logits:
+        log_p, log_r = F.log_softmax(cand.double(), -1), F.log_softmax(head(cand).double(), -1)
+        ce = F.nll_loss(log_p, labels)
+        kl = F.kl_div(log_p, log_r, log_target=True, reduction="batchmean")  # KL(refined || logits)
+        out.append(ce + lambda_i * kl)
+    return torch.stack(out).float()
+
+
+@pytest.mark.parametrize("lambda_i", [0.0, 0.1, 2.0])
+def test_fitness_is_cross_entropy_plus_weighted_kl_of_the_refined_to_the_raw_predictions(lambda_i):
+    torch.manual_seed(0)
+    logits, labels = 4 * torch.randn(5, 30, 7), torch.randint(0, 7, (30,))
+    head = RefinementMLP(7, 16)
+    with torch.no_grad():
+        for p in head.parameters():  # a head far from the identity, so that the KL term is large
+            p.mul_(5)
+        ours = prompt_fitness(logits, labels, lambda_i, head)
+        expected = _by_definition(logits, labels, lambda_i, head)
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
+    if lambda_i:
+        assert (ours - _by_definition(logits, labels, 0.0, head)).abs().min() > 1e-3  # the KL term counts
+    assert torch.equal(prompt_fitness(logits, labels, lambda_i, None), prompt_fitness(logits, labels, 0.0, head))
