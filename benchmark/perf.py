@@ -27,7 +27,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -69,6 +69,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sweep", choices=("auto", "measure", "scale", "off"), default="auto",
                    help="sweep estimate: run each coop11 dataset's loop (measure), scale the main one (scale); auto: measure on GPU")
     p.add_argument("--sweep-generations", type=int, default=2, help="timed generations per dataset when measuring the sweep")
+    p.add_argument("--sweep-seconds", type=float, default=120.0,
+                   help="measure mode: time for the per-dataset loops (smallest datasets first); the datasets whose "
+                        "loop would not fit are scaled from the largest one measured")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's; 1 on a CPU device whose load average exceeds its cores)")
     p.add_argument("--seed", type=int, default=0)
@@ -169,8 +172,13 @@ def run(args: argparse.Namespace) -> int:
         mode = args.sweep if args.sweep != "auto" else ("measure" if device.type == "cuda" else "scale")
         _log(f"sweep estimate ({mode}) on {best}")
         try:
+            def partial(estimate: dict[str, Any]) -> None:
+                result["sweep_estimate"] = estimate
+                save()
+
             result["sweep_estimate"] = _sweep(engines[best], result["paths"][best], mode, shapes, data, task, args,
-                                              result["cma_seconds_per_generation"], seq_per_gen, loaded.tokenizer, p0.shape[0])
+                                              result["cma_seconds_per_generation"], seq_per_gen, loaded.tokenizer, p0.shape[0],
+                                              partial)
         except Exception as exc:  # noqa: BLE001 - keep the figures measured so far
             result["sweep_estimate"] = {"error": f"{type(exc).__name__}: {exc}"}
     result["targets"] = _targets(result, device)
@@ -278,20 +286,12 @@ def _ratios(paths: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def _sweep(engine, entry, mode, shapes, data, task, args, cma_s, seq_per_gen, tokenizer, n_ctx) -> dict[str, Any]:
+def _sweep(engine, entry, mode, shapes, data, task, args, cma_s, seq_per_gen, tokenizer, n_ctx,
+           partial: Callable[[dict[str, Any]], None] = lambda _: None) -> dict[str, Any]:
     one, most = _loop_at(entry, 1), _loop_best(entry)
     speedup = most["sequences_per_s"] / one["sequences_per_s"] if one and most and most["runs"] > 1 else None
     if mode == "measure":
-        rows = []
-        for d in sweep_datasets():
-            names = padded_classnames(tokenizer, d.classes, args.prompt_tokens, n_ctx, engine.context_length)
-            d_data, d_task = synthetic_task(engine, d, names, args.seed)
-            _log(f"sweep {d.key}")
-            loop = measure_loop(engine, d_data, d_task, args.popsize, args.intrinsic_dim, args.sweep_generations, 1, 1)
-            ev = measure_eval(engine, d_data, d_task, args.intrinsic_dim)
-            rows.append(sweep_row(d, args.popsize, loop["seconds_per_generation"], loop["query_seconds_per_generation"], ev))
-            del d_data, d_task
-        return sweep_summary(rows, mode, speedup)
+        return _sweep_measured(engine, args, cma_s, tokenizer, n_ctx, speedup, partial)
     loop = one or {
         "query_seconds_per_generation": seq_per_gen / entry["raw"]["sequences_per_s"],
         "runner_seconds_per_generation": cma_s,
@@ -301,6 +301,41 @@ def _sweep(engine, entry, mode, shapes, data, task, args, cma_s, seq_per_gen, to
     if not one:
         out["note"] = ("the loop was not measured on this device: query time from the raw throughput, runner time "
                        "= CMA-ES alone (fitness and refinement left out), evaluations left out")
+    return out
+
+
+def _sweep_measured(engine, args, cma_s, tokenizer, n_ctx, speedup, partial) -> dict[str, Any]:
+    """Each coop11 dataset's loop at its shapes, smallest first, within ``--sweep-seconds``; the rest
+    scaled from the largest dataset measured (rows say which). Reports the estimate after each row."""
+    order = sorted(sweep_datasets(), key=lambda d: d.classes * d.train)
+    deadline = time.perf_counter() + args.sweep_seconds
+    measured: dict[str, dict[str, Any]] = {}
+    base = None  # (shapes, loop, eval seconds) of the largest dataset measured so far
+    for d in order:
+        if base is not None:  # predict this dataset's loop (warmup, timed, final generation) from base's
+            scaled = sweep_rows_scaled(base[0], base[1], base[2], cma_s, args.popsize)
+            predicted = next(r for r in scaled if r["dataset"] == d.key)["seconds_per_generation"]
+            if time.perf_counter() + predicted * (args.sweep_generations + 2) > deadline:
+                break
+        names = padded_classnames(tokenizer, d.classes, args.prompt_tokens, n_ctx, engine.context_length)
+        d_data, d_task = synthetic_task(engine, d, names, args.seed)
+        _log(f"sweep {d.key}")
+        loop = measure_loop(engine, d_data, d_task, args.popsize, args.intrinsic_dim, args.sweep_generations, 1, 1)
+        ev = measure_eval(engine, d_data, d_task, args.intrinsic_dim)
+        measured[d.key] = sweep_row(d, args.popsize, loop["seconds_per_generation"], loop["query_seconds_per_generation"], ev)
+        base = (d, loop, ev)
+        del d_data, d_task
+        partial(_measured_summary(order, measured, base, cma_s, args.popsize, speedup))
+    return _measured_summary(order, measured, base, cma_s, args.popsize, speedup)
+
+
+def _measured_summary(order, measured, base, cma_s, popsize, speedup) -> dict[str, Any]:
+    scaled = {r["dataset"]: r for r in sweep_rows_scaled(base[0], base[1], base[2], cma_s, popsize)} if base else {}
+    rows = [{**measured[d.key], "measured": True} if d.key in measured else {**scaled[d.key], "measured": False}
+            for d in order if d.key in measured or d.key in scaled]
+    out = sweep_summary(rows, "measure", speedup)
+    if len(measured) < len(order):
+        out["scaled_from"] = base[0].key if base else None
     return out
 
 
@@ -365,7 +400,10 @@ def render(result: dict[str, Any]) -> str:
     sweep = result.get("sweep_estimate")
     if sweep and "error" not in sweep:
         conc = f", {sweep['concurrent_s'] / 60:.1f} min with concurrent runs" if "concurrent_s" in sweep else ""
-        lines.append(f"11-dataset x 3-seed 16-shot CraFT sweep ({sweep['mode']}): {sweep['serial_s'] / 60:.1f} min "
+        n_measured = sum(1 for r in sweep["datasets"] if r.get("measured"))
+        how = sweep["mode"] if "scaled_from" not in sweep else (
+            f"measure: {n_measured} datasets measured, {len(sweep['datasets']) - n_measured} scaled from {sweep['scaled_from']}")
+        lines.append(f"11-dataset x 3-seed 16-shot CraFT sweep ({how}): {sweep['serial_s'] / 60:.1f} min "
                      f"one run at a time{conc}; {sweep['query_bound_s'] / 60:.1f} min inside black-box calls")
     elif sweep:
         lines.append(f"sweep estimate: error: {sweep['error']}")

@@ -364,7 +364,9 @@ def sweep_summary(rows: list[dict[str, Any]], mode: str, concurrency_speedup: fl
     """Totals of the per-dataset rows, with the model of the estimate in words."""
     serial = SEEDS * sum(r["run_seconds"] for r in rows)
     busy = SEEDS * sum(r["query_run_seconds"] for r in rows)
-    how = (" Per-dataset seconds measured by a short CraFT loop at each dataset's shapes, one run at a time."
+    how = (" Per-dataset seconds measured by a short CraFT loop at each dataset's shapes, one run at a time "
+           "(rows with measured=false: scaled from the largest dataset measured, as in scale mode, when its loop "
+           "did not fit in --sweep-seconds)."
            if mode == "measure" else
            " Per-dataset seconds scaled from the main dataset's loop: query x C/C0; runner = CMA-ES + "
            "(runner0 - CMA-ES) x (C*N)/(C0*N0); eval x C*(Nval+Ntest)/(C0*(Nval0+Ntest0)).")

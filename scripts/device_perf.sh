@@ -63,7 +63,7 @@ cat "$OUT/env.txt"
 if [[ $# -gt 0 ]]; then
     ARGS=("$@")
 else
-    ARGS=(--backbone ViT-B-16 --weights random --device cuda --compile --runs 1,4)
+    ARGS=(--backbone ViT-B-16 --weights random --device cuda --compile --runs 1,4 --sweep-seconds 90)
 fi
 echo "setup took $((SECONDS - start)) s; running: ${CRAFT[*]} perf ${ARGS[*]} --json $OUT/perf.json"
 # 270 s for the measurement: with the setup above, the whole command ends inside 5 minutes.

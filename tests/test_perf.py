@@ -124,3 +124,19 @@ def test_perf_command_measures_both_paths_side_by_side_and_writes_json(tmp_path,
     assert sweep["mode"] == "scale" and len(sweep["datasets"]) == 11
     assert math.isclose(sweep["serial_s"], SEEDS * sum(r["run_seconds"] for r in sweep["datasets"]))
     assert result["targets"]["ratio_target"] == 3.0 and "met" in result["targets"]
+
+
+def test_sweep_measure_scales_what_does_not_fit_its_time_from_the_largest_measured(tmp_path, capsys):
+    out = tmp_path / "perf.json"
+    rc = main(["perf", "--backbone", "craft-tiny", "--weights", "random", "--dataset", "eurosat", "--device", "cpu",
+               "--no-official", "--candidates", "2", "--repeats", "1", "--generations", "1", "--runs", "1",
+               "--sweep", "measure", "--sweep-generations", "1", "--sweep-seconds", "0", "--json", str(out)])
+    assert rc == 0
+    sweep = json.loads(out.read_text())["sweep_estimate"]
+    rows = {r["dataset"]: r for r in sweep["datasets"]}
+    assert len(rows) == 11 and sweep["mode"] == "measure"
+    # No time: only the smallest dataset (EuroSAT: 10 classes x 16 shots) is measured; the rest scale from it.
+    assert [k for k, r in rows.items() if r["measured"]] == ["paper-shapes/eurosat"]
+    assert sweep["scaled_from"] == "paper-shapes/eurosat"
+    assert rows["paper-shapes/imagenet"]["seconds_per_generation"] > rows["paper-shapes/eurosat"]["seconds_per_generation"]
+    assert "1 datasets measured, 10 scaled from paper-shapes/eurosat" in capsys.readouterr().out
