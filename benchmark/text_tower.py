@@ -7,10 +7,10 @@ once per candidate (``B x P`` tokens instead of ``B x C x P``), and the class pa
 keys and values (a prefix cache, as in language-model decoding). Three kinds of block:
 
 * **first**: the class part's input does not depend on the candidate, so its queries, keys,
-  values and its attention among its own positions are computed once per class; only the
-  scores against the candidate's prefix are per prompt. The output projection is folded into
-  the values (``v W_o`` per head, once per class or candidate), so no per-prompt projection
-  runs before the MLP.
+  values and its attention among its own positions are computed once per class list
+  (:func:`class_state`, which the engine keeps); only the scores against the candidate's prefix
+  and one softmax are per prompt. The output projection is folded into the values (``v W_o``
+  per head, once per class or candidate), so no per-prompt projection runs before the MLP.
 * **middle**: class parts attend to their own keys and values and to the prefix cache.
 * **last**: only the end-of-text position is needed. Its query is folded into the key weights
   (``q . (W_k a) = (W_k^T q) . a``; the key bias adds one constant to every score and cancels
@@ -18,7 +18,9 @@ keys and values (a prefix cache, as in language-model decoding). Three kinds of 
   W_v sum w_j a_j``, the weights summing to 1), so no keys or values of the class part are
   projected at all.
 
-All of this computes the same function as the plain tower, up to floating-point rounding.
+All of this computes the same function as the plain tower, up to floating-point rounding, and a
+prompt's features do not depend on the batch it is computed in. On CPU the MLPs run in row
+blocks (:data:`MLP_ROWS`).
 
 Only open_clip's default ``ResidualAttentionBlock`` (``nn.MultiheadAttention``, any norm,
 activation or layer scale) is supported; :func:`supports` says whether a model qualifies.
