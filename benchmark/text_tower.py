@@ -109,7 +109,7 @@ def _linear_into(out: torch.Tensor, x: torch.Tensor, layer: nn.Linear) -> None:
 def _with_prefix(t_p: torch.Tensor, t_s: torch.Tensor, n_cand: int) -> torch.Tensor:
     """Keys (or values) of whole prompts, ``B*C x heads x (P+S) x d``, written once into one buffer.
 
-    ``t_p``: the prefix's, ``B x heads x P x d``; ``t_s``: the class parts', ``(1 or B) x C x S x W``.
+    ``t_p``: the prefix's, ``B x heads x P x d``; ``t_s``: the class parts', ``B x C x S x W``.
     """
     _, n_head, p_len, d = t_p.shape
     _, n_cls, s_len, _ = t_s.shape
