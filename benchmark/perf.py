@@ -31,6 +31,7 @@ from typing import Any, Callable
 
 import torch
 
+from benchmark.engine import PRECISIONS
 from benchmark.errors import UserError
 from benchmark.perf_measure import (
     agreement, cma_seconds, dataset_shapes, device_name, measure_eval, measure_loop, measure_raw, padded_classnames,
@@ -64,7 +65,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile-mode", default="default",
                    help="torch.compile mode: default, max-autotune-no-cudagraphs, reduce-overhead, ...")
     p.add_argument("--no-official", action="store_true", help="skip the official-style path")
-    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="the fast paths' arithmetic on a GPU: auto or bf16 (bf16 autocast), fp32 (CPUs: always fp32)")
     p.add_argument("--sweep", choices=("auto", "measure", "scale", "off"), default="auto",
                    help="sweep estimate: run each coop11 dataset's loop (measure), scale the main one (scale); auto: measure on GPU")

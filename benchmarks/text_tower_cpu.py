@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
+    from benchmark import text_tower
     from benchmark.engine import ClipEngine
     from benchmark.models import BUILTIN, RANDOM, load_model
     from benchmark.perf_measure import dataset_shapes, padded_classnames
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
 
     paths: dict[str, Callable[[], None]] = {
         "official (one candidate a call, full context)": call(official),
-        f"fast, as configured (chunks of {default_chunk}, MLP rows {_current_rows()})": call(fast),
+        f"fast, as configured (chunks of {default_chunk}, MLP rows {text_tower.MLP_ROWS})": call(fast),
         f"fast, chunks of {default_chunk}, one MLP call per chunk": call(fast, 10**9),
     }
     for n in args.chunks:
@@ -92,12 +93,6 @@ def main(argv: list[str] | None = None) -> None:
     for name, ts in times.items():
         med = statistics.median(ts)
         print(f"{name:60s} {med * 1000:8.1f} {ref / med:13.2f}x")
-
-
-def _current_rows() -> int:
-    from benchmark import text_tower
-
-    return text_tower.MLP_ROWS
 
 
 if __name__ == "__main__":

@@ -295,7 +295,7 @@ def run_sweep(
     remote_run = ray.remote(num_cpus=1, num_gpus=0, max_retries=RUN_RETRIES, retry_exceptions=False)(_run_cell_task)
     display = Progress(len(todo), progress)
     load: dict[tuple[str, str, str], list[int]] = {k: [0] * len(g) for k, g in servers.groups.items()}
-    pending: dict[Any, tuple[Cell, tuple[str, str], int]] = {}
+    pending: dict[Any, tuple[Cell, tuple[str, str, str], int]] = {}
     queue = list(todo)
     try:
         while queue or pending:
