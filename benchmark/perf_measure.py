@@ -35,7 +35,7 @@ def sync(device: torch.device) -> None:
 
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
-        return torch.cuda.getdevice_name(device)
+        return torch.cuda.get_device_name(device)
     return platform.processor() or platform.machine()
 
 

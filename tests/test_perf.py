@@ -13,7 +13,7 @@ from benchmark.errors import UserError
 from benchmark.models import load_model
 from benchmark.perf import _parse_runs, _ratios
 from benchmark.perf_measure import (
-    SEEDS, _generations, dataset_shapes, padded_classnames, peak_memory, sweep_datasets, sweep_row, sweep_summary,
+    SEEDS, _generations, dataset_shapes, device_name, padded_classnames, peak_memory, sweep_datasets, sweep_row, sweep_summary,
 )
 
 
@@ -93,6 +93,13 @@ def test_peak_memory_on_cpu_reports_the_resident_peak():
         block = torch.ones(64, 2**20 // 4)  # 64 MiB, touched
         block += 1
     assert mem["peak_mem_mib"] >= 64 and "RSS" in mem["peak_mem_kind"]
+
+
+def test_device_name_asks_torch_for_the_gpu_name(monkeypatch):
+    # The CUDA branch runs only on a GPU machine: checked here with torch's call stood in.
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: f"GPU {device}")
+    assert device_name(torch.device("cuda:0")) == "GPU cuda:0"
+    assert device_name(torch.device("cpu"))
 
 
 def test_perf_command_measures_both_paths_side_by_side_and_writes_json(tmp_path, capsys):
