@@ -322,10 +322,15 @@ class TaskData:
 class EngineBackend:
     """Implements :class:`craft.blackbox.Backend` for one task on a local :class:`ClipEngine`."""
 
-    def __init__(self, engine: ClipEngine, task: TaskData) -> None:
+    def __init__(self, engine: ClipEngine, task: TaskData, output_device: torch.device | str = "cpu") -> None:
+        """``output_device``: where logits and features are handed out. ``cpu`` (default) copies
+        them to the host, as a remote user receives them; the engine's device keeps them on the
+        GPU, so that the run's fitness and refinement module run there too (at ImageNet's shapes
+        a generation's logits are 2.6 GB: see docs/throughput.md)."""
         self.engine = engine
         self.task = task
         self.part = engine.class_part(task.classnames)
+        self.output_device = torch.device(output_device)
 
     def info(self) -> BackendInfo:
         return BackendInfo(
@@ -333,6 +338,7 @@ class EngineBackend:
             max_ctx=self.engine.max_ctx(self.part),
             n_classes=len(self.task.classnames),
             split_sizes={k: int(v.shape[0]) for k, v in self.task.features.items()},
+            device=str(self.output_device),
         )
 
     def embed_words(self, text: str) -> torch.Tensor:
@@ -344,13 +350,14 @@ class EngineBackend:
 
     def logits(self, contexts: torch.Tensor, split: str, indices: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
         text = self.engine.text_features(contexts, self.part)
-        return self.engine.logits(self._images(split, indices), text).cpu(), 0
+        return self.engine.logits(self._images(split, indices), text).to(self.output_device), 0
 
     def features(self, contexts: torch.Tensor, split: str, indices: torch.Tensor | None = None) -> tuple[OutputFeatures, int]:
         text = self.engine.text_features(contexts, self.part)
         image = self._images(split, indices)
-        return OutputFeatures(text.cpu(), image.float().cpu(), self.engine.logit_scale), 0
+        out = self.output_device
+        return OutputFeatures(text.to(out), image.float().to(out), self.engine.logit_scale), 0
 
     def template_logits(self, template: str, split: str) -> tuple[torch.Tensor, int]:
         text = self.engine.template_features(template, self.task.classnames)
-        return self.engine.logits(self._images(split, None), text).cpu(), 0
+        return self.engine.logits(self._images(split, None), text).to(self.output_device), 0

@@ -59,6 +59,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--generations", type=int, default=3, help="timed CraFT generations per loop")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls / generations first")
     p.add_argument("--runs", default="1", help="comma-separated numbers of concurrent CraFT loops to measure (e.g. 1,4)")
+    p.add_argument("--user-device", choices=("engine", "cpu", "both"), default="engine",
+                   help="where the runs of a loop receive their logits and compute fitness and refinement: "
+                        "engine (the engine's device: on a GPU the logits never leave it), cpu (copied to the host, "
+                        "as from a remote model) or both, measured one after the other; the sweep estimate uses the first")
     p.add_argument("--max-generation-s", type=float, default=30.0,
                    help="skip a path's loop when its raw throughput predicts a longer generation")
     p.add_argument("--compile", action="store_true", help="also measure the fast path under torch.compile")
@@ -158,11 +162,13 @@ def run(args: argparse.Namespace) -> int:
 
     # 2. The CraFT loop, per path and number of concurrent runs.
     seq_per_gen = (args.popsize + 1) * shapes.classes
+    users = _user_devices(args.user_device, device)
+    result["user_devices"] = [str(u) for u in users]
     for p in paths:
         entry = result["paths"][p.name]
         if "raw" in entry:
-            entry["loop"] = [_loop(engines[p.name], data, task, args, runs, seq_per_gen / entry["raw"]["sequences_per_s"], p.name)
-                             for runs in runs_list]
+            entry["loop"] = [_loop(engines[p.name], data, task, args, runs, seq_per_gen / entry["raw"]["sequences_per_s"], p.name, user)
+                             for user in users for runs in runs_list]
             result["ratios"] = _ratios(result["paths"])
             save()
 
@@ -174,12 +180,13 @@ def run(args: argparse.Namespace) -> int:
         _log(f"sweep estimate ({mode}) on {best}")
         try:
             def partial(estimate: dict[str, Any]) -> None:
-                result["sweep_estimate"] = estimate
+                result["sweep_estimate"] = {**estimate, "user_device": str(users[0])}
                 save()
 
             result["sweep_estimate"] = _sweep(engines[best], result["paths"][best], mode, shapes, data, task, args,
                                               result["cma_seconds_per_generation"], seq_per_gen, loaded.tokenizer, p0.shape[0],
-                                              partial)
+                                              users[0], partial)
+            result["sweep_estimate"]["user_device"] = str(users[0])
         except Exception as exc:  # noqa: BLE001 - keep the figures measured so far
             result["sweep_estimate"] = {"error": f"{type(exc).__name__}: {exc}"}
     result["targets"] = _targets(result, device)
@@ -244,21 +251,30 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def _loop(engine, data, task, args, runs: int, predicted_s: float, name: str) -> dict[str, Any]:
+def _user_devices(choice: str, device: torch.device) -> list[torch.device]:
+    """The loops' user devices for ``--user-device`` (one on a CPU engine, where both are the CPU)."""
+    engine, cpu = device, torch.device("cpu")
+    users = {"engine": [engine], "cpu": [cpu], "both": [engine, cpu]}[choice]
+    return list(dict.fromkeys(users))
+
+
+def _loop(engine, data, task, args, runs: int, predicted_s: float, name: str, user: torch.device) -> dict[str, Any]:
     """One loop measurement, or why it was skipped (too slow) or failed."""
     if predicted_s * runs > args.max_generation_s:
-        return {"runs": runs, "predicted_generations_per_s": 1 / predicted_s, "skipped": (
+        return {"runs": runs, "user_device": str(user), "predicted_generations_per_s": 1 / predicted_s, "skipped": (
             f"a generation would take about {predicted_s * runs:.0f} s at the raw throughput "
             f"(over --max-generation-s {args.max_generation_s:g})")}
-    _log(f"loop {name}: {runs} concurrent run(s)")
+    _log(f"loop {name}: {runs} concurrent run(s), user side on {user}")
     try:
-        return measure_loop(engine, data, task, args.popsize, args.intrinsic_dim, args.generations, args.warmup, runs)
+        return measure_loop(engine, data, task, args.popsize, args.intrinsic_dim, args.generations, args.warmup, runs, user)
     except Exception as exc:  # noqa: BLE001 - one path failing must not lose the others
-        return {"runs": runs, "error": f"{type(exc).__name__}: {exc}"}
+        return {"runs": runs, "user_device": str(user), "error": f"{type(exc).__name__}: {exc}"}
 
 
-def _loop_at(entry: dict[str, Any], runs: int) -> dict[str, Any] | None:
-    return next((x for x in entry.get("loop", []) if x.get("runs") == runs and "sequences_per_s" in x), None)
+def _loop_at(entry: dict[str, Any], runs: int, user: str | None = None) -> dict[str, Any] | None:
+    """The loop with ``runs`` runs (and, if given, that user device)."""
+    return next((x for x in entry.get("loop", []) if x.get("runs") == runs and "sequences_per_s" in x
+                 and (user is None or x.get("user_device", "cpu") == user)), None)
 
 
 def _loop_best(entry: dict[str, Any]) -> dict[str, Any] | None:
@@ -281,23 +297,26 @@ def _ratios(paths: dict[str, Any]) -> dict[str, float]:
             out[f"raw_{name}/official"] = entry["raw"]["sequences_per_s"] / off["raw"]["sequences_per_s"]
             out[f"raw_cpu_time_{name}/official"] = entry["raw"]["sequences_per_cpu_s"] / off["raw"]["sequences_per_cpu_s"]
         for x in entry.get("loop", []):
-            o = _loop_at(off, x.get("runs", 0))
+            user = x.get("user_device", "cpu")
+            o = _loop_at(off, x.get("runs", 0), user)
             if o and "sequences_per_s" in x:
-                out[f"loop_runs{x['runs']}_{name}/official"] = x["sequences_per_s"] / o["sequences_per_s"]
+                tag = "" if user == "cpu" else f"_user-{user.split(':')[0]}"
+                out[f"loop_runs{x['runs']}{tag}_{name}/official"] = x["sequences_per_s"] / o["sequences_per_s"]
     return out
 
 
-def _sweep(engine, entry, mode, shapes, data, task, args, cma_s, seq_per_gen, tokenizer, n_ctx,
+def _sweep(engine, entry, mode, shapes, data, task, args, cma_s, seq_per_gen, tokenizer, n_ctx, user: torch.device,
            partial: Callable[[dict[str, Any]], None] = lambda _: None) -> dict[str, Any]:
-    one, most = _loop_at(entry, 1), _loop_best(entry)
+    mine = {**entry, "loop": [x for x in entry.get("loop", []) if x.get("user_device", "cpu") == str(user)]}
+    one, most = _loop_at(mine, 1), _loop_best(mine)
     speedup = most["sequences_per_s"] / one["sequences_per_s"] if one and most and most["runs"] > 1 else None
     if mode == "measure":
-        return _sweep_measured(engine, args, cma_s, tokenizer, n_ctx, speedup, partial)
+        return _sweep_measured(engine, args, cma_s, tokenizer, n_ctx, speedup, user, partial)
     loop = one or {
         "query_seconds_per_generation": seq_per_gen / entry["raw"]["sequences_per_s"],
         "runner_seconds_per_generation": cma_s,
     }
-    eval_s = measure_eval(engine, data, task, args.intrinsic_dim) if one else 0.0
+    eval_s = measure_eval(engine, data, task, args.intrinsic_dim, user) if one else 0.0
     out = sweep_summary(sweep_rows_scaled(shapes, loop, eval_s, cma_s, args.popsize), mode, speedup)
     if not one:
         out["note"] = ("the loop was not measured on this device: query time from the raw throughput, runner time "
@@ -305,7 +324,7 @@ def _sweep(engine, entry, mode, shapes, data, task, args, cma_s, seq_per_gen, to
     return out
 
 
-def _sweep_measured(engine, args, cma_s, tokenizer, n_ctx, speedup, partial) -> dict[str, Any]:
+def _sweep_measured(engine, args, cma_s, tokenizer, n_ctx, speedup, user, partial) -> dict[str, Any]:
     """Each coop11 dataset's loop at its shapes, smallest first, within ``--sweep-seconds``; the rest
     scaled from the largest dataset measured (rows say which). Reports the estimate after each row."""
     order = sorted(sweep_datasets(), key=lambda d: d.classes * d.train)
@@ -321,8 +340,8 @@ def _sweep_measured(engine, args, cma_s, tokenizer, n_ctx, speedup, partial) -> 
         names = padded_classnames(tokenizer, d.classes, args.prompt_tokens, n_ctx, engine.context_length)
         d_data, d_task = synthetic_task(engine, d, names, args.seed)
         _log(f"sweep {d.key}")
-        loop = measure_loop(engine, d_data, d_task, args.popsize, args.intrinsic_dim, args.sweep_generations, 1, 1)
-        ev = measure_eval(engine, d_data, d_task, args.intrinsic_dim)
+        loop = measure_loop(engine, d_data, d_task, args.popsize, args.intrinsic_dim, args.sweep_generations, 1, 1, user)
+        ev = measure_eval(engine, d_data, d_task, args.intrinsic_dim, user)
         measured[d.key] = sweep_row(d, args.popsize, loop["seconds_per_generation"], loop["query_seconds_per_generation"], ev)
         base = (d, loop, ev)
         del d_data, d_task
@@ -376,7 +395,7 @@ def render(result: dict[str, Any]) -> str:
         f"popsize {result['popsize']}, intrinsic dim {result['intrinsic_dim']}; fast path in {result.get('fast_precision', 'fp32')}; "
         f"image features: {IMAGE_NOTE}",
         "",
-        f"{'path':<14} {'raw seq/s':>11} {'loop runs':>9} {'gen/s':>8} {'loop seq/s':>11} {'query s/gen':>11} {'peak MiB':>9}",
+        f"{'path':<14} {'raw seq/s':>11} {'user':>6} {'loop runs':>9} {'gen/s':>8} {'loop seq/s':>11} {'query s/gen':>11} {'peak MiB':>9}",
     ]
     for name, e in result["paths"].items():
         if "error" in e:
@@ -384,7 +403,7 @@ def render(result: dict[str, Any]) -> str:
             continue
         raw = e["raw"]
         for i, x in enumerate(e.get("loop") or [{}]):
-            head = f"{name:<14} {_fmt(raw['sequences_per_s']):>11}" if i == 0 else " " * 26
+            head = (f"{name:<14} {_fmt(raw['sequences_per_s']):>11}" if i == 0 else " " * 26) + f" {x.get('user_device', '-'):>6}"
             if "skipped" in x or "error" in x:
                 lines.append(f"{head} {x['runs']:>9} {'skipped' if 'skipped' in x else 'error':>8}  {x.get('skipped') or x.get('error')}")
                 continue
@@ -405,7 +424,8 @@ def render(result: dict[str, Any]) -> str:
         how = sweep["mode"] if "scaled_from" not in sweep else (
             f"measure: {n_measured} datasets measured, {len(sweep['datasets']) - n_measured} scaled from {sweep['scaled_from']}")
         lines.append(f"11-dataset x 3-seed 16-shot CraFT sweep ({how}): {sweep['serial_s'] / 60:.1f} min "
-                     f"one run at a time{conc}; {sweep['query_bound_s'] / 60:.1f} min inside black-box calls")
+                     f"one run at a time{conc}; {sweep['query_bound_s'] / 60:.1f} min inside black-box calls; "
+                     f"runs' own work on {sweep.get('user_device', 'cpu')}")
     elif sweep:
         lines.append(f"sweep estimate: error: {sweep['error']}")
     t = result.get("targets", {})

@@ -243,8 +243,13 @@ def _generations(calls: list[tuple[float, float, bool, int]], first: int, count:
     return rows
 
 
-def measure_loop(engine, data, task, popsize: int, intrinsic_dim: int, generations: int, warmup: int, runs: int) -> dict[str, Any]:
-    """``runs`` concurrent CraFT runs (threads) on one engine; per-generation times after ``warmup``."""
+def measure_loop(engine, data, task, popsize: int, intrinsic_dim: int, generations: int, warmup: int, runs: int,
+                 user_device: torch.device | str = "cpu") -> dict[str, Any]:
+    """``runs`` concurrent CraFT runs (threads) on one engine; per-generation times after ``warmup``.
+
+    ``user_device``: where the runs receive their logits and compute fitness and refinement
+    (``cpu``: copied to the host, as from a remote model; the engine's GPU: they stay there).
+    """
     from threadpoolctl import threadpool_limits
 
     from benchmark.engine import EngineBackend
@@ -253,7 +258,7 @@ def measure_loop(engine, data, task, popsize: int, intrinsic_dim: int, generatio
     total = warmup + generations + 1  # the last generation also evaluates: it is not timed
     cfg = _craft_config(popsize, intrinsic_dim, len(task.classnames), total)
     box_cls = _timed_box_cls()
-    backend = EngineBackend(engine, data)
+    backend = EngineBackend(engine, data, user_device)
     boxes = [box_cls(backend, popsize * total) for _ in range(runs)]
     errors: list[BaseException] = []
 
@@ -277,7 +282,8 @@ def measure_loop(engine, data, task, popsize: int, intrinsic_dim: int, generatio
     query = statistics.median(r["query_seconds"] for r in rows)
     seqs = sum(r["sequences"] for r in rows)
     return {
-        "runs": runs, "timed_generations_per_run": generations, "warmup_generations": warmup,
+        "runs": runs, "user_device": str(backend.output_device),
+        "timed_generations_per_run": generations, "warmup_generations": warmup,
         "seconds_per_generation": sec, "query_seconds_per_generation": query,
         "runner_seconds_per_generation": sec - query,
         "generations_per_s": len(rows) / span, "sequences_per_s": seqs / span,
@@ -285,7 +291,7 @@ def measure_loop(engine, data, task, popsize: int, intrinsic_dim: int, generatio
     }
 
 
-def measure_eval(engine, data, task, intrinsic_dim: int) -> float:
+def measure_eval(engine, data, task, intrinsic_dim: int, user_device: torch.device | str = "cpu") -> float:
     """Seconds of one evaluation (val and test, refinement head included) of a prompt."""
     from craft.methods.base import evaluate
     from craft.refine import RefinementMLP
@@ -293,12 +299,12 @@ def measure_eval(engine, data, task, intrinsic_dim: int) -> float:
     from benchmark.engine import EngineBackend
     from craft.blackbox import MeteredBlackBox
 
-    box = MeteredBlackBox(EngineBackend(engine, data), 0)
+    box = MeteredBlackBox(EngineBackend(engine, data, user_device), 0)
     ctx = box.embed_words("a photo of a")
-    head = RefinementMLP(len(task.classnames), 512 if len(task.classnames) >= 1000 else 256)
+    head = RefinementMLP(len(task.classnames), 512 if len(task.classnames) >= 1000 else 256).to(user_device)
     evaluate(box, task, ctx, head)
     t0 = time.perf_counter()
-    evaluate(box, task, ctx, head)
+    evaluate(box, task, ctx, head)  # ends in a host sync (accuracy -> float)
     return time.perf_counter() - t0
 
 

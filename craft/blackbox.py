@@ -52,6 +52,10 @@ class BackendInfo:
     max_ctx: int
     n_classes: int
     split_sizes: dict[str, int] = field(default_factory=dict)
+    # Where logits and features arrive, and so where a method's own computation (fitness,
+    # refinement module) runs: "cpu" for a remote model, the GPU when the run shares the
+    # engine's GPU (see benchmark.engine.EngineBackend's output_device).
+    device: str = "cpu"
 
 
 class OutputFeatures(NamedTuple):

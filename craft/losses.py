@@ -28,8 +28,8 @@ def prompt_fitness(
     on ImageNet's from 39.2 to 25.5 s (``python -m benchmarks.runner_cost --batched``).
     """
     n_cand, n_img, _ = logits.shape
-    out = torch.empty(n_cand, dtype=logits.dtype)
-    rows = labels.unsqueeze(1)
+    out = torch.empty(n_cand, dtype=logits.dtype, device=logits.device)
+    rows = labels.to(logits.device).unsqueeze(1)
     for b in range(n_cand):
         log_p = F.log_softmax(logits[b], dim=-1)
         value = -log_p.gather(1, rows).mean()

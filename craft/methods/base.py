@@ -104,7 +104,7 @@ def evaluate(
                 logits = head(logits)
         if split in task.class_subsets:
             logits = _restrict(logits, task.class_subsets[split])
-        out[f"top1_{split}"] = accuracy(logits, task.labels[split])
+        out[f"top1_{split}"] = accuracy(logits, task.labels[split].to(logits.device))
     return out
 
 

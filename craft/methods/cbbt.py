@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from craft.adapter import SIDES, OutputAdapter
-from craft.blackbox import BlackBox
+from craft.blackbox import BlackBox, OutputFeatures
 from craft.methods.base import RunResult, Task, Timer, _restrict, accuracy, evaluate, reject_invalid
 from craft.schedule import steps_per_epoch, warmup_cosine
 from craft.zeroth_order import combine, default_mu, directions, perturbed, queries_per_step
@@ -103,6 +103,11 @@ def _losses(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, n_cls), y.repeat(n_cand), reduction="none").view(n_cand, n_img).mean(1)
 
 
+def _on_cpu(feats: OutputFeatures) -> OutputFeatures:
+    """CBBT's prompt, directions and adapter live on the CPU: its outputs (q x batch, small) go there."""
+    return feats._replace(text=feats.text.cpu(), image=feats.image.cpu())
+
+
 def evaluate_adapted(box: BlackBox, task: Task, ctx: torch.Tensor, adapter: OutputAdapter | None) -> dict[str, float]:
     """Top-1 of a prompt on the eval sets, through the output adapter when there is one."""
     if adapter is None:
@@ -110,7 +115,7 @@ def evaluate_adapted(box: BlackBox, task: Task, ctx: torch.Tensor, adapter: Outp
     out = {}
     for split in task.eval_splits:
         with torch.no_grad():
-            logits = adapter.logits(box.features(ctx, split, budgeted=False))[0]
+            logits = adapter.logits(_on_cpu(box.features(ctx, split, budgeted=False)))[0]
         if split in task.class_subsets:
             logits = _restrict(logits, task.class_subsets[split])
         out[f"top1_{split}"] = accuracy(logits, task.labels[split])
@@ -168,7 +173,7 @@ class CBBT:
                 dirs = directions(tuple(ctx.shape), cfg.q, gen)
                 prompts = perturbed(ctx.detach(), dirs, mu, cfg.two_sided)
                 if adapted:
-                    feats = box.features(prompts, "train", idx)
+                    feats = _on_cpu(box.features(prompts, "train", idx))
                     if adapter is None:
                         adapter = _new_adapter(cfg, feats.image.shape[-1], seed)
                         opt.add_param_group({"params": list(adapter.parameters())})
@@ -176,7 +181,7 @@ class CBBT:
                         cand_losses = _losses(adapter.logits(feats), y)
                 else:
                     with torch.no_grad():
-                        cand_losses = _losses(box.logits(prompts, "train", idx), y)
+                        cand_losses = _losses(box.logits(prompts, "train", idx).cpu(), y)
                 used += cost
                 for group in opt.param_groups:
                     group["lr"] = lr

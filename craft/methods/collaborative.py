@@ -105,7 +105,8 @@ def _search(box: BlackBox, task: Task, cfg: BBTConfig, seed: int, refine: bool) 
     budget = min(cfg.budget or default_budget(task.shots, task.dataset), box.remaining())
     p0 = box.embed_words(cfg.ctx_init)
     prompt = PromptGenerator(p0, cfg.intrinsic_dim, cfg.std, gen)
-    y = task.labels["train"]
+    device = torch.device(box.info.device)  # where the logits arrive: fitness and refinement run there
+    y = task.labels["train"].to(device)
     n_classes = len(task.classnames)
 
     mlp = opt = None
@@ -114,7 +115,7 @@ def _search(box: BlackBox, task: Task, cfg: BBTConfig, seed: int, refine: bool) 
         assert isinstance(cfg, CraFTConfig)
         lambda_i = cfg.weight if cfg.lambda_i is None else cfg.lambda_i
         lambda_o = cfg.weight if cfg.lambda_o is None else cfg.lambda_o
-        mlp = RefinementMLP(n_classes, cfg.hidden)
+        mlp = RefinementMLP(n_classes, cfg.hidden).to(device)
         opt = torch.optim.Adam(mlp.parameters(), lr=cfg.lr)
 
     generations = budget // cfg.popsize
@@ -142,14 +143,14 @@ def _search(box: BlackBox, task: Task, cfg: BBTConfig, seed: int, refine: bool) 
             losses = []
             mlp.train()
             for start in range(0, len(y), cfg.batch_size):
-                idx = order[start : start + cfg.batch_size]
+                idx = order[start : start + cfg.batch_size].to(device)
                 loss = refinement_loss(mlp(train_logits[idx]), train_logits[idx], y[idx], kl_weight)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                losses.append(loss.item() * len(idx))
+                losses.append(loss.detach() * len(idx))  # summed once: no host sync per batch
             mlp.eval()
-            row["train_loss"] = sum(losses) / len(y)
+            row["train_loss"] = float(torch.stack(losses).sum()) / len(y)
         if g % cfg.eval_every == 0 or g == generations:
             metrics = evaluate(box, task, ctx, mlp)
             row.update(metrics)

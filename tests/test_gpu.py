@@ -1,0 +1,69 @@
+"""The engine and the methods on a CUDA GPU. Skipped without one (CI has none); run on a GPU
+machine by ``scripts/device_perf.sh`` (``python -m pytest tests/test_gpu.py``)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchmark.engine import ClipEngine, EngineBackend
+from benchmark.models import load_model
+from benchmark.perf_measure import Shapes, synthetic_task
+from craft.blackbox import MeteredBlackBox
+from craft.methods import get_method, make_config
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (scripts/device_perf.sh runs it)")
+
+NAMES = [f"class {i}" for i in range(10)]
+SHAPES = Shapes("gpu-test", classes=10, train=160, val=40, test=100)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_model("craft-tiny", "builtin", "cuda")
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+@pytest.mark.parametrize("precision, tolerance", [("fp32", 1e-4), ("bf16", 3e-2)])
+def test_fast_path_matches_the_official_path(tiny, precision, tolerance):
+    fast = ClipEngine(tiny, torch.device("cuda"), mode="fast", precision=precision)
+    official = ClipEngine(tiny, torch.device("cuda"), mode="official")
+    p0 = fast.embed_words("a photo of a")
+    ctx = p0 + 0.2 * torch.randn(6, *p0.shape, generator=torch.Generator().manual_seed(0))
+    a = fast.text_features(ctx, fast.class_part(NAMES))
+    b = official.text_features(ctx, official.class_part(NAMES))
+    assert fast.bf16 == (precision == "bf16")
+    assert _rel(a, b) < tolerance
+
+
+def _run(method: str, engine: ClipEngine, user: str, cfg_values: dict, budget: int = 10_000):
+    data, task = synthetic_task(engine, SHAPES, NAMES, seed=0)
+    cfg = make_config(method, cfg_values)
+    box = MeteredBlackBox(EngineBackend(engine, data, user), budget)
+    return get_method(method).run(box, task, cfg, seed=0), box
+
+
+def test_craft_computes_on_the_gpu_when_its_logits_stay_there(tiny):
+    engine = ClipEngine(tiny, torch.device("cuda"), precision="fp32")
+    values = {"popsize": 8, "intrinsic_dim": 16, "budget": 8 * 4, "eval_every": 2}
+    on_gpu, box = _run("craft", engine, "cuda", values)
+    on_cpu, _ = _run("craft", engine, "cpu", values)
+    assert box.info.device == "cuda"
+    assert box.logits(engine.embed_words("a photo of a"), budgeted=False).device.type == "cuda"
+    assert on_gpu.usage == on_cpu.usage
+    # The same queries, fitness and refinement in another place: the same trajectory up to rounding.
+    for g, c in zip(on_gpu.trace, on_cpu.trace, strict=True):
+        assert g["fitness"] == pytest.approx(c["fitness"], rel=1e-4)
+        assert g["train_loss"] == pytest.approx(c["train_loss"], rel=1e-3)
+    assert on_gpu.metrics["top1_test"] == pytest.approx(on_cpu.metrics["top1_test"], abs=2.0)
+
+
+def test_cbbt_and_zero_shot_run_with_outputs_on_the_gpu(tiny):
+    engine = ClipEngine(tiny, torch.device("cuda"), precision="fp32")
+    cbbt, box = _run("cbbt", engine, "cuda", {"q": 4, "batch_size": 32, "budget": 40, "adapter_start": 0})
+    assert 0 < box.usage.queries <= 40 and set(cbbt.metrics) == {"top1_val", "top1_test"}
+    zs, _ = _run("zero_shot_clip", engine, "cuda", {})
+    assert 0.0 <= zs.metrics["top1_test"] <= 100.0
