@@ -11,7 +11,7 @@ import torch
 from benchmark.cli import main
 from benchmark.errors import UserError
 from benchmark.models import load_model
-from benchmark.perf import _parse_runs, _ratios
+from benchmark.perf import _parse_runs, _ratios, _sweep_path, _user_devices
 from benchmark.perf_measure import (
     SEEDS, _generations, dataset_shapes, device_name, padded_classnames, peak_memory, sweep_datasets, sweep_row, sweep_summary,
 )
@@ -88,6 +88,30 @@ def test_ratios_compare_loops_at_the_same_concurrency_only():
                               "loop_runs1_fast/official": 3.0}
 
 
+def test_ratios_pair_loops_whose_runs_computed_in_the_same_place():
+    paths = {
+        "official": {"raw": {"sequences_per_s": 10.0, "sequences_per_cpu_s": 10.0},
+                     "loop": [{"runs": 1, "user_device": "cuda", "sequences_per_s": 5.0},
+                              {"runs": 1, "user_device": "cpu", "sequences_per_s": 4.0}]},
+        "fast": {"raw": {"sequences_per_s": 50.0, "sequences_per_cpu_s": 50.0},
+                 "loop": [{"runs": 1, "user_device": "cuda", "sequences_per_s": 40.0},
+                          {"runs": 1, "user_device": "cpu", "sequences_per_s": 8.0}]},
+    }
+    r = _ratios(paths)
+    assert r["loop_runs1_user-cuda_fast/official"] == 8.0 and r["loop_runs1_fast/official"] == 2.0
+
+
+def test_user_devices_and_the_path_the_sweep_estimate_runs():
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert _user_devices("both", gpu) == [gpu, cpu] and _user_devices("both", cpu) == [cpu]
+    assert _user_devices("engine", gpu) == [gpu] and _user_devices("cpu", gpu) == [cpu]
+    # The uncompiled path, as craft bench's servers run it, even where the compiled one is faster.
+    paths = {"fast": {"raw": {"sequences_per_s": 1.0}}, "fast_compiled": {"raw": {"sequences_per_s": 2.0}}}
+    assert _sweep_path(paths) == "fast"
+    assert _sweep_path({"fast": {"error": "x"}, "fast_compiled": {"raw": {}}}) == "fast_compiled"
+    assert _sweep_path({"official": {"raw": {}}}) is None
+
+
 def test_peak_memory_on_cpu_reports_the_resident_peak():
     with peak_memory(torch.device("cpu")) as mem:
         block = torch.ones(64, 2**20 // 4)  # 64 MiB, touched
@@ -106,7 +130,7 @@ def test_perf_command_measures_both_paths_side_by_side_and_writes_json(tmp_path,
     out = tmp_path / "perf.json"
     rc = main(["perf", "--backbone", "craft-tiny", "--weights", "random", "--dataset", "eurosat", "--device", "cpu",
                "--candidates", "4", "--repeats", "2", "--generations", "2", "--runs", "1,2",
-               "--sweep", "scale", "--json", str(out)])
+               "--user-device", "both", "--sweep", "scale", "--json", str(out)])
     assert rc == 0
     result = json.loads(out.read_text())
     printed = capsys.readouterr().out
@@ -123,6 +147,7 @@ def test_perf_command_measures_both_paths_side_by_side_and_writes_json(tmp_path,
         # 40 candidates + 1 refinement query, 10 classes each, per generation.
         assert one["sequences_per_generation"] == 41 * 10
         assert one["generations_per_s"] > 0 and 0 < one["query_seconds_per_generation"] < one["seconds_per_generation"]
+        assert {x["user_device"] for x in entry["loop"]} == {"cpu"}  # --user-device both: on a CPU engine, one place
     agree = result["paths"]["fast"]["vs_official"]  # fp32 on CPU: the same features within rounding
     assert agree["features_rel_err"] < 1e-4 and agree["logits_rel_err"] < 1e-4 and agree["top1_agreement"] >= 0.99
     assert "fast against official: text features" in printed
