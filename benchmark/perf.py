@@ -63,6 +63,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="where the runs of a loop receive their logits and compute fitness and refinement: "
                         "engine (the engine's device: on a GPU the logits never leave it), cpu (copied to the host, "
                         "as from a remote model) or both, measured one after the other; the sweep estimate uses the first")
+    p.add_argument("--server-runs", default="",
+                   help="comma-separated numbers of concurrent CraFT runs to measure as craft bench serves them: "
+                        "each a Ray task (its own process, one CPU) against one model server actor that merges "
+                        "their queries on a GPU (needs Ray; default: none)")
     p.add_argument("--max-generation-s", type=float, default=30.0,
                    help="skip a path's loop when its raw throughput predicts a longer generation")
     p.add_argument("--compile", action="store_true", help="also measure the fast path under torch.compile")
@@ -172,6 +176,12 @@ def run(args: argparse.Namespace) -> int:
             result["ratios"] = _ratios(result["paths"])
             save()
 
+    # 2b. Concurrent runs in their own processes against a model server, as craft bench runs them.
+    for runs in _parse_runs(args.server_runs) if args.server_runs else []:
+        result.setdefault("server", []).append(_server(args, weights, device, shapes, runs))
+        result["ratios"] = _ratios(result["paths"], result.get("server", []))
+        save()
+
     # 3. The sweep estimate, on the path a sweep runs.
     result["cma_seconds_per_generation"] = cma_seconds(args.intrinsic_dim, args.popsize)
     best = _sweep_path(result["paths"])
@@ -251,6 +261,20 @@ def _version(dist: str) -> str | None:
         return None
 
 
+def _server(args, weights: str, device: torch.device, shapes, runs: int) -> dict[str, Any]:
+    """One --server-runs measurement, or why it failed."""
+    _log(f"server: {runs} concurrent run(s), each its own process")
+    try:
+        from benchmark.perf_server import measure_server
+
+        return measure_server(args.backbone, weights, device, shapes.key, runs, args.popsize, args.intrinsic_dim,
+                              args.generations, args.warmup, args.precision)
+    except ImportError as exc:
+        return {"runs": runs, "error": f"needs Ray ({exc})"}
+    except Exception as exc:  # noqa: BLE001 - keep the figures measured so far
+        return {"runs": runs, "error": f"{type(exc).__name__}: {exc}"}
+
+
 def _user_devices(choice: str, device: torch.device) -> list[torch.device]:
     """The loops' user devices for ``--user-device`` (one on a CPU engine, where both are the CPU)."""
     engine, cpu = device, torch.device("cpu")
@@ -293,8 +317,9 @@ def _sweep_path(paths: dict[str, Any]) -> str | None:
     return next((k for k in ("fast", "fast_compiled") if "raw" in paths.get(k, {})), None)
 
 
-def _ratios(paths: dict[str, Any]) -> dict[str, float]:
-    """Fast over official: raw wall time, raw CPU time, and each loop at the same number of runs."""
+def _ratios(paths: dict[str, Any], server: list[dict[str, Any]] = ()) -> dict[str, float]:
+    """Fast over official: raw wall time, raw CPU time, each loop at the same number of runs and user
+    device; each --server-runs measurement over one official run (what the official code runs)."""
     out: dict[str, float] = {}
     off = paths.get("official", {})
     for name in ("fast", "fast_compiled"):
@@ -308,6 +333,10 @@ def _ratios(paths: dict[str, Any]) -> dict[str, float]:
             if o and "sequences_per_s" in x:
                 tag = "" if user == "cpu" else f"_user-{user.split(':')[0]}"
                 out[f"loop_runs{x['runs']}{tag}_{name}/official"] = x["sequences_per_s"] / o["sequences_per_s"]
+    one = _loop_at(paths.get("official", {}), 1, "cpu")
+    for x in server:
+        if one and "sequences_per_s" in x:
+            out[f"server_runs{x['runs']}/official_loop_runs1"] = x["sequences_per_s"] / one["sequences_per_s"]
     return out
 
 
@@ -373,8 +402,9 @@ def _targets(result: dict[str, Any], device: torch.device) -> dict[str, Any]:
     out: dict[str, Any] = {"raw_ratio": raw, "loop_ratio": loop}
     if device.type != "cuda":
         return out | {"ratio_target": CPU_TARGET, "met": bool(raw and raw >= CPU_TARGET)}
-    best = max((_loop_best(e)["sequences_per_s"] for e in result["paths"].values()
-                if e.get("mode") == "fast" and _loop_best(e)), default=None)
+    loops = [_loop_best(e)["sequences_per_s"] for e in result["paths"].values() if e.get("mode") == "fast" and _loop_best(e)]
+    loops += [x["sequences_per_s"] for x in result.get("server", []) if "sequences_per_s" in x]
+    best = max(loops, default=None)
     sweep = result.get("sweep_estimate", {})
     wall = sweep.get("concurrent_s", sweep.get("serial_s"))
     return out | {
@@ -416,6 +446,16 @@ def render(result: dict[str, Any]) -> str:
             peak = max(raw["peak_mem_mib"], x.get("peak_mem_mib", 0.0))
             lines.append(f"{head} {_fmt(x.get('runs')):>9} {_fmt(x.get('generations_per_s')):>8} "
                          f"{_fmt(x.get('sequences_per_s')):>11} {_fmt(x.get('query_seconds_per_generation')):>11} {_fmt(peak):>9}")
+    for x in result.get("server", []):
+        what = f"server, {x['runs']} run process{'es' if x['runs'] > 1 else ''}"
+        if "error" in x:
+            lines.append(f"{what}: error: {x['error']}")
+            continue
+        merged = (f"; {x['batched_requests']} queries in {x['batched_passes']} passes"
+                  if x.get("batched_passes") else "")
+        lines.append(f"{what}: {_fmt(x['generations_per_s'])} gen/s, {_fmt(x['sequences_per_s'])} seq/s, "
+                     f"{_fmt(x['seconds_per_generation'])} s/generation ({_fmt(x['query_seconds_per_generation'])} "
+                     f"in calls), overlap {x['overlap']:.2f}{merged}")
     lines.append("")
     for name, e in result["paths"].items():
         a = e.get("vs_official")

@@ -8,8 +8,10 @@
 # 1. Once, on a developer machine (where pip reaches the package index), in the repository root:
 #        bash scripts/device_perf.sh prepare
 #    It adds /.whl/ to .git/info/exclude and downloads into .whl/ the wheels the device image
-#    lacks (KINDS.md lists what it has): open_clip_torch with ftfy and wcwidth, and cma, all
-#    pure-Python wheels for the device's CPython 3.12 (about 3 MB).
+#    lacks (KINDS.md lists what it has) for its CPython 3.12: open_clip_torch with ftfy and
+#    wcwidth, cma, and Ray's jsonschema with its dependencies (about 3 MB); and Ray itself, for
+#    --server-runs, repacked without its Java jar, web client and libraries (scripts/pack_ray.py:
+#    27 MB of xz instead of a 79-MB wheel, which would not fit in a device call's 64 MiB).
 # 2. One device call (the run tool):
 #        command: bash scripts/device_perf.sh      carry: [".whl"]      timeout_s: 420
 #    (PERF_TIMEOUT, default 240 s, caps the measurement; the setup and the tests take about 50 s.)
@@ -21,7 +23,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-WHEELS=(open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.7.0 cma==4.5.0)
+WHEELS=(open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.7.0 cma==4.5.0
+        jsonschema==4.26.0 jsonschema-specifications==2025.9.1 referencing==0.37.0 rpds-py==0.30.0)  # the last 4: Ray's
+RAY=ray==2.60.0  # for --server-runs; its wheel is too large to carry: repacked by scripts/pack_ray.py
 WHEEL_DIR="${WHEEL_DIR:-.whl}"
 
 if [[ "${1:-}" == prepare ]]; then
@@ -31,6 +35,11 @@ if [[ "${1:-}" == prepare ]]; then
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
         --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d "$WHEEL_DIR" "${WHEELS[@]}"
+    tmp=$(mktemp -d)
+    python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux2014_x86_64 -d "$tmp" "$RAY"
+    python3 scripts/pack_ray.py "$tmp"/ray-*.whl "$WHEEL_DIR/ray-core.tar.xz"  # about a minute
+    rm -rf "$tmp"
     ls -l "$WHEEL_DIR"
     exit 0
 fi
@@ -46,6 +55,9 @@ if ! python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir 
     echo "no wheels in $WHEEL_DIR: run 'bash scripts/device_perf.sh prepare' here first and carry .whl" >&2
     exit 3
 fi
+if [[ -f "$WHEEL_DIR/ray-core.tar.xz" ]]; then
+    tar -xJf "$WHEEL_DIR/ray-core.tar.xz" -C /tmp/craft_site || echo "could not unpack Ray: --server-runs will fail" >&2
+fi
 export PYTHONPATH="/tmp/craft_site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if ! command -v craft >/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile -e . >"$OUT/install.log" 2>&1 \
@@ -58,6 +70,7 @@ command -v craft >/dev/null || CRAFT=(python3 -m benchmark.cli)
     nvidia-smi
     python3 -c "import torch, open_clip, cma; print('torch', torch.__version__, 'open_clip', open_clip.__version__, \
 'cma', cma.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else '')"
+    python3 -c "import ray; print('ray', ray.__version__, ray.__file__)"
     nproc
 } >"$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
@@ -65,7 +78,8 @@ cat "$OUT/env.txt"
 if [[ $# -gt 0 ]]; then
     ARGS=("$@")
 else
-    ARGS=(--backbone ViT-B-16 --weights random --device cuda --compile --runs 1,4 --user-device both --max-generation-s 3 --sweep-seconds 60)
+    ARGS=(--backbone ViT-B-16 --weights random --device cuda --compile --runs 1 --user-device both --server-runs 6,12
+          --sweep-seconds 45)
 fi
 if python3 -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
     timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py >"$OUT/gpu_tests.log" 2>&1

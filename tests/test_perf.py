@@ -172,3 +172,18 @@ def test_sweep_measure_scales_what_does_not_fit_its_time_from_the_largest_measur
     assert sweep["scaled_from"] == "paper-shapes/eurosat"
     assert rows["paper-shapes/imagenet"]["seconds_per_generation"] > rows["paper-shapes/eurosat"]["seconds_per_generation"]
     assert "1 datasets measured, 10 scaled from paper-shapes/eurosat" in capsys.readouterr().out
+
+
+def test_server_runs_are_processes_against_one_model_server(tmp_path):
+    out = tmp_path / "perf.json"
+    rc = main(["perf", "--backbone", "craft-tiny", "--dataset", "eurosat", "--device", "cpu", "--candidates", "4",
+               "--repeats", "2", "--generations", "3", "--runs", "1", "--server-runs", "2", "--sweep", "off",
+               "--json", str(out)])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    (server,) = result["server"]
+    assert server["runs"] == 2 and server["processes"] == 2, server
+    assert server["sequences_per_generation"] == 41 * 10  # 40 candidates + the refinement query, 10 classes
+    assert server["sequences_per_s"] > 0 and 0 <= server["overlap"] <= 1  # how much the timed spans overlapped
+    assert 0 < server["query_seconds_per_generation"] < server["seconds_per_generation"]
+    assert result["ratios"]["server_runs2/official_loop_runs1"] > 0
