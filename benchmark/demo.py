@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     check_inputs(cfg)
     start = time.perf_counter()
     summary = run_sweep(cells, cfg.out, num_cpus=args.num_cpus, runs_per_server=cfg.runs_per_server,
-                        progress=not args.no_progress, precision=cfg.precision)
+                        progress=not args.no_progress, precision=cfg.precision, colocate=cfg.colocate)
     wall = time.perf_counter() - start
     print(
         f"\n{summary.done} runs done, {summary.skipped} already done (skipped), {summary.failed} failed "

@@ -4,7 +4,8 @@
 actor with several concurrent callers (threads). The server prepares each run's image
 features (through the disk cache) and answers its queries; runs hold a
 :class:`benchmark.remote.RemoteBackend` and see logits and output features only; white-box references
-(CoOp) are trained here, beside the model (``run_whitebox``).
+(CoOp) are trained here, beside the model (``run_whitebox``), and so are colocated runs
+(``run_colocated``: a sweep's ``colocate: true``).
 
 Each ``prepare`` hands out a lease on the task (runs of one task share its features; the task
 is dropped when its last lease is released) and the server's busy time is counted per lease.
@@ -157,6 +158,20 @@ class ModelServer:
         prepared = self._entry(tid)[1]  # UnknownTask if the server lost it
         start = time.perf_counter()
         out = run_whitebox(self.engine, prepared, method, hparams, seed, shots=shots, dataset=dataset, eval_splits=tuple(eval_splits))
+        self._busy_s[tid] += time.perf_counter() - start
+        return out
+
+    def run_colocated(
+        self, tid: str, method: str, hparams: dict[str, Any], seed: int, budget: int, shots: int, dataset: str,
+        eval_splits: tuple[str, ...],
+    ) -> dict[str, Any]:
+        """Run a black-box method here, its logits on this server's device (see :mod:`benchmark.colocate`)."""
+        from benchmark.colocate import run_colocated
+
+        prepared = self._entry(tid)[1]  # UnknownTask if the server lost it
+        start = time.perf_counter()
+        out = run_colocated(self.engine, prepared, method, hparams, seed, budget=budget, shots=shots,
+                            dataset=dataset, eval_splits=tuple(eval_splits))
         self._busy_s[tid] += time.perf_counter() - start
         return out
 

@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--gpus {args.gpus}: this machine has {have} GPU(s) for Ray (an autoscaling cluster could add more)")
     summary = run_sweep(
         cells, cfg.out, runs_per_server=cfg.runs_per_server, rerun_failed=args.rerun_failed,
-        progress=not args.no_progress, gpus=args.gpus, precision=cfg.precision,
+        progress=not args.no_progress, gpus=args.gpus, precision=cfg.precision, colocate=cfg.colocate,
     )
     print(
         f"{summary.done} cells done, {summary.skipped} already done or failed before (skipped), "

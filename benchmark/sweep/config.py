@@ -38,6 +38,7 @@ KEYS = {
     "hparams": "method -> dataset ('*' = every dataset) -> hyperparameter: value",
     "runs_per_server": "runs served at once by one model server",
     "precision": "model servers' arithmetic on a GPU: auto (bf16, CBBT fp32), bf16 or fp32 for all (CPUs: fp32)",
+    "colocate": "true: CraFT and BBT runs execute in their model server's process, logits on its GPU (default false)",
 }
 DEFAULT_RUNS_PER_SERVER = 4
 
@@ -58,6 +59,7 @@ class SweepConfig:
     hparams: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     runs_per_server: int = DEFAULT_RUNS_PER_SERVER
     precision: str = "auto"
+    colocate: bool = False
     includes: tuple[str, ...] = ()
 
     def hparams_for(self, method: str, dataset: str) -> dict[str, Any]:
@@ -254,6 +256,8 @@ def _check_layer(raw: dict[str, Any], where: str) -> None:
 
         if raw["precision"] not in PRECISIONS:
             raise UserError(f"{where}: precision must be one of {', '.join(PRECISIONS)}, got {raw['precision']!r}")
+    if "colocate" in raw and not isinstance(raw["colocate"], bool):
+        raise UserError(f"{where}: colocate must be true or false, got {raw['colocate']!r}")
     if "eval_datasets" in raw:
         _check_eval_datasets(raw["eval_datasets"], where)
     if "hparams" in raw:
@@ -368,6 +372,7 @@ def _finish(raw: dict[str, Any], where: str, includes: tuple[str, ...]) -> Sweep
         hparams={m: {ds: _normalise(m, v) for ds, v in by_ds.items()} for m, by_ds in (raw.get("hparams") or {}).items()},
         runs_per_server=raw.get("runs_per_server", DEFAULT_RUNS_PER_SERVER),
         precision=raw.get("precision", "auto"),
+        colocate=raw.get("colocate", False),
         includes=includes,
     )
 

@@ -23,11 +23,14 @@ def task_spec(cell: Cell, eval_test: bool = True) -> TaskSpec:
 
 
 def run_cell(
-    cell: Cell, server: Any, eval_test: bool = True, on_eval: Callable[[dict[str, float]], None] | None = None
+    cell: Cell, server: Any, eval_test: bool = True, on_eval: Callable[[dict[str, float]], None] | None = None,
+    colocate: bool = False,
 ) -> list[dict[str, Any]]:
     """Run ``cell`` with ``server`` (Ray actor handle or local ModelServer); one row per eval set.
 
-    ``on_eval`` gets each evaluated trace row (a search reports and prunes with it).
+    ``on_eval`` gets each evaluated trace row (a search reports and prunes with it; a run on the
+    server reports them when it ends). ``colocate``: CraFT and BBT run in the server's process,
+    their logits on its device (:mod:`benchmark.colocate`).
     """
     started = dt.datetime.now(dt.timezone.utc)
     method = get_method(cell.method)
@@ -39,8 +42,12 @@ def run_cell(
     eval_splits = tuple(s for s in labels if s != "train")
     task = Task(cell.dataset, prep["classnames"], prep["template"], labels, cell.shots, eval_splits, prep["class_subsets"], on_eval)
     whitebox_peak_mb = None
-    if getattr(method, "whitebox", False):  # needs the model: trained on the server (benchmark.whitebox)
-        out = backend.run_whitebox(cell.method, cell.hparams, cell.seed, eval_splits)
+    on_server = colocate and getattr(method, "colocatable", False)
+    if getattr(method, "whitebox", False) or on_server:
+        if on_server:  # beside the model, its logits on the server's device (benchmark.colocate)
+            out = backend.run_colocated(cell.method, cell.hparams, cell.seed, box.budget, eval_splits)
+        else:  # needs the model: trained on the server (benchmark.whitebox)
+            out = backend.run_whitebox(cell.method, cell.hparams, cell.seed, eval_splits)
         result, whitebox_peak_mb = RunResult(**out["result"]), out["peak_mem_mb"]
         for row in result.trace:  # evaluations ran remotely: report them now, in order
             if task.on_eval is not None and any(k.startswith("top1_") for k in row):

@@ -220,7 +220,7 @@ def _wait(refs: Any, what: str) -> Any:
 # ----------------------------------------------------------------------------- one cell, on a worker
 
 
-def _run_cell_task(cell: Cell, servers: list[Any], eval_test: bool) -> dict[str, Any]:
+def _run_cell_task(cell: Cell, servers: list[Any], eval_test: bool, colocate: bool = False) -> dict[str, Any]:
     """Run one cell; return its rows and its log. A Python error is a failed cell, not a lost one."""
     from benchmark.sweep.run_cell import failed_row, run_cell
 
@@ -236,7 +236,7 @@ def _run_cell_task(cell: Cell, servers: list[Any], eval_test: bool) -> dict[str,
     log(f"hparams {json.dumps(cell.full_hparams(), sort_keys=True)} budget {cell.budget()}")
     start = time.perf_counter()
     try:
-        rows = run_cell(cell, servers, eval_test, on_eval=on_eval)
+        rows = run_cell(cell, servers, eval_test, on_eval=on_eval, colocate=colocate)
         r = rows[0]
         log(f"done in {time.perf_counter() - start:.1f} s: top1_val={r['top1_val']} top1_test={r['top1_test']} "
             f"queries={r['queries']} model_calls={r['model_calls']} gpu_s={r['gpu_s']}")
@@ -272,8 +272,13 @@ def run_sweep(
     batching: bool | None = None,
     dashboard: bool = False,
     precision: str = "auto",
+    colocate: bool = False,
 ) -> SweepSummary:
-    """Run every cell not yet done under ``out``; write each (log and rows) as it finishes."""
+    """Run every cell not yet done under ``out``; write each (log and rows) as it finishes.
+
+    ``colocate``: CraFT and BBT runs execute in their model server's process, their logits on its
+    device (:mod:`benchmark.colocate`); their run task only waits.
+    """
     import ray
 
     summary = SweepSummary()
@@ -300,7 +305,7 @@ def run_sweep(
     try:
         while queue or pending:
             slots = run_slots() - len(pending)
-            queue = _submit(queue, pending, servers, load, runs_per_server, remote_run, eval_test, slots)
+            queue = _submit(queue, pending, servers, load, runs_per_server, remote_run, eval_test, slots, colocate)
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=2.0)
             for ref in ready:
                 cell, key, idx = pending.pop(ref)
@@ -337,7 +342,8 @@ def run_slots() -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
-def _submit(queue, pending, servers: ServerPool, load, runs_per_server, remote_run, eval_test, slots: int) -> list[Cell]:
+def _submit(queue, pending, servers: ServerPool, load, runs_per_server, remote_run, eval_test, slots: int,
+            colocate: bool = False) -> list[Cell]:
     """Start queued cells on the least-loaded of their servers while one has room (at most ``slots``)."""
     left = []
     for cell in queue:
@@ -351,7 +357,7 @@ def _submit(queue, pending, servers: ServerPool, load, runs_per_server, remote_r
             continue
         group = servers.groups[key]
         ordered = group[idx:] + group[:idx]  # its chosen server first, the others to fail over to
-        pending[remote_run.remote(cell, ordered, eval_test)] = (cell, key, idx)
+        pending[remote_run.remote(cell, ordered, eval_test, colocate)] = (cell, key, idx)
         load[key][idx] += 1
         slots -= 1
     return left

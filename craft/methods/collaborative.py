@@ -165,6 +165,9 @@ def _search(box: BlackBox, task: Task, cfg: BBTConfig, seed: int, refine: bool) 
 class BBT:
     name = "bbt"
     config_cls = BBTConfig
+    # Its per-generation work is on every candidate's logits: a sweep may run it beside the model,
+    # its logits on the model's device (benchmark.colocate).
+    colocatable = True
 
     def run(self, box: BlackBox, task: Task, config: BBTConfig, seed: int) -> RunResult:
         timer = Timer()
@@ -178,6 +181,7 @@ class BBT:
 class CraFT:
     name = "craft"
     config_cls = CraFTConfig
+    colocatable = True  # as BBT
 
     def run(self, box: BlackBox, task: Task, config: CraFTConfig, seed: int) -> RunResult:
         timer = Timer()
