@@ -36,13 +36,30 @@ class PreparedTask:
     images_encoded: int = 0
 
 
-def weights_id(engine: ClipEngine) -> str:
-    """Identifies the weights: the tag, or a checkpoint path with its size and modification time."""
+def weights_id(engine: ClipEngine) -> str | None:
+    """Identifies the weights in feature-cache keys: a pretrained tag; a checkpoint path with its
+    size and modification time; the shipped model's content hash (a release may retrain it);
+    None for random weights (each process draws its own: never cached)."""
+    from benchmark.builtin_suite import builtin_model_paths
+    from benchmark.models import BUILTIN, RANDOM
+
     w = engine.loaded.weights
+    if w == RANDOM:
+        return None
+    if w == BUILTIN:
+        return f"{BUILTIN}:{_file_digest(builtin_model_paths()[1])}"
     if os.path.isfile(w):
         st = os.stat(w)
         return f"{os.path.abspath(w)}:{st.st_size}:{int(st.st_mtime)}"
     return w
+
+
+def _file_digest(path: os.PathLike[str] | str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
 
 
 def _items_digest(items: list[Item]) -> str:
@@ -76,7 +93,9 @@ def prepare_task(engine: ClipEngine, spec: TaskSpec, cache: FeatureCache | None 
     """Encode (or read from the cache) the images of ``spec`` and collect labels."""
     fs, extra = load_task_splits(spec)
     ds_spec = get_spec(spec.dataset)
-    base = {"backbone": engine.loaded.backbone, "weights": weights_id(engine), "dataset": spec.dataset}
+    wid = weights_id(engine)
+    cache = cache if wid is not None else None
+    base = {"backbone": engine.loaded.backbone, "weights": wid, "dataset": spec.dataset}
     if engine.bf16:  # features encoded under bf16 autocast are other features than fp32 ones
         base["precision"] = "bf16"
     encoded = 0

@@ -84,3 +84,38 @@ def test_default_root(monkeypatch, tmp_path):
     assert default_cache_root() == tmp_path / "features"
     monkeypatch.delenv("CRAFT_BENCH_CACHE")
     assert default_cache_root() == Path.home() / ".cache" / "craft-bench" / "features"
+
+
+def test_cache_keys_follow_the_shipped_models_bytes_and_random_weights_are_never_cached(tmp_path, monkeypatch):
+    """A release that retrains the built-in model must not reuse features of the old one."""
+    import shutil
+
+    import benchmark.builtin_suite as suite
+    from benchmark.builtin_suite import ensure_builtin_suite
+    from benchmark.engine import ClipEngine
+    from benchmark.models import load_model
+    from benchmark.task import prepare_task, weights_id
+    from benchmark.task_spec import TaskSpec
+
+    config, weights = suite.builtin_model_paths()
+    copy = tmp_path / weights.name
+    shutil.copy(weights, copy)
+    monkeypatch.setattr(suite, "builtin_model_paths", lambda: (config, copy))
+    engine = ClipEngine(load_model("craft-tiny", "builtin"))
+    before = weights_id(engine)
+    with open(copy, "r+b") as f:  # one byte of the shipped weights changes
+        f.seek(-1, 2)
+        last = f.read(1)
+        f.seek(-1, 2)
+        f.write(bytes([last[0] ^ 1]))
+    after = weights_id(engine)
+    assert before.startswith("builtin:") and after.startswith("builtin:") and before != after
+
+    monkeypatch.setenv("CRAFT_BENCH_CACHE", str(tmp_path / "cache"))
+    ensure_builtin_suite(tmp_path / "cache" / "builtin")
+    random = ClipEngine(load_model("craft-tiny", "random"))
+    assert weights_id(random) is None
+    feats = tmp_path / "feats"
+    prepared = prepare_task(random, TaskSpec("digits_rotate", 1, 1, eval_test=False), FeatureCache(feats))
+    assert prepared.images_encoded > 0
+    assert not feats.exists() or not any(feats.iterdir())
