@@ -177,10 +177,16 @@ def run(args: argparse.Namespace) -> int:
             save()
 
     # 2b. Concurrent runs in their own processes against a model server, as craft bench runs them.
-    for runs in _parse_runs(args.server_runs) if args.server_runs else []:
-        result.setdefault("server", []).append(_server(args, weights, device, shapes, runs))
-        result["ratios"] = _ratios(result["paths"], result.get("server", []))
-        save()
+    if args.server_runs:
+        ray_was_up = _ray_is_up()
+        for runs in _parse_runs(args.server_runs):
+            result.setdefault("server", []).append(_server(args, weights, device, shapes, runs))
+            result["ratios"] = _ratios(result["paths"], result.get("server", []))
+            save()
+        if not ray_was_up and _ray_is_up():  # the runtime the measurements started
+            import ray
+
+            ray.shutdown()
 
     # 3. The sweep estimate, on the path a sweep runs.
     result["cma_seconds_per_generation"] = cma_seconds(args.intrinsic_dim, args.popsize)
@@ -259,6 +265,14 @@ def _version(dist: str) -> str | None:
         return version(dist)
     except PackageNotFoundError:
         return None
+
+
+def _ray_is_up() -> bool:
+    try:
+        import ray
+    except ImportError:
+        return False
+    return ray.is_initialized()
 
 
 def _server(args, weights: str, device: torch.device, shapes, runs: int) -> dict[str, Any]:

@@ -66,7 +66,8 @@ def measure_server(
 
     ``sequences_per_s`` is the sum of the runs' rates over their timed generations (after
     ``warmup``); ``overlap`` is the share of the mean run's timed span during which all runs
-    were timing at once (near 1: the rates add up to a throughput the server sustained).
+    were timing at once (near 1: the rates add up to a throughput the server sustained). Starts a
+    local Ray runtime unless one is up, and leaves it up (``craft perf`` stops it).
     """
     import ray
 
@@ -74,7 +75,6 @@ def measure_server(
     from benchmark.sweep.runner import init_ray
 
     gpu = device.type == "cuda"
-    started = not ray.is_initialized()  # a runtime started here is stopped here
     init_ray(None, num_cpus=max(runs + 1, os.cpu_count() or 1), num_gpus=torch.cuda.device_count() if gpu else 0)
     total = warmup + generations + 1  # the last generation also evaluates: it is not timed
     server = ray.remote(ModelServer).options(num_cpus=0, num_gpus=1 if gpu else 0, max_concurrency=2 * runs + 2).remote(
@@ -91,8 +91,6 @@ def measure_server(
         ray.get(server.release.remote(lease))
     finally:
         ray.kill(server)
-        if started:
-            ray.shutdown()
     per_run = [_generations(o["calls"], warmup, generations) for o in outs]
     rates = [sum(r["sequences"] for r in rows) / (rows[-1]["end"] - rows[0]["start"]) for rows in per_run]
     common = min(rows[-1]["end"] for rows in per_run) - max(rows[0]["start"] for rows in per_run)

@@ -177,13 +177,16 @@ def test_sweep_measure_scales_what_does_not_fit_its_time_from_the_largest_measur
 def test_server_runs_are_processes_against_one_model_server(tmp_path):
     out = tmp_path / "perf.json"
     rc = main(["perf", "--backbone", "craft-tiny", "--dataset", "eurosat", "--device", "cpu", "--candidates", "4",
-               "--repeats", "2", "--generations", "3", "--runs", "1", "--server-runs", "2", "--sweep", "off",
+               "--repeats", "2", "--generations", "3", "--runs", "1", "--server-runs", "1,2", "--sweep", "off",
                "--json", str(out)])
     assert rc == 0
     result = json.loads(out.read_text())
-    (server,) = result["server"]
-    assert server["runs"] == 2 and server["processes"] == 2, server
+    one, server = result["server"]  # one Ray runtime for both
+    assert one["runs"] == 1 and server["runs"] == 2 and server["processes"] == 2, server
     assert server["sequences_per_generation"] == 41 * 10  # 40 candidates + the refinement query, 10 classes
     assert server["sequences_per_s"] > 0 and 0 <= server["overlap"] <= 1  # how much the timed spans overlapped
     assert 0 < server["query_seconds_per_generation"] < server["seconds_per_generation"]
     assert result["ratios"]["server_runs2/official_loop_runs1"] > 0
+    import ray
+
+    assert not ray.is_initialized()  # the runtime craft perf started is stopped
