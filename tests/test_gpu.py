@@ -67,3 +67,21 @@ def test_cbbt_and_zero_shot_run_with_outputs_on_the_gpu(tiny):
     assert 0 < box.usage.queries <= 40 and set(cbbt.metrics) == {"top1_val", "top1_test"}
     zs, _ = _run("zero_shot_clip", engine, "cuda", {})
     assert 0.0 <= zs.metrics["top1_test"] <= 100.0
+
+
+def test_a_colocated_craft_cell_runs_on_the_gpu_server_like_one_in_its_own_task():
+    from benchmark.server import ModelServer
+    from benchmark.sweep.cell import Cell
+    from benchmark.sweep.run_cell import run_cell
+
+    server = ModelServer("craft-tiny", "builtin", cache_dir="", device="cuda", precision="fp32")
+    cell = Cell("craft", "digits_rotate", 4, 1, "craft-tiny", "builtin",
+                {"popsize": 6, "intrinsic_dim": 8, "budget": 30, "eval_every": 2})
+    [alone] = run_cell(cell, server)
+    served = server._served
+    [beside] = run_cell(cell, server, colocate=True)
+    assert server._served == served  # no query crossed the server's interface: it ran beside the engine
+    assert beside["queries"] == alone["queries"] == 30
+    assert beside["peak_mem_mb"] > 0  # the GPU's peak during the run
+    # Fitness on the GPU rounds differently from the CPU's: the same run up to a few test images.
+    assert beside["top1_test"] == pytest.approx(alone["top1_test"], abs=3.0)
