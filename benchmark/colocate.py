@@ -16,11 +16,11 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-import torch
 from threadpoolctl import threadpool_limits
 
 from benchmark.engine import ClipEngine, EngineBackend
 from benchmark.task import PreparedTask
+from benchmark.whitebox.memory import peak_memory
 from craft.blackbox import MeteredBlackBox
 from craft.methods import Task, get_method, make_config
 
@@ -30,17 +30,17 @@ def run_colocated(
     *, budget: int, shots: int, dataset: str, eval_splits: tuple[str, ...],
 ) -> dict[str, Any]:
     """Run black-box ``method`` on the engine's device: ``{"result": RunResult fields, "peak_mem_mb": ...}``."""
-    if not getattr(get_method(method), "colocatable", False):
+    runner = get_method(method)
+    if not getattr(runner, "colocatable", False):
         raise ValueError(f"{method!r} does not run colocated: only methods whose work is on every candidate's "
                          "logits do (colocatable = True: bbt, craft)")
     config = make_config(method, hparams)
     data = prepared.data
     box = MeteredBlackBox(EngineBackend(engine, data, output_device=engine.device), budget)
     task = Task(dataset, data.classnames, data.template, prepared.labels, shots, eval_splits, prepared.class_subsets)
-    gpu = engine.device.type == "cuda"
-    if gpu:
-        torch.cuda.reset_peak_memory_stats(engine.device)
-    with threadpool_limits(1):  # as a run task: CMA-ES's eigendecompositions on one BLAS thread
-        result = get_method(method).run(box, task, config, seed)
-    peak = torch.cuda.max_memory_allocated(engine.device) / 2**20 if gpu else None
+    # As a run task: CMA-ES's eigendecompositions on one BLAS thread.
+    with threadpool_limits(1), peak_memory(engine.device) as mem:
+        result = runner.run(box, task, config, seed)
+    # The GPU's peak; on a CPU none (the cell reports its run's process, as for runs in their own task).
+    peak = mem.mb if engine.device.type == "cuda" else None
     return {"result": asdict(result), "peak_mem_mb": peak}

@@ -196,13 +196,12 @@ def run(args: argparse.Namespace) -> int:
         _log(f"sweep estimate ({mode}) on {best}")
         try:
             def partial(estimate: dict[str, Any]) -> None:
-                result["sweep_estimate"] = {**estimate, "user_device": str(users[0])}
+                result["sweep_estimate"] = estimate
                 save()
 
             result["sweep_estimate"] = _sweep(engines[best], result["paths"][best], mode, shapes, data, task, args,
                                               result["cma_seconds_per_generation"], seq_per_gen, loaded.tokenizer, p0.shape[0],
                                               users[0], partial)
-            result["sweep_estimate"]["user_device"] = str(users[0])
         except Exception as exc:  # noqa: BLE001 - keep the figures measured so far
             result["sweep_estimate"] = {"error": f"{type(exc).__name__}: {exc}"}
     result["targets"] = _targets(result, device)
@@ -366,7 +365,7 @@ def _sweep(engine, entry, mode, shapes, data, task, args, cma_s, seq_per_gen, to
         "runner_seconds_per_generation": cma_s,
     }
     eval_s = measure_eval(engine, data, task, args.intrinsic_dim, user) if one else 0.0
-    out = sweep_summary(sweep_rows_scaled(shapes, loop, eval_s, cma_s, args.popsize), mode, speedup)
+    out = sweep_summary(sweep_rows_scaled(shapes, loop, eval_s, cma_s, args.popsize), mode, speedup, str(user))
     if not one:
         out["note"] = ("the loop was not measured on this device: query time from the raw throughput, runner time "
                        "= CMA-ES alone (fitness and refinement left out), evaluations left out")
@@ -394,15 +393,15 @@ def _sweep_measured(engine, args, cma_s, tokenizer, n_ctx, speedup, user, partia
         measured[d.key] = sweep_row(d, args.popsize, loop["seconds_per_generation"], loop["query_seconds_per_generation"], ev)
         base = (d, loop, ev)
         del d_data, d_task
-        partial(_measured_summary(order, measured, base, cma_s, args.popsize, speedup))
-    return _measured_summary(order, measured, base, cma_s, args.popsize, speedup)
+        partial(_measured_summary(order, measured, base, cma_s, args.popsize, speedup, user))
+    return _measured_summary(order, measured, base, cma_s, args.popsize, speedup, user)
 
 
-def _measured_summary(order, measured, base, cma_s, popsize, speedup) -> dict[str, Any]:
+def _measured_summary(order, measured, base, cma_s, popsize, speedup, user) -> dict[str, Any]:
     scaled = {r["dataset"]: r for r in sweep_rows_scaled(base[0], base[1], base[2], cma_s, popsize)} if base else {}
     rows = [{**measured[d.key], "measured": True} if d.key in measured else {**scaled[d.key], "measured": False}
             for d in order if d.key in measured or d.key in scaled]
-    out = sweep_summary(rows, "measure", speedup)
+    out = sweep_summary(rows, "measure", speedup, str(user))
     if len(measured) < len(order):
         out["scaled_from"] = base[0].key if base else None
     return out

@@ -278,16 +278,21 @@ def measure_loop(engine, data, task, popsize: int, intrinsic_dim: int, generatio
         raise errors[0]
     rows = [r for box in boxes for r in _generations(box.calls, warmup, generations)]
     span = max(r["end"] for r in rows) - min(r["start"] for r in rows)
-    sec = statistics.median(r["seconds"] for r in rows)
-    query = statistics.median(r["query_seconds"] for r in rows)
-    seqs = sum(r["sequences"] for r in rows)
     return {
         "runs": runs, "user_device": str(backend.output_device),
-        "timed_generations_per_run": generations, "warmup_generations": warmup,
-        "seconds_per_generation": sec, "query_seconds_per_generation": query,
-        "runner_seconds_per_generation": sec - query,
-        "generations_per_s": len(rows) / span, "sequences_per_s": seqs / span,
-        "sequences_per_generation": seqs / len(rows), **mem,
+        "timed_generations_per_run": generations, "warmup_generations": warmup, **generation_figures(rows),
+        "generations_per_s": len(rows) / span, "sequences_per_s": sum(r["sequences"] for r in rows) / span, **mem,
+    }
+
+
+def generation_figures(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Median seconds per generation, inside black-box calls and the rest (the run's own work), and
+    mean sequences per generation, of timed generations (:func:`_generations` rows)."""
+    sec = statistics.median(r["seconds"] for r in rows)
+    query = statistics.median(r["query_seconds"] for r in rows)
+    return {
+        "seconds_per_generation": sec, "query_seconds_per_generation": query, "runner_seconds_per_generation": sec - query,
+        "sequences_per_generation": statistics.mean(r["sequences"] for r in rows),
     }
 
 
@@ -366,8 +371,11 @@ def sweep_row(d: Shapes, popsize: int, gen_s: float, query_s: float, eval_s: flo
     }
 
 
-def sweep_summary(rows: list[dict[str, Any]], mode: str, concurrency_speedup: float | None) -> dict[str, Any]:
-    """Totals of the per-dataset rows, with the model of the estimate in words."""
+def sweep_summary(
+    rows: list[dict[str, Any]], mode: str, concurrency_speedup: float | None, user_device: str = "cpu"
+) -> dict[str, Any]:
+    """Totals of the per-dataset rows, with the model of the estimate in words; ``user_device``:
+    where the measured runs did their own work."""
     serial = SEEDS * sum(r["run_seconds"] for r in rows)
     busy = SEEDS * sum(r["query_run_seconds"] for r in rows)
     how = (" Per-dataset seconds measured by a short CraFT loop at each dataset's shapes, one run at a time "
@@ -386,6 +394,7 @@ def sweep_summary(rows: list[dict[str, Any]], mode: str, concurrency_speedup: fl
             "(CMA-ES, fitness, refinement epoch) of concurrent runs hid entirely behind it." + how
         ),
         "seeds": SEEDS, "shots": SHOTS, "serial_s": serial, "query_bound_s": busy, "datasets": rows,
+        "user_device": user_device,
     }
     if concurrency_speedup:
         out["concurrency_speedup"] = concurrency_speedup

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from benchmark.perf_measure import _craft_config, _generations, _timed_box_cls
+from benchmark.perf_measure import _craft_config, _generations, _timed_box_cls, generation_figures
 from benchmark.task_spec import TaskSpec
 
 
@@ -92,19 +92,15 @@ def measure_server(
     finally:
         ray.kill(server)
     per_run = [_generations(o["calls"], warmup, generations) for o in outs]
-    rates = [sum(r["sequences"] for r in rows) / (rows[-1]["end"] - rows[0]["start"]) for rows in per_run]
+    spans = [rows[-1]["end"] - rows[0]["start"] for rows in per_run]
     common = min(rows[-1]["end"] for rows in per_run) - max(rows[0]["start"] for rows in per_run)
-    mean_span = statistics.mean(rows[-1]["end"] - rows[0]["start"] for rows in per_run)
-    flat = [r for rows in per_run for r in rows]
-    sec = statistics.median(r["seconds"] for r in flat)
-    query = statistics.median(r["query_seconds"] for r in flat)
     out = {
         "runs": runs, "processes": len({o["pid"] for o in outs}), "user_device": "cpu",
         "timed_generations_per_run": generations, "warmup_generations": warmup,
-        "seconds_per_generation": sec, "query_seconds_per_generation": query, "runner_seconds_per_generation": sec - query,
-        "generations_per_s": sum(len(rows) / (rows[-1]["end"] - rows[0]["start"]) for rows in per_run),
-        "sequences_per_s": sum(rates), "overlap": max(0.0, common) / mean_span,
-        "sequences_per_generation": statistics.mean(r["sequences"] for r in flat),
+        **generation_figures([r for rows in per_run for r in rows]),
+        "generations_per_s": sum(len(rows) / s for rows, s in zip(per_run, spans)),
+        "sequences_per_s": sum(sum(r["sequences"] for r in rows) / s for rows, s in zip(per_run, spans)),
+        "overlap": max(0.0, common) / statistics.mean(spans),
     }
     if before.get("batched_passes") is not None:
         passes = after["batched_passes"] - before["batched_passes"]

@@ -153,7 +153,7 @@ def test_perf_command_measures_both_paths_side_by_side_and_writes_json(tmp_path,
     assert "fast against official: text features" in printed
     assert set(result["ratios"]) >= {"raw_fast/official", "loop_runs1_fast/official", "loop_runs2_fast/official"}
     sweep = result["sweep_estimate"]
-    assert sweep["mode"] == "scale" and len(sweep["datasets"]) == 11
+    assert sweep["mode"] == "scale" and len(sweep["datasets"]) == 11 and sweep["user_device"] == "cpu"
     assert math.isclose(sweep["serial_s"], SEEDS * sum(r["run_seconds"] for r in sweep["datasets"]))
     assert result["targets"]["ratio_target"] == 3.0 and "met" in result["targets"]
 
