@@ -8,7 +8,8 @@ official code's way: one candidate a call, fp32, 77 tokens; the fast path; the f
   of a ``paper-shapes`` dataset (one CraFT generation's worth: popsize 40 x C);
 * a real CraFT loop (pycma ask/tell at dimension 512, popsize 40, the queries, the fitness,
   the refinement epoch) on that dataset's shapes: generations per second and the text
-  sequences per second sustained inside it, with ``--runs`` concurrent loops on one engine;
+  sequences per second sustained inside it, with ``--runs`` loops interleaved in one thread on
+  one engine (:mod:`craft.interleave`, as a GPU model server runs colocated runs);
 * peak memory (CUDA ``max_memory_allocated``; on CPU the process's peak RSS);
 * the fast/official ratios, and an estimate of the wall time of the full 11-dataset x
   3-seed 16-shot CraFT sweep on this device.
@@ -34,7 +35,7 @@ import torch
 from benchmark.engine import PRECISIONS
 from benchmark.errors import UserError
 from benchmark.perf_measure import (
-    agreement, cma_seconds, dataset_shapes, device_name, measure_eval, measure_loop, measure_raw, padded_classnames,
+    SEEDS, agreement, amortised, cma_seconds, dataset_shapes, device_name, measure_eval, measure_loop, measure_raw, padded_classnames,
     sweep_datasets, sweep_row, sweep_rows_scaled, sweep_summary, synthetic_task,
 )
 
@@ -58,7 +59,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=None, help="timed raw calls per path (default: 5 on GPU; on CPU 7 if a fast call takes under a second, else 2)")
     p.add_argument("--generations", type=int, default=3, help="timed CraFT generations per loop")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls / generations first")
-    p.add_argument("--runs", default="1", help="comma-separated numbers of concurrent CraFT loops to measure (e.g. 1,4)")
+    p.add_argument("--runs", default="1",
+                   help="comma-separated numbers of CraFT loops to measure interleaved in one thread (e.g. 1,4)")
     p.add_argument("--user-device", choices=("engine", "cpu", "both"), default="engine",
                    help="where the runs of a loop receive their logits and compute fitness and refinement: "
                         "engine (the engine's device: on a GPU the logits never leave it), cpu (copied to the host, "
@@ -78,6 +80,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sweep", choices=("auto", "measure", "scale", "off"), default="auto",
                    help="sweep estimate: run each coop11 dataset's loop (measure), scale the main one (scale); auto: measure on GPU")
     p.add_argument("--sweep-generations", type=int, default=2, help="timed generations per dataset when measuring the sweep")
+    p.add_argument("--sweep-runs", type=int, default=None,
+                   help="measure mode: runs interleaved in each dataset's loop, the sweep then running a dataset's "
+                        "seeds together (default: 3, the seeds, where the runs' work is on the GPU, as colocated "
+                        "runs on a GPU server; else 1)")
     p.add_argument("--sweep-seconds", type=float, default=120.0,
                    help="measure mode: time for the per-dataset loops (smallest datasets first); the datasets whose "
                         "loop would not fit are scaled from the largest one measured")
@@ -102,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
     from benchmark.engine import ClipEngine
     from benchmark.models import BUILTIN, RANDOM, load_model
 
+    if args.sweep_runs is not None and args.sweep_runs < 1:
+        raise UserError(f"--sweep-runs must be at least 1, got {args.sweep_runs}")
     device = _resolve_device(args.device)
     threads_note = _set_threads(args.threads, device)
     runs_list = _parse_runs(args.runs)
@@ -374,7 +382,11 @@ def _sweep(engine, entry, mode, shapes, data, task, args, cma_s, seq_per_gen, to
 
 def _sweep_measured(engine, args, cma_s, tokenizer, n_ctx, speedup, user, partial) -> dict[str, Any]:
     """Each coop11 dataset's loop at its shapes, smallest first, within ``--sweep-seconds``; the rest
-    scaled from the largest dataset measured (rows say which). Reports the estimate after each row."""
+    scaled from the largest dataset measured (rows say which). Reports the estimate after each row.
+
+    With ``--sweep-runs N`` each loop interleaves N runs and a row holds the time of a generation
+    amortised over them (a round of N generations / N), its evaluations N times over."""
+    runs = args.sweep_runs or (SEEDS if user.type == "cuda" else 1)
     order = sorted(sweep_datasets(), key=lambda d: d.classes * d.train)
     deadline = time.perf_counter() + args.sweep_seconds
     measured: dict[str, dict[str, Any]] = {}
@@ -382,29 +394,35 @@ def _sweep_measured(engine, args, cma_s, tokenizer, n_ctx, speedup, user, partia
     for d in order:
         if base is not None:  # predict this dataset's loop (warmup, timed, final generation) from base's
             scaled = sweep_rows_scaled(base[0], base[1], base[2], cma_s, args.popsize)
-            predicted = next(r for r in scaled if r["dataset"] == d.key)["seconds_per_generation"]
+            predicted = runs * next(r for r in scaled if r["dataset"] == d.key)["seconds_per_generation"]
             if time.perf_counter() + predicted * (args.sweep_generations + 2) > deadline:
                 break
         names = padded_classnames(tokenizer, d.classes, args.prompt_tokens, n_ctx, engine.context_length)
         d_data, d_task = synthetic_task(engine, d, names, args.seed)
-        _log(f"sweep {d.key}")
-        loop = measure_loop(engine, d_data, d_task, args.popsize, args.intrinsic_dim, args.sweep_generations, 1, 1, user)
+        _log(f"sweep {d.key}" + (f", {runs} runs interleaved" if runs > 1 else ""))
+        loop = amortised(measure_loop(engine, d_data, d_task, args.popsize, args.intrinsic_dim,
+                                      args.sweep_generations, 1, runs, user))
         ev = measure_eval(engine, d_data, d_task, args.intrinsic_dim, user)
         measured[d.key] = sweep_row(d, args.popsize, loop["seconds_per_generation"], loop["query_seconds_per_generation"], ev)
         base = (d, loop, ev)
         del d_data, d_task
-        partial(_measured_summary(order, measured, base, cma_s, args.popsize, speedup, user))
-    return _measured_summary(order, measured, base, cma_s, args.popsize, speedup, user)
+        partial(_measured_summary(order, measured, base, cma_s, args.popsize, speedup, user, runs))
+    return _measured_summary(order, measured, base, cma_s, args.popsize, speedup, user, runs)
 
 
-def _measured_summary(order, measured, base, cma_s, popsize, speedup, user) -> dict[str, Any]:
+def _measured_summary(order, measured, base, cma_s, popsize, speedup, user, runs: int = 1) -> dict[str, Any]:
     scaled = {r["dataset"]: r for r in sweep_rows_scaled(base[0], base[1], base[2], cma_s, popsize)} if base else {}
     rows = [{**measured[d.key], "measured": True} if d.key in measured else {**scaled[d.key], "measured": False}
             for d in order if d.key in measured or d.key in scaled]
-    out = sweep_summary(rows, "measure", speedup, str(user))
+    out = sweep_summary(rows, "measure", None if runs > 1 else speedup, str(user), interleaved_runs=runs)
     if len(measured) < len(order):
         out["scaled_from"] = base[0].key if base else None
     return out
+
+
+def _together(sweep: dict[str, Any]) -> str:
+    n = sweep.get("interleaved_runs", 1)
+    return "one run at a time" if n == 1 else f"one dataset at a time, {n} runs interleaved"
 
 
 def _targets(result: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -483,7 +501,7 @@ def render(result: dict[str, Any]) -> str:
         how = sweep["mode"] if "scaled_from" not in sweep else (
             f"measure: {n_measured} datasets measured, {len(sweep['datasets']) - n_measured} scaled from {sweep['scaled_from']}")
         lines.append(f"11-dataset x 3-seed 16-shot CraFT sweep ({how}): {sweep['serial_s'] / 60:.1f} min "
-                     f"one run at a time{conc}; {sweep['query_bound_s'] / 60:.1f} min inside black-box calls; "
+                     f"{_together(sweep)}{conc}; {sweep['query_bound_s'] / 60:.1f} min inside black-box calls; "
                      f"runs' own work on {sweep.get('user_device', 'cpu')}")
     elif sweep:
         lines.append(f"sweep estimate: error: {sweep['error']}")

@@ -10,7 +10,6 @@ import math
 import platform
 import re
 import statistics
-import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -245,14 +244,18 @@ def _generations(calls: list[tuple[float, float, bool, int]], first: int, count:
 
 def measure_loop(engine, data, task, popsize: int, intrinsic_dim: int, generations: int, warmup: int, runs: int,
                  user_device: torch.device | str = "cpu") -> dict[str, Any]:
-    """``runs`` concurrent CraFT runs (threads) on one engine; per-generation times after ``warmup``.
+    """``runs`` CraFT runs on one engine, interleaved in one thread (:mod:`craft.interleave`, as a
+    GPU model server runs colocated runs); per-generation times after ``warmup``.
 
     ``user_device``: where the runs receive their logits and compute fitness and refinement
     (``cpu``: copied to the host, as from a remote model; the engine's GPU: they stay there).
+    A generation runs from one budgeted call of a run to its next; with the work on a GPU a call
+    returns once its work is queued, so the time a generation waits for the GPU falls outside it.
     """
     from threadpoolctl import threadpool_limits
 
     from benchmark.engine import EngineBackend
+    from craft.interleave import run_interleaved
     from craft.methods import get_method
 
     total = warmup + generations + 1  # the last generation also evaluates: it is not timed
@@ -260,29 +263,28 @@ def measure_loop(engine, data, task, popsize: int, intrinsic_dim: int, generatio
     box_cls = _timed_box_cls()
     backend = EngineBackend(engine, data, user_device)
     boxes = [box_cls(backend, popsize * total) for _ in range(runs)]
-    errors: list[BaseException] = []
-
-    def one(i: int) -> None:
-        try:
-            get_method("craft").run(boxes[i], task, cfg, seed=i)
-        except BaseException as exc:  # reported by the caller
-            errors.append(exc)
-
+    method = get_method("craft")
     with threadpool_limits(1, user_api="blas"), peak_memory(engine.device) as mem:
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(runs)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    if errors:
-        raise errors[0]
+        outcomes = run_interleaved([method.steps(box, task, cfg, seed=i) for i, box in enumerate(boxes)])
+    for out in outcomes:
+        if isinstance(out, BaseException):
+            raise out
     rows = [r for box in boxes for r in _generations(box.calls, warmup, generations)]
     span = max(r["end"] for r in rows) - min(r["start"] for r in rows)
     return {
-        "runs": runs, "user_device": str(backend.output_device),
+        "runs": runs, "interleaved": runs > 1, "user_device": str(backend.output_device),
         "timed_generations_per_run": generations, "warmup_generations": warmup, **generation_figures(rows),
         "generations_per_s": len(rows) / span, "sequences_per_s": sum(r["sequences"] for r in rows) / span, **mem,
     }
+
+
+def amortised(loop: dict[str, Any]) -> dict[str, Any]:
+    """A loop of N interleaved runs as one run's share: a generation = a round of N generations / N;
+    each run's time inside its calls stays its own."""
+    n = loop.get("runs", 1)
+    sec = loop["seconds_per_generation"] / n
+    return {**loop, "seconds_per_generation": sec,
+            "runner_seconds_per_generation": sec - loop["query_seconds_per_generation"]}
 
 
 def generation_figures(rows: list[dict[str, float]]) -> dict[str, float]:
@@ -372,15 +374,22 @@ def sweep_row(d: Shapes, popsize: int, gen_s: float, query_s: float, eval_s: flo
 
 
 def sweep_summary(
-    rows: list[dict[str, Any]], mode: str, concurrency_speedup: float | None, user_device: str = "cpu"
+    rows: list[dict[str, Any]], mode: str, concurrency_speedup: float | None, user_device: str = "cpu",
+    interleaved_runs: int = 1,
 ) -> dict[str, Any]:
     """Totals of the per-dataset rows, with the model of the estimate in words; ``user_device``:
-    where the measured runs did their own work."""
+    where the measured runs did their own work; ``interleaved_runs``: runs per measured loop (rows
+    then hold one run's amortised share)."""
     serial = SEEDS * sum(r["run_seconds"] for r in rows)
     busy = SEEDS * sum(r["query_run_seconds"] for r in rows)
-    how = (" Per-dataset seconds measured by a short CraFT loop at each dataset's shapes, one run at a time "
+    together = (f" Each dataset's loop interleaved {interleaved_runs} runs in one thread, as a GPU model server "
+                f"runs colocated runs (sweep keys colocate: true, runs_per_server: {interleaved_runs}); its seconds "
+                f"per generation are a round of {interleaved_runs} generations / {interleaved_runs}, so serial_s is "
+                f"the sweep run one dataset at a time with {interleaved_runs} of its runs interleaved."
+                if interleaved_runs > 1 else " serial_s: the runs one at a time.")
+    how = (" Per-dataset seconds measured by a short CraFT loop at each dataset's shapes "
            "(rows with measured=false: scaled from the largest dataset measured, as in scale mode, when its loop "
-           "did not fit in --sweep-seconds)."
+           "did not fit in --sweep-seconds)." + together
            if mode == "measure" else
            " Per-dataset seconds scaled from the main dataset's loop: query x C/C0; runner = CMA-ES + "
            "(runner0 - CMA-ES) x (C*N)/(C0*N0); eval x C*(Nval+Ntest)/(C0*(Nval0+Ntest0)).")
@@ -394,7 +403,7 @@ def sweep_summary(
             "(CMA-ES, fitness, refinement epoch) of concurrent runs hid entirely behind it." + how
         ),
         "seeds": SEEDS, "shots": SHOTS, "serial_s": serial, "query_bound_s": busy, "datasets": rows,
-        "user_device": user_device,
+        "user_device": user_device, "interleaved_runs": interleaved_runs,
     }
     if concurrency_speedup:
         out["concurrency_speedup"] = concurrency_speedup

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from benchmark.batching import QueryBatcher
+from benchmark.colocate import Interleaver, run_colocated
 from benchmark.engine import ClipEngine, EngineBackend
 from benchmark.features import FeatureCache
 from benchmark.models import load_model
@@ -53,8 +54,11 @@ class ModelServer:
         device: str | None = None,
         batching: bool | None = None,
         precision: str = "auto",
+        interleave: bool | None = None,
     ) -> None:
         """``batching``: merge concurrent callers' queries (None: on a GPU only, where it pays);
+        ``interleave``: step concurrent colocated runs in turn in one thread (None: on a GPU only,
+        where one run's CPU work hides behind another's pass; on a CPU they compute in parallel);
         ``precision``: the engine's (``auto``/``bf16``: bf16 autocast on a GPU; ``fp32``)."""
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.engine = ClipEngine(
@@ -64,6 +68,9 @@ class ModelServer:
         if batching is None:
             batching = self.engine.device.type == "cuda"
         self._batcher = QueryBatcher(self.engine) if batching and mode == "fast" else None
+        if interleave is None:
+            interleave = self.engine.device.type == "cuda"
+        self._interleaver = Interleaver(self.engine.device) if interleave else None
         self._tasks: dict[str, tuple[EngineBackend, PreparedTask]] = {}
         self._leases: dict[str, str] = {}  # lease -> task id
         self._lease_numbers = itertools.count()
@@ -79,6 +86,7 @@ class ModelServer:
             "precision": self.engine.precision, "bf16": self.engine.bf16,
             "pid": os.getpid(), "served": self._served,
             "batched_passes": batcher.passes if batcher else None, "batched_requests": batcher.requests if batcher else None,
+            "colocated_live_max": self._interleaver.live_max if self._interleaver else None,
         }
 
     def prepare(self, spec: TaskSpec) -> dict[str, Any]:
@@ -166,12 +174,10 @@ class ModelServer:
         eval_splits: tuple[str, ...],
     ) -> dict[str, Any]:
         """Run a black-box method here, its logits on this server's device (see :mod:`benchmark.colocate`)."""
-        from benchmark.colocate import run_colocated
-
         prepared = self._entry(tid)[1]  # UnknownTask if the server lost it
         start = time.perf_counter()
         out = run_colocated(self.engine, prepared, method, hparams, seed, budget=budget, shots=shots,
-                            dataset=dataset, eval_splits=tuple(eval_splits))
+                            dataset=dataset, eval_splits=tuple(eval_splits), interleaver=self._interleaver)
         self._busy_s[tid] += time.perf_counter() - start
         return out
 

@@ -21,9 +21,14 @@ class PromptGenerator:
         self.intrinsic_dim = int(intrinsic_dim)
         self.A = torch.randn(self.n_ctx * self.width, self.intrinsic_dim, generator=generator) * float(std)
 
+    def to(self, device: torch.device | str) -> "PromptGenerator":
+        """Move ``p0`` and ``A`` to ``device`` (where the run's logits arrive); returns itself."""
+        self.p0, self.A = self.p0.to(device), self.A.to(device)
+        return self
+
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
-        """Contexts for a batch of ``z`` (``pop x intrinsic_dim``) or a single ``z``."""
-        z = torch.as_tensor(z, dtype=torch.float32)
+        """Contexts for a batch of ``z`` (``pop x intrinsic_dim``) or a single ``z``, on ``A``'s device."""
+        z = torch.as_tensor(z, dtype=torch.float32, device=self.A.device)
         single = z.dim() == 1
         z = z.reshape(-1, self.intrinsic_dim)
         ctx = self.p0.unsqueeze(0) + (z @ self.A.T).reshape(-1, self.n_ctx, self.width)

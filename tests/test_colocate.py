@@ -91,3 +91,24 @@ def test_a_sweep_with_colocate_runs_craft_on_its_ray_model_server(tmp_path, monk
     assert row["top1_test"] == pytest.approx(local["top1_test"]) and row["top1_val"] == pytest.approx(local["top1_val"])
     log = next((tmp_path / "out").rglob("*.log")).read_text()
     assert "eval generation=2" in log  # progress lines of the run on the server, in its log
+
+
+def test_an_interleaving_server_runs_concurrent_colocated_cells_as_each_alone(server):
+    import threading
+
+    from benchmark.server import ModelServer
+
+    inter = ModelServer("craft-tiny", "builtin", cache_dir="", interleave=True)
+    cells = [_cell(m, {"popsize": 6, "intrinsic_dim": 8, "budget": 6 * 4, "eval_every": 2}) for m in ("craft", "bbt")]
+    alone = [run_cell(c, server, colocate=True)[0] for c in cells]
+    rows: dict[int, dict] = {}
+    threads = [threading.Thread(target=lambda i=i: rows.__setitem__(i, run_cell(cells[i], inter, colocate=True)[0]))
+               for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert inter.ping()["colocated_live_max"] >= 1 and server.ping()["colocated_live_max"] is None
+    for i in range(2):
+        for key in ("top1_val", "top1_test", "queries", "unbudgeted_queries", "text_sequences", "trace"):
+            assert rows[i][key] == alone[i][key], (cells[i].method, key)

@@ -85,3 +85,40 @@ def test_a_colocated_craft_cell_runs_on_the_gpu_server_like_one_in_its_own_task(
     assert beside["peak_mem_mb"] > 0  # the GPU's peak during the run
     # Fitness on the GPU rounds differently from the CPU's: the same run up to a few test images.
     assert beside["top1_test"] == pytest.approx(alone["top1_test"], abs=3.0)
+
+
+def _steps(engine: ClipEngine, seed: int, values: dict):
+    data, task = synthetic_task(engine, SHAPES, NAMES, seed=0)
+    box = MeteredBlackBox(EngineBackend(engine, data, engine.device), 10_000)
+    return get_method("craft").steps(box, task, make_config("craft", values), seed)
+
+
+def test_a_craft_generation_queues_its_work_without_waiting_for_the_gpu(tiny):
+    """After its set-up, a run on the GPU waits only for its own copies (craft.transfer): no
+    synchronising call (a pageable copy, .item(), .tolist() of a GPU tensor) between its yields."""
+    from craft.methods.base import drive
+
+    engine = ClipEngine(tiny, torch.device("cuda"), precision="fp32")
+    steps = _steps(engine, 0, {"popsize": 8, "intrinsic_dim": 16, "budget": 8 * 5, "eval_every": 2})
+    next(steps)  # set-up (model calls, the module's weights to the GPU) and the first generation queued
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        result = drive(steps)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert result.usage["queries"] == 40 and len(result.trace) == 5
+
+
+def test_interleaved_runs_on_the_gpu_give_the_results_of_each_alone(tiny):
+    from craft.interleave import run_interleaved
+    from craft.methods.base import drive
+
+    engine = ClipEngine(tiny, torch.device("cuda"), precision="fp32")
+    values = {"popsize": 8, "intrinsic_dim": 16, "budget": 8 * 4, "eval_every": 2}
+    alone = [drive(_steps(engine, s, values)) for s in (1, 2, 3)]
+    together = run_interleaved([_steps(engine, s, values) for s in (1, 2, 3)])
+    for a, t in zip(alone, together, strict=True):
+        assert t.usage == a.usage
+        for x, y in zip(t.trace, a.trace, strict=True):
+            assert x["fitness"] == pytest.approx(y["fitness"], rel=1e-5)
+            assert x["train_loss"] == pytest.approx(y["train_loss"], rel=1e-5)

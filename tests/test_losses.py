@@ -20,17 +20,33 @@ def _by_definition(logits: torch.Tensor, labels: torch.Tensor, lambda_i: float, 
     return torch.stack(out).float()
 
 
+@pytest.mark.parametrize("batched", [False, True])
 @pytest.mark.parametrize("lambda_i", [0.0, 0.1, 2.0])
-def test_fitness_is_cross_entropy_plus_weighted_kl_of_the_refined_to_the_raw_predictions(lambda_i):
+def test_fitness_is_cross_entropy_plus_weighted_kl_of_the_refined_to_the_raw_predictions(lambda_i, batched):
     torch.manual_seed(0)
     logits, labels = 4 * torch.randn(5, 30, 7), torch.randint(0, 7, (30,))
     head = RefinementMLP(7, 16)
     with torch.no_grad():
         for p in head.parameters():  # a head far from the identity, so that the KL term is large
             p.mul_(5)
-        ours = prompt_fitness(logits, labels, lambda_i, head)
+        ours = prompt_fitness(logits, labels, lambda_i, head, batched=batched)
         expected = _by_definition(logits, labels, lambda_i, head)
     torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
     if lambda_i:
         assert (ours - _by_definition(logits, labels, 0.0, head)).abs().min() > 1e-3  # the KL term counts
     assert torch.equal(prompt_fitness(logits, labels, lambda_i, None), prompt_fitness(logits, labels, 0.0, head))
+
+
+def test_batched_fitness_goes_in_chunks_of_candidates_and_agrees_with_one_at_a_time(monkeypatch):
+    import craft.losses as losses
+
+    torch.manual_seed(1)
+    logits, labels = 3 * torch.randn(7, 20, 6), torch.randint(0, 6, (20,))
+    head = RefinementMLP(6, 8)
+    seen: list[int] = []
+    monkeypatch.setattr(losses, "FITNESS_CHUNK_LOGITS", 3 * 20 * 6)  # 3 candidates a chunk: 3 + 3 + 1
+    with torch.no_grad():
+        batched = prompt_fitness(logits, labels, 0.5, lambda x: (seen.append(x.shape[0]), head(x))[1], batched=True)
+        one_by_one = prompt_fitness(logits, labels, 0.5, head, batched=False)
+    assert seen == [3, 3, 1]
+    torch.testing.assert_close(batched, one_by_one, rtol=1e-6, atol=1e-6)

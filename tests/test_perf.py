@@ -13,7 +13,7 @@ from benchmark.errors import UserError
 from benchmark.models import load_model
 from benchmark.perf import _parse_runs, _ratios, _sweep_path, _user_devices
 from benchmark.perf_measure import (
-    SEEDS, _generations, dataset_shapes, device_name, padded_classnames, peak_memory, sweep_datasets, sweep_row, sweep_summary,
+    SEEDS, _generations, amortised, dataset_shapes, device_name, padded_classnames, peak_memory, sweep_datasets, sweep_row, sweep_summary,
 )
 
 
@@ -148,6 +148,9 @@ def test_perf_command_measures_both_paths_side_by_side_and_writes_json(tmp_path,
         assert one["sequences_per_generation"] == 41 * 10
         assert one["generations_per_s"] > 0 and 0 < one["query_seconds_per_generation"] < one["seconds_per_generation"]
         assert {x["user_device"] for x in entry["loop"]} == {"cpu"}  # --user-device both: on a CPU engine, one place
+        assert not one["interleaved"] and loops[2]["interleaved"]
+        # Interleaved, each run's generation spans a round of both runs' generations.
+        assert loops[2]["sequences_per_generation"] == 41 * 10 and loops[2]["generations_per_s"] > 0
     agree = result["paths"]["fast"]["vs_official"]  # fp32 on CPU: the same features within rounding
     assert agree["features_rel_err"] < 1e-4 and agree["logits_rel_err"] < 1e-4 and agree["top1_agreement"] >= 0.99
     assert "fast against official: text features" in printed
@@ -172,6 +175,30 @@ def test_sweep_measure_scales_what_does_not_fit_its_time_from_the_largest_measur
     assert sweep["scaled_from"] == "paper-shapes/eurosat"
     assert rows["paper-shapes/imagenet"]["seconds_per_generation"] > rows["paper-shapes/eurosat"]["seconds_per_generation"]
     assert "1 datasets measured, 10 scaled from paper-shapes/eurosat" in capsys.readouterr().out
+
+
+def test_sweep_measure_interleaves_a_datasets_seeds_and_amortises_their_generations(tmp_path, capsys):
+    out = tmp_path / "perf.json"
+    rc = main(["perf", "--backbone", "craft-tiny", "--weights", "random", "--dataset", "eurosat", "--device", "cpu",
+               "--no-official", "--candidates", "2", "--repeats", "1", "--generations", "1", "--runs", "1",
+               "--sweep", "measure", "--sweep-generations", "1", "--sweep-seconds", "0", "--sweep-runs", "2",
+               "--json", str(out)])
+    assert rc == 0
+    sweep = json.loads(out.read_text())["sweep_estimate"]
+    assert sweep["interleaved_runs"] == 2 and "interleaved 2 runs in one thread" in sweep["model"]
+    assert "concurrent_s" not in sweep  # the runs' concurrency is in the rows already
+    assert "one dataset at a time, 2 runs interleaved" in capsys.readouterr().out
+    # Refused before anything is measured, with the value named.
+    assert main(["perf", "--device", "cpu", "--sweep-runs", "0"]) == 2
+    assert "--sweep-runs must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_an_interleaved_loop_counts_one_run_its_share_of_a_round():
+    loop = {"runs": 4, "seconds_per_generation": 2.0, "query_seconds_per_generation": 0.1,
+            "runner_seconds_per_generation": 1.9}
+    share = amortised(loop)
+    assert share["seconds_per_generation"] == 0.5 and share["runner_seconds_per_generation"] == pytest.approx(0.4)
+    assert amortised({**loop, "runs": 1})["seconds_per_generation"] == 2.0
 
 
 def test_server_runs_are_processes_against_one_model_server(tmp_path):

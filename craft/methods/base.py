@@ -5,11 +5,12 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, TypeVar
+from typing import Any, Callable, Generator, Protocol, TypeVar
 
 import torch
 
 from craft.blackbox import BlackBox
+from craft.transfer import HostCopy, to_device
 
 
 @dataclass
@@ -93,7 +94,18 @@ def evaluate(
     head: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """Top-1 of a prompt (or of the zero-shot template when ``contexts`` is None) on the eval sets."""
-    out = {}
+    return evaluate_async(box, task, contexts, head)()
+
+
+def evaluate_async(
+    box: BlackBox,
+    task: Task,
+    contexts: torch.Tensor | None,
+    head: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> Callable[[], dict[str, float]]:
+    """:func:`evaluate` with its queries queued and the accuracies read back later: call the returned
+    function for the metrics (on a GPU it waits for this evaluation's copies, nothing queued after)."""
+    pending: dict[str, HostCopy | None] = {}
     for split in task.eval_splits:
         if contexts is None:
             logits = box.template_logits(task.template, split)
@@ -104,8 +116,33 @@ def evaluate(
                 logits = head(logits)
         if split in task.class_subsets:
             logits = _restrict(logits, task.class_subsets[split])
-        out[f"top1_{split}"] = accuracy(logits, task.labels[split].to(logits.device))
-    return out
+        labels = task.labels[split]
+        if labels.numel() == 0:
+            pending[f"top1_{split}"] = None
+            continue
+        hit = logits.argmax(-1) == to_device(labels, logits.device)
+        pending[f"top1_{split}"] = HostCopy(hit.float().mean())
+
+    def finish() -> dict[str, float]:
+        # as accuracy(): the mean as float32, then times 100 as a Python float
+        return {k: float("nan") if h is None else float(h.get().item() * 100.0) for k, h in pending.items()}
+
+    return finish
+
+
+Steps = Generator[None, None, RunResult]
+"""A run as a generator (``steps`` of BBT and CraFT): it yields where it would next wait for its
+device, so that a driver may step other runs meanwhile (:mod:`craft.interleave`), and returns
+its :class:`RunResult`."""
+
+
+def drive(steps: Steps) -> RunResult:
+    """Run a method's steps to the end, alone."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value
 
 
 class Method(Protocol):

@@ -13,6 +13,7 @@ One setting differs from pycma's defaults: how often CMA-ES eigendecomposes its 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Generator
 
 import numpy as np
 import torch
@@ -20,9 +21,10 @@ import torch
 from craft.blackbox import BlackBox
 from craft.budget import default_budget
 from craft.losses import prompt_fitness, refinement_loss
-from craft.methods.base import RunResult, Task, Timer, evaluate, reject_invalid
+from craft.methods.base import RunResult, Steps, Task, Timer, drive, evaluate, evaluate_async, reject_invalid
 from craft.prompt import PromptGenerator
 from craft.refine import RefinementMLP
+from craft.transfer import HostCopy, to_device
 
 
 @dataclass
@@ -89,7 +91,10 @@ def cma_strategy(dim: int, sigma: float, popsize: int, bound: float, seed: int, 
     and the eigendecomposition interval scaled by ``eigen_gap`` (see :class:`BBTConfig`)."""
     import cma  # here, not at the top: it imports scipy.stats and matplotlib (a second), which a sweep's driver never needs
 
-    opts = {"popsize": popsize, "seed": seed, "verbose": -9}
+    # Its own random stream: pycma's default draws from numpy's global one, which runs interleaved
+    # in one thread (craft.interleave) or concurrent in a server's threads would share. Seeded as
+    # pycma seeds the global one, so a run's candidates are those it had before.
+    opts = {"popsize": popsize, "seed": np.nan, "randn": np.random.RandomState(seed).randn, "verbose": -9}
     if maxiter is not None:
         opts["maxiter"] = maxiter
     if bound > 0:
@@ -99,14 +104,17 @@ def cma_strategy(dim: int, sigma: float, popsize: int, bound: float, seed: int, 
     return es
 
 
-def _search(box: BlackBox, task: Task, cfg: BBTConfig, seed: int, refine: bool) -> tuple[dict, list, RefinementMLP | None, torch.Tensor]:
+def _search(box: BlackBox, task: Task, cfg: BBTConfig, seed: int, refine: bool) -> Generator[None, None, tuple]:
+    """The search as a generator (see :data:`craft.methods.base.Steps`); returns
+    ``(metrics, trace, mlp, ctx)``. It yields after queueing a generation's candidates and their
+    fitness, and after queueing an evaluation: where it next waits for its device."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     budget = min(cfg.budget or default_budget(task.shots, task.dataset), box.remaining())
     p0 = box.embed_words(cfg.ctx_init)
-    prompt = PromptGenerator(p0, cfg.intrinsic_dim, cfg.std, gen)
     device = torch.device(box.info.device)  # where the logits arrive: fitness and refinement run there
-    y = task.labels["train"].to(device)
+    prompt = PromptGenerator(p0, cfg.intrinsic_dim, cfg.std, gen).to(device)
+    y = to_device(task.labels["train"], device)
     n_classes = len(task.classnames)
 
     mlp = opt = None
@@ -121,45 +129,67 @@ def _search(box: BlackBox, task: Task, cfg: BBTConfig, seed: int, refine: bool) 
     generations = budget // cfg.popsize
     es = cma_strategy(cfg.intrinsic_dim, cfg.sigma, cfg.popsize, cfg.bound, seed + 1, cfg.cma_eigen_gap, generations)
     trace: list[dict] = []
-    ctx = prompt(torch.zeros(cfg.intrinsic_dim))
+    losses_due: list[tuple[dict, HostCopy, int]] = []  # refinement losses on their way to the host
+    ctx = prompt(torch.zeros(cfg.intrinsic_dim, device=device))
     metrics: dict[str, float] = {}
     solutions = es.ask()
     for g in range(1, generations + 1):
-        logits = box.logits(prompt(torch.as_tensor(np.array(solutions))), "train")
+        logits = box.logits(prompt(_z(solutions, device)), "train")
         with torch.no_grad():
-            fitness = prompt_fitness(logits, y, lambda_i, mlp)
-        es.tell(solutions, fitness.tolist())
+            fitness = HostCopy(prompt_fitness(logits, y, lambda_i, mlp))
+        del logits  # a run waiting beside others holds no logits (2.6 GB a generation at ImageNet's shapes)
+        yield
+        values = fitness.get().tolist()
+        _settle(losses_due)
+        es.tell(solutions, values)
         # The prompt in use: the mean of a freshly asked population, which is also the next
         # generation's candidates (pycma allows one ask per tell when its step-size rule injects samples).
         solutions = es.ask()
-        ctx = prompt(torch.as_tensor(np.array(solutions)).mean(0))
+        ctx = prompt(to_device(torch.as_tensor(np.array(solutions)).mean(0).float(), device))
 
-        row = {"generation": g, "queries": box.usage.queries, "fitness": float(fitness.min())}
+        row = {"generation": g, "queries": box.usage.queries, "fitness": min(values)}
         if mlp is not None:
             assert isinstance(cfg, CraFTConfig) and opt is not None
             train_logits = box.logits(ctx, "train", budgeted=False)[0]
             kl_weight = lambda_o if box.usage.queries <= budget / cfg.n else 0.0
-            order = torch.randperm(len(y), generator=gen)
+            order = to_device(torch.randperm(len(y), generator=gen), device)
             losses = []
             mlp.train()
             for start in range(0, len(y), cfg.batch_size):
-                idx = order[start : start + cfg.batch_size].to(device)
+                idx = order[start : start + cfg.batch_size]
                 loss = refinement_loss(mlp(train_logits[idx]), train_logits[idx], y[idx], kl_weight)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
                 losses.append(loss.detach() * len(idx))  # summed once: no host sync per batch
             mlp.eval()
-            row["train_loss"] = float(torch.stack(losses).sum()) / len(y)
+            del train_logits
+            losses_due.append((row, HostCopy(torch.stack(losses).sum()), len(y)))
         if g % cfg.eval_every == 0 or g == generations:
-            metrics = evaluate(box, task, ctx, mlp)
+            finish = evaluate_async(box, task, ctx, mlp)
+            yield
+            _settle(losses_due)
+            metrics = finish()
             row.update(metrics)
             if task.on_eval is not None:
                 task.on_eval(row)
         trace.append(row)
+    _settle(losses_due)
     if generations == 0:
         metrics = evaluate(box, task, ctx, mlp)
     return metrics, trace, mlp, ctx
+
+
+def _z(solutions: list[np.ndarray], device: torch.device) -> torch.Tensor:
+    """CMA-ES's candidates as a float32 ``pop x dim`` tensor on ``device``."""
+    return to_device(torch.as_tensor(np.array(solutions), dtype=torch.float32), device)
+
+
+def _settle(due: list[tuple[dict, HostCopy, int]]) -> None:
+    """Write the refinement losses (summed over ``n`` images) into their trace rows; waits for those not on the host yet."""
+    for row, loss, n in due:
+        row["train_loss"] = float(loss.get()) / n
+    due.clear()
 
 
 class BBT:
@@ -170,8 +200,12 @@ class BBT:
     colocatable = True
 
     def run(self, box: BlackBox, task: Task, config: BBTConfig, seed: int) -> RunResult:
+        return drive(self.steps(box, task, config, seed))
+
+    def steps(self, box: BlackBox, task: Task, config: BBTConfig, seed: int) -> Steps:
+        """The run as :data:`craft.methods.base.Steps`, for :mod:`craft.interleave`."""
         timer = Timer()
-        metrics, trace, _, ctx = _search(box, task, config, seed, refine=False)
+        metrics, trace, _, ctx = yield from _search(box, task, config, seed, refine=False)
         return RunResult(
             self.name, asdict(config), metrics, box.usage.as_dict(), trace,
             learned_params=config.intrinsic_dim, learned_bytes=ctx.numel() * 4, wall_s=timer(),
@@ -184,8 +218,12 @@ class CraFT:
     colocatable = True  # as BBT
 
     def run(self, box: BlackBox, task: Task, config: CraFTConfig, seed: int) -> RunResult:
+        return drive(self.steps(box, task, config, seed))
+
+    def steps(self, box: BlackBox, task: Task, config: CraFTConfig, seed: int) -> Steps:
+        """The run as :data:`craft.methods.base.Steps`, for :mod:`craft.interleave`."""
         timer = Timer()
-        metrics, trace, mlp, ctx = _search(box, task, config, seed, refine=True)
+        metrics, trace, mlp, ctx = yield from _search(box, task, config, seed, refine=True)
         assert mlp is not None
         n_params = sum(p.numel() for p in mlp.parameters())
         return RunResult(

@@ -1,0 +1,40 @@
+"""Several runs interleaved in one thread, so that one GPU is kept busy by all of them.
+
+One CraFT run cannot keep a GPU busy: each generation's CMA-ES step on the CPU needs the
+fitness of the text-tower pass before it, and the pass needs the step. A method's
+:data:`craft.methods.base.Steps` yields where it would next wait for its device (its
+candidates' pass and fitness, or an evaluation, queued). :func:`run_interleaved` steps
+several such runs in turn: while one run's pass runs on the GPU, the next run's CMA-ES step
+runs on the CPU, and no run waits for work queued after its own (:mod:`craft.transfer`).
+Threads would do the same work with every run's Python contending for the interpreter lock;
+here one thread does it in turn.
+
+A run's results do not depend on what it is interleaved with: its arithmetic is its own, and
+on a CPU it is bit for bit that of the run alone (tests/test_interleave.py).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Generator, Sequence, TypeVar
+
+R = TypeVar("R")
+
+
+def run_interleaved(runs: Sequence[Generator[None, None, R]]) -> list[R | BaseException]:
+    """Step ``runs`` round-robin until each returns; per run its result, or the exception it raised
+    (a failing run ends alone: the others go on)."""
+    out: list[R | BaseException | None] = [None] * len(runs)
+    live = deque(enumerate(runs))
+    while live:
+        i, steps = live.popleft()
+        try:
+            next(steps)
+        except StopIteration as stop:
+            out[i] = stop.value
+            continue
+        except Exception as exc:  # noqa: BLE001 - reported as this run's outcome
+            out[i] = exc
+            continue
+        live.append((i, steps))
+    return out  # type: ignore[return-value]
