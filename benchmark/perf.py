@@ -309,7 +309,7 @@ def _loop(engine, data, task, args, runs: int, predicted_s: float, name: str, us
         return {"runs": runs, "user_device": str(user), "predicted_generations_per_s": 1 / predicted_s, "skipped": (
             f"a generation would take about {predicted_s * runs:.0f} s at the raw throughput "
             f"(over --max-generation-s {args.max_generation_s:g})")}
-    _log(f"loop {name}: {runs} concurrent run(s), user side on {user}")
+    _log(f"loop {name}: {runs} run(s){' interleaved' if runs > 1 else ''}, user side on {user}")
     try:
         return measure_loop(engine, data, task, args.popsize, args.intrinsic_dim, args.generations, args.warmup, runs, user)
     except Exception as exc:  # noqa: BLE001 - one path failing must not lose the others

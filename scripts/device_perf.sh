@@ -14,7 +14,7 @@
 #    27 MB of xz instead of a 79-MB wheel, which would not fit in a device call's 64 MiB).
 # 2. One device call (the run tool):
 #        command: bash scripts/device_perf.sh      carry: [".whl"]      timeout_s: 420
-#    (PERF_TIMEOUT, default 240 s, caps the measurement; the setup and the tests take about 50 s.)
+#    (PERF_TIMEOUT, default 240 s, caps the measurement; the setup and the tests took about 50 s.)
 #
 # Extra arguments after the script name replace the default `craft perf` arguments, e.g.
 #     bash scripts/device_perf.sh --backbone ViT-B-32 --weights random --device cuda --compile
@@ -78,9 +78,11 @@ cat "$OUT/env.txt"
 if [[ $# -gt 0 ]]; then
     ARGS=("$@")
 else
-    # --compile is left out: its figures are in docs/measurements (its first call compiles for 80 s).
-    ARGS=(--backbone ViT-B-16 --weights random --device cuda --runs 1 --user-device both --server-runs 6,12
-          --sweep-seconds 60)
+    # One run and 4 interleaved (craft.interleave) with their work on the GPU, on the fast and compiled
+    # paths (compiling takes about 80 s); 6 run processes against a Ray model server; the sweep
+    # estimate with each dataset's 3 seeds interleaved (uncompiled, as craft bench's servers run).
+    ARGS=(--backbone ViT-B-16 --weights random --device cuda --compile --runs 1,4 --user-device engine
+          --server-runs 6 --sweep-seconds 45)
 fi
 if python3 -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
     timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py >"$OUT/gpu_tests.log" 2>&1
