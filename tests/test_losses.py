@@ -50,3 +50,15 @@ def test_batched_fitness_goes_in_chunks_of_candidates_and_agrees_with_one_at_a_t
         one_by_one = prompt_fitness(logits, labels, 0.5, head, batched=False)
     assert seen == [3, 3, 1]
     torch.testing.assert_close(batched, one_by_one, rtol=1e-6, atol=1e-6)
+
+
+def test_off_the_cpu_the_fitness_dispatches_as_many_operations_for_40_candidates_as_for_2():
+    from benchmarks.generation_ops import count_ops
+
+    meta = torch.device("meta")  # not a CPU: batched by default; nothing computed
+    labels, head = torch.zeros(160, dtype=torch.long, device=meta), RefinementMLP(10, 16).to(meta)
+    with torch.no_grad():
+        ops = {n: count_ops(lambda n=n: prompt_fitness(torch.empty(n, 160, 10, device=meta), labels, 0.1, head))
+               for n in (2, 40)}
+        one_by_one = count_ops(lambda: prompt_fitness(torch.empty(40, 160, 10, device=meta), labels, 0.1, head, batched=False))
+    assert ops[2] == ops[40] and one_by_one > 10 * ops[40]
