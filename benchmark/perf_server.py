@@ -4,8 +4,8 @@ This is how ``craft bench`` serves runs: a Ray actor holds the engine and merges
 its runs send while a pass is running into one text-tower pass (:mod:`benchmark.batching`, on a
 GPU); each run is a Ray task on one CPU with its own CMA-ES, fitness and refinement module, and
 receives logits on the host. A run's steps depend on each other, so one run leaves the GPU idle
-while it computes; separate processes let one run's own work overlap another's pass, which
-threads of one process (``measure_loop``'s concurrent runs) do not.
+while it computes; separate processes let one run's own work overlap another's pass (in one
+process, ``measure_loop``'s runs interleave to the same end: :mod:`craft.interleave`).
 
 The runs use the main dataset's paper-shapes task (generated images, encoded once by the
 server) and start their loops together (a barrier after the task is prepared).

@@ -36,10 +36,6 @@ class HostCopy:
         else:
             self._host = t.detach()
 
-    def ready(self) -> bool:
-        """Whether :meth:`get` would return without waiting."""
-        return self._event is None or self._event.query()
-
     def get(self) -> torch.Tensor:
         """The tensor on the host (waits for the copy on a GPU)."""
         if self._event is not None:
