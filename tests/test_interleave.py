@@ -131,3 +131,15 @@ def test_the_server_interleaver_steps_concurrent_callers_runs_together():
         inter.run(_steps("craft", 1, on_eval=lambda row: (_ for _ in ()).throw(RuntimeError("pruned"))))
     result, _ = inter.run(_steps("bbt", 3))
     _same(result, _alone("bbt", 3))
+
+
+def test_a_run_keeps_numpys_global_random_state_to_itself():
+    import numpy as np
+
+    # pycma seeds and draws from numpy's global state; a run swaps in its own around each call.
+    np.random.seed(5)
+    expected_next = np.random.RandomState(5).rand()
+    result = drive(_steps("craft", 1))
+    assert np.random.rand() == expected_next  # the caller's state, not advanced by the run
+    np.random.seed(6)
+    _same(drive(_steps("craft", 1)), result)  # nor does the run depend on it

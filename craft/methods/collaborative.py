@@ -12,8 +12,10 @@ One setting differs from pycma's defaults: how often CMA-ES eigendecomposes its 
 
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Generator
+from typing import Generator, Iterator
 
 import numpy as np
 import torch
@@ -91,10 +93,7 @@ def cma_strategy(dim: int, sigma: float, popsize: int, bound: float, seed: int, 
     and the eigendecomposition interval scaled by ``eigen_gap`` (see :class:`BBTConfig`)."""
     import cma  # here, not at the top: it imports scipy.stats and matplotlib (a second), which a sweep's driver never needs
 
-    # Its own random stream: pycma's default draws from numpy's global one, which runs interleaved
-    # in one thread (craft.interleave) or concurrent in a server's threads would share. Seeded as
-    # pycma seeds the global one, so a run's candidates are those it had before.
-    opts = {"popsize": popsize, "seed": np.nan, "randn": np.random.RandomState(seed).randn, "verbose": -9}
+    opts = {"popsize": popsize, "seed": seed, "verbose": -9}
     if maxiter is not None:
         opts["maxiter"] = maxiter
     if bound > 0:
@@ -102,6 +101,46 @@ def cma_strategy(dim: int, sigma: float, popsize: int, bound: float, seed: int, 
     es = cma.CMAEvolutionStrategy(np.zeros(dim), sigma, opts)
     es.sm.lazy_update_gap *= eigen_gap  # pycma's interval, from c1, c_mu and N, scaled
     return es
+
+
+class RunCMA:
+    """:func:`cma_strategy` with numpy's global random state of its own.
+
+    pycma seeds numpy's global random state and draws from it, for its samples and in its step-size
+    rule's consistency checks. Runs that share a process (interleaved in one thread,
+    :mod:`craft.interleave`, or concurrent in a model server's threads) would share that state, and
+    each run's candidates would depend on the others'. So each run keeps its own: swapped in around
+    every pycma call, under a process-wide lock, and the caller's put back. A run's candidates are
+    those it has alone in its own process, bit for bit.
+    """
+
+    _lock = threading.Lock()
+
+    def __init__(self, *args, **kwargs) -> None:
+        """The arguments of :func:`cma_strategy`."""
+        self._state: dict | None = None  # the run's own; pycma seeds it in its constructor
+        with self._own_random_state():
+            self.es = cma_strategy(*args, **kwargs)
+
+    @contextmanager
+    def _own_random_state(self) -> Iterator[None]:
+        with self._lock:
+            outside = np.random.get_state()
+            if self._state is not None:
+                np.random.set_state(self._state)
+            try:
+                yield
+            finally:
+                self._state = np.random.get_state()
+                np.random.set_state(outside)
+
+    def ask(self) -> list[np.ndarray]:
+        with self._own_random_state():
+            return self.es.ask()
+
+    def tell(self, solutions: list[np.ndarray], values: list[float]) -> None:
+        with self._own_random_state():
+            self.es.tell(solutions, values)
 
 
 def _search(box: BlackBox, task: Task, cfg: BBTConfig, seed: int, refine: bool) -> Generator[None, None, tuple]:
@@ -127,7 +166,7 @@ def _search(box: BlackBox, task: Task, cfg: BBTConfig, seed: int, refine: bool) 
         opt = torch.optim.Adam(mlp.parameters(), lr=cfg.lr)
 
     generations = budget // cfg.popsize
-    es = cma_strategy(cfg.intrinsic_dim, cfg.sigma, cfg.popsize, cfg.bound, seed + 1, cfg.cma_eigen_gap, generations)
+    es = RunCMA(cfg.intrinsic_dim, cfg.sigma, cfg.popsize, cfg.bound, seed + 1, cfg.cma_eigen_gap, generations)
     trace: list[dict] = []
     losses_due: list[tuple[dict, HostCopy, int]] = []  # refinement losses on their way to the host
     ctx = prompt(torch.zeros(cfg.intrinsic_dim, device=device))
