@@ -118,7 +118,7 @@ class RunCMA:
 
     def __init__(self, *args, **kwargs) -> None:
         """The arguments of :func:`cma_strategy`."""
-        self._state: dict | None = None  # the run's own; pycma seeds it in its constructor
+        self._state: tuple | None = None  # the run's own; pycma seeds it in its constructor
         with self._own_random_state():
             self.es = cma_strategy(*args, **kwargs)
 
