@@ -12,8 +12,9 @@ logits in, queries counted and capped, as in a run of its own.
 
 On a GPU the server's colocated runs are interleaved in one thread (:class:`Interleaver`, see
 :mod:`craft.interleave`): while one run's text-tower pass runs, the next run's CMA-ES step
-runs on the CPU. As threads of their own (the server's concurrent callers) four runs on one
-H100 made 44,563 sequences/s together against 67,283 for one run alone (docs/throughput.md).
+runs on the CPU, and each run's CMA-ES runs in a worker process of its own. As threads of their
+own (the server's concurrent callers) four runs on one H100 made 44,563 sequences/s together
+against 67,283 for one run alone (docs/throughput.md).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from benchmark.engine import ClipEngine, EngineBackend
 from benchmark.task import PreparedTask
 from benchmark.whitebox.memory import peak_memory
 from craft.blackbox import MeteredBlackBox
+from craft.cma_es import WORKERS, CMAWorkers
 from craft.methods import RunResult, Task, get_method, make_config
 from craft.methods.base import Steps, drive
 
@@ -43,8 +45,10 @@ class Interleaver:
     one BLAS thread, as in a run task.
     """
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, cma_workers: bool = False) -> None:
+        """``cma_workers``: each run's CMA-ES in a worker process (:class:`craft.cma_es.CMAWorkers`)."""
         self.device = torch.device(device)
+        self._cma_workers = CMAWorkers() if cma_workers else None
         self._cond = threading.Condition()
         self._new: deque[tuple[Steps, Future]] = deque()
         self._thread: threading.Thread | None = None
@@ -63,6 +67,7 @@ class Interleaver:
         return fut.result()
 
     def _loop(self) -> None:
+        WORKERS.set(self._cma_workers)  # this thread's context: the runs it steps take their workers here
         while True:
             with self._cond:
                 while not self._new:

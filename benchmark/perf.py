@@ -65,6 +65,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="where the runs of a loop receive their logits and compute fitness and refinement: "
                         "engine (the engine's device: on a GPU the logits never leave it), cpu (copied to the host, "
                         "as from a remote model) or both, measured one after the other; the sweep estimate uses the first")
+    p.add_argument("--cma-workers", choices=("off", "on", "both"), default="off",
+                   help="interleaved fast-path loops (--runs above 1) and the sweep estimate's: each run's CMA-ES in "
+                        "a worker process (on), in the loop's thread (off), or the loops measured both ways (both; "
+                        "the sweep estimate then uses workers)")
     p.add_argument("--server-runs", default="",
                    help="comma-separated numbers of concurrent CraFT runs to measure as craft bench serves them: "
                         "each a Ray task (its own process, one CPU) against one model server actor that merges "
@@ -179,8 +183,9 @@ def run(args: argparse.Namespace) -> int:
     for p in paths:
         entry = result["paths"][p.name]
         if "raw" in entry:
-            entry["loop"] = [_loop(engines[p.name], data, task, args, runs, seq_per_gen / entry["raw"]["sequences_per_s"], p.name, user)
-                             for user in users for runs in runs_list]
+            entry["loop"] = [_loop(engines[p.name], data, task, args, runs, seq_per_gen / entry["raw"]["sequences_per_s"], p.name,
+                                   user, workers)
+                             for user in users for runs in runs_list for workers in _cma_settings(args.cma_workers, runs, p.mode)]
             result["ratios"] = _ratios(result["paths"])
             save()
 
@@ -303,23 +308,35 @@ def _user_devices(choice: str, device: torch.device) -> list[torch.device]:
     return list(dict.fromkeys(users))
 
 
-def _loop(engine, data, task, args, runs: int, predicted_s: float, name: str, user: torch.device) -> dict[str, Any]:
+def _cma_settings(choice: str, runs: int, mode: str) -> list[bool]:
+    """Whether a loop's runs have CMA-ES workers, per measurement: only interleaved fast-path loops
+    (one run gains nothing; the official path's loops are bound by its passes) are measured with them."""
+    if runs == 1 or mode != "fast":
+        return [False]
+    return {"off": [False], "on": [True], "both": [False, True]}[choice]
+
+
+def _loop(engine, data, task, args, runs: int, predicted_s: float, name: str, user: torch.device,
+          cma_workers: bool = False) -> dict[str, Any]:
     """One loop measurement, or why it was skipped (too slow) or failed."""
+    head = {"runs": runs, "user_device": str(user), "cma_workers": cma_workers}
     if predicted_s * runs > args.max_generation_s:
-        return {"runs": runs, "user_device": str(user), "predicted_generations_per_s": 1 / predicted_s, "skipped": (
+        return {**head, "predicted_generations_per_s": 1 / predicted_s, "skipped": (
             f"a generation would take about {predicted_s * runs:.0f} s at the raw throughput "
             f"(over --max-generation-s {args.max_generation_s:g})")}
-    _log(f"loop {name}: {runs} run(s){' interleaved' if runs > 1 else ''}, user side on {user}")
+    _log(f"loop {name}: {runs} run(s){' interleaved' if runs > 1 else ''}{', CMA-ES in workers' if cma_workers else ''}, "
+         f"user side on {user}")
     try:
-        return measure_loop(engine, data, task, args.popsize, args.intrinsic_dim, args.generations, args.warmup, runs, user)
+        return measure_loop(engine, data, task, args.popsize, args.intrinsic_dim, args.generations, args.warmup, runs, user,
+                            cma_workers)
     except Exception as exc:  # noqa: BLE001 - one path failing must not lose the others
-        return {"runs": runs, "user_device": str(user), "error": f"{type(exc).__name__}: {exc}"}
+        return {**head, "error": f"{type(exc).__name__}: {exc}"}
 
 
 def _loop_at(entry: dict[str, Any], runs: int, user: str | None = None) -> dict[str, Any] | None:
-    """The loop with ``runs`` runs (and, if given, that user device)."""
+    """The loop with ``runs`` runs (and, if given, that user device), CMA-ES in the loop's thread."""
     return next((x for x in entry.get("loop", []) if x.get("runs") == runs and "sequences_per_s" in x
-                 and (user is None or x.get("user_device", "cpu") == user)), None)
+                 and not x.get("cma_workers") and (user is None or x.get("user_device", "cpu") == user)), None)
 
 
 def _loop_best(entry: dict[str, Any]) -> dict[str, Any] | None:
@@ -352,7 +369,7 @@ def _ratios(paths: dict[str, Any], server: list[dict[str, Any]] = ()) -> dict[st
             user = x.get("user_device", "cpu")
             o = _loop_at(off, x.get("runs", 0), user)
             if o and "sequences_per_s" in x:
-                tag = "" if user == "cpu" else f"_user-{user.split(':')[0]}"
+                tag = ("" if user == "cpu" else f"_user-{user.split(':')[0]}") + ("_cma-workers" if x.get("cma_workers") else "")
                 out[f"loop_runs{x['runs']}{tag}_{name}/official"] = x["sequences_per_s"] / o["sequences_per_s"]
     one = _loop_at(paths.get("official", {}), 1, "cpu")
     for x in server:
@@ -387,6 +404,7 @@ def _sweep_measured(engine, args, cma_s, tokenizer, n_ctx, speedup, user, partia
     With ``--sweep-runs N`` each loop interleaves N runs and a row holds the time of a generation
     amortised over them (a round of N generations / N), its evaluations N times over."""
     runs = args.sweep_runs or (SEEDS if user.type == "cuda" else 1)
+    workers = runs > 1 and args.cma_workers != "off"
     order = sorted(sweep_datasets(), key=lambda d: d.classes * d.train)
     deadline = time.perf_counter() + args.sweep_seconds
     measured: dict[str, dict[str, Any]] = {}
@@ -401,20 +419,22 @@ def _sweep_measured(engine, args, cma_s, tokenizer, n_ctx, speedup, user, partia
         d_data, d_task = synthetic_task(engine, d, names, args.seed)
         _log(f"sweep {d.key}" + (f", {runs} runs interleaved" if runs > 1 else ""))
         loop = amortised(measure_loop(engine, d_data, d_task, args.popsize, args.intrinsic_dim,
-                                      args.sweep_generations, 1, runs, user))
+                                      args.sweep_generations, 1, runs, user, workers))
         ev = measure_eval(engine, d_data, d_task, args.intrinsic_dim, user)
         measured[d.key] = sweep_row(d, args.popsize, loop["seconds_per_generation"], loop["query_seconds_per_generation"], ev)
         base = (d, loop, ev)
         del d_data, d_task
-        partial(_measured_summary(order, measured, base, cma_s, args.popsize, speedup, user, runs))
-    return _measured_summary(order, measured, base, cma_s, args.popsize, speedup, user, runs)
+        partial(_measured_summary(order, measured, base, cma_s, args.popsize, speedup, user, runs, workers))
+    return _measured_summary(order, measured, base, cma_s, args.popsize, speedup, user, runs, workers)
 
 
-def _measured_summary(order, measured, base, cma_s, popsize, speedup, user, runs: int = 1) -> dict[str, Any]:
+def _measured_summary(order, measured, base, cma_s, popsize, speedup, user, runs: int = 1,
+                      workers: bool = False) -> dict[str, Any]:
     scaled = {r["dataset"]: r for r in sweep_rows_scaled(base[0], base[1], base[2], cma_s, popsize)} if base else {}
     rows = [{**measured[d.key], "measured": True} if d.key in measured else {**scaled[d.key], "measured": False}
             for d in order if d.key in measured or d.key in scaled]
     out = sweep_summary(rows, "measure", None if runs > 1 else speedup, str(user), interleaved_runs=runs)
+    out["cma_workers"] = workers
     if len(measured) < len(order):
         out["scaled_from"] = base[0].key if base else None
     return out
@@ -475,7 +495,8 @@ def render(result: dict[str, Any]) -> str:
                 lines.append(f"{head} {x['runs']:>9} {'skipped' if 'skipped' in x else 'error':>8}  {x.get('skipped') or x.get('error')}")
                 continue
             peak = max(raw["peak_mem_mib"], x.get("peak_mem_mib", 0.0))
-            lines.append(f"{head} {_fmt(x.get('runs')):>9} {_fmt(x.get('generations_per_s')):>8} "
+            runs = f"{x.get('runs')}{'w' if x.get('cma_workers') else ''}"
+            lines.append(f"{head} {runs:>9} {_fmt(x.get('generations_per_s')):>8} "
                          f"{_fmt(x.get('sequences_per_s')):>11} {_fmt(x.get('query_seconds_per_generation')):>11} {_fmt(peak):>9}")
     for x in result.get("server", []):
         what = f"server, {x['runs']} run process{'es' if x['runs'] > 1 else ''}"

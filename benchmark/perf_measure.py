@@ -11,7 +11,7 @@ import platform
 import re
 import statistics
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -243,7 +243,7 @@ def _generations(calls: list[tuple[float, float, bool, int]], first: int, count:
 
 
 def measure_loop(engine, data, task, popsize: int, intrinsic_dim: int, generations: int, warmup: int, runs: int,
-                 user_device: torch.device | str = "cpu") -> dict[str, Any]:
+                 user_device: torch.device | str = "cpu", cma_workers: bool = False) -> dict[str, Any]:
     """``runs`` CraFT runs on one engine, interleaved in one thread (:mod:`craft.interleave`, as a
     GPU model server runs colocated runs); per-generation times after ``warmup``.
 
@@ -251,10 +251,13 @@ def measure_loop(engine, data, task, popsize: int, intrinsic_dim: int, generatio
     (``cpu``: copied to the host, as from a remote model; the engine's GPU: they stay there).
     A generation runs from one budgeted call of a run to its next; with the work on a GPU a call
     returns once its work is queued, so the time a generation waits for the GPU falls outside it.
+    ``cma_workers``: each run's CMA-ES in a worker process (:class:`craft.cma_es.CMAWorkers`,
+    started during the runs' set-up, before the timed generations).
     """
     from threadpoolctl import threadpool_limits
 
     from benchmark.engine import EngineBackend
+    from craft.cma_es import CMAWorkers
     from craft.interleave import run_interleaved
     from craft.methods import get_method
 
@@ -264,15 +267,16 @@ def measure_loop(engine, data, task, popsize: int, intrinsic_dim: int, generatio
     backend = EngineBackend(engine, data, user_device)
     boxes = [box_cls(backend, popsize * total) for _ in range(runs)]
     method = get_method("craft")
-    with threadpool_limits(1, user_api="blas"), peak_memory(engine.device) as mem:
-        outcomes = run_interleaved([method.steps(box, task, cfg, seed=i) for i, box in enumerate(boxes)])
+    with threadpool_limits(1, user_api="blas"), peak_memory(engine.device) as mem, \
+            (CMAWorkers() if cma_workers else nullcontext()) as workers:
+        outcomes = run_interleaved([method.steps(box, task, cfg, seed=i) for i, box in enumerate(boxes)], workers)
     for out in outcomes:
         if isinstance(out, BaseException):
             raise out
     rows = [r for box in boxes for r in _generations(box.calls, warmup, generations)]
     span = max(r["end"] for r in rows) - min(r["start"] for r in rows)
     return {
-        "runs": runs, "interleaved": runs > 1, "user_device": str(backend.output_device),
+        "runs": runs, "interleaved": runs > 1, "cma_workers": cma_workers, "user_device": str(backend.output_device),
         "timed_generations_per_run": generations, "warmup_generations": warmup, **generation_figures(rows),
         "generations_per_s": len(rows) / span, "sequences_per_s": sum(r["sequences"] for r in rows) / span, **mem,
     }
@@ -325,7 +329,7 @@ def cma_seconds(dim: int, popsize: int, iterations: int = 48) -> float:
     from threadpoolctl import threadpool_limits
 
     from craft.methods import CraFTConfig
-    from craft.methods.collaborative import cma_strategy
+    from craft.cma_es import cma_strategy
 
     cfg = CraFTConfig()
     with threadpool_limits(1, user_api="blas"):

@@ -57,8 +57,9 @@ class ModelServer:
         interleave: bool | None = None,
     ) -> None:
         """``batching``: merge concurrent callers' queries (None: on a GPU only, where it pays);
-        ``interleave``: step concurrent colocated runs in turn in one thread (None: on a GPU only,
-        where one run's CPU work hides behind another's pass; on a CPU they compute in parallel);
+        ``interleave``: step concurrent colocated runs in turn in one thread, their CMA-ES in worker
+        processes (None: on a GPU only, where one run's CPU work hides behind another's pass; on a
+        CPU they compute in parallel);
         ``precision``: the engine's (``auto``/``bf16``: bf16 autocast on a GPU; ``fp32``)."""
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.engine = ClipEngine(
@@ -70,7 +71,7 @@ class ModelServer:
         self._batcher = QueryBatcher(self.engine) if batching and mode == "fast" else None
         if interleave is None:
             interleave = self.engine.device.type == "cuda"
-        self._interleaver = Interleaver(self.engine.device) if interleave else None
+        self._interleaver = Interleaver(self.engine.device, cma_workers=True) if interleave else None
         self._tasks: dict[str, tuple[EngineBackend, PreparedTask]] = {}
         self._leases: dict[str, str] = {}  # lease -> task id
         self._lease_numbers = itertools.count()

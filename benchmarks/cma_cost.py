@@ -24,7 +24,7 @@ from threadpoolctl import threadpool_limits
 
 def time_generations(dim: int, gap: float, generations: int, popsize: int = 40) -> tuple[float, int]:
     """Milliseconds per generation and the number of eigendecompositions, as BBT drives pycma."""
-    from craft.methods.collaborative import cma_strategy
+    from craft.cma_es import cma_strategy
 
     es = cma_strategy(dim, 1.0, popsize, 5.0, 2, gap, generations)
     decompositions = 0

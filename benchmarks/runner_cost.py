@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     from benchmark.perf_measure import dataset_shapes
     from craft.losses import prompt_fitness, refinement_loss
     from craft.methods import CraFTConfig
-    from craft.methods.collaborative import cma_strategy
+    from craft.cma_es import cma_strategy
     from craft.refine import RefinementMLP
 
     torch.set_num_threads(1)

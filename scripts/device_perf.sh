@@ -78,11 +78,12 @@ cat "$OUT/env.txt"
 if [[ $# -gt 0 ]]; then
     ARGS=("$@")
 else
-    # One run and 4 interleaved (craft.interleave) with their work on the GPU, on the fast and compiled
-    # paths (compiling takes about 80 s); 6 run processes against a Ray model server; the sweep
-    # estimate with each dataset's 3 seeds interleaved (uncompiled, as craft bench's servers run).
-    ARGS=(--backbone ViT-B-16 --weights random --device cuda --compile --runs 1,4 --user-device engine
-          --server-runs 6 --sweep-seconds 45)
+    # One run and 4 interleaved (craft.interleave) with their work on the GPU, the 4 with their CMA-ES
+    # in the loop's thread and in worker processes, on the fast and compiled paths (compiling takes
+    # about 80 s); 6 run processes against a Ray model server; the sweep estimate with each
+    # dataset's 3 seeds interleaved, CMA-ES in workers (uncompiled, as craft bench's servers run).
+    ARGS=(--backbone ViT-B-16 --weights random --device cuda --compile --runs 1,4 --cma-workers both
+          --user-device engine --server-runs 6 --sweep-seconds 45)
 fi
 if python3 -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
     timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py >"$OUT/gpu_tests.log" 2>&1

@@ -143,3 +143,63 @@ def test_a_run_keeps_numpys_global_random_state_to_itself():
     assert np.random.rand() == expected_next  # the caller's state, not advanced by the run
     np.random.seed(6)
     _same(drive(_steps("craft", 1)), result)  # nor does the run depend on it
+
+
+@pytest.fixture(scope="module")
+def workers():
+    from craft.cma_es import CMAWorkers
+
+    with CMAWorkers() as pool:
+        yield pool
+
+
+def test_cma_in_a_worker_process_asks_what_it_asks_in_the_run(workers):
+    import numpy as np
+
+    from craft.cma_es import RemoteCMA, RunCMA
+
+    args = (16, 1.0, 6, 5.0, 7, 10.0)
+    here, there = RunCMA(*args), RemoteCMA(workers, *args)
+    try:
+        for g in range(8):  # past pycma's first consistency checks (from its 4th tell)
+            a, b = here.ask(), there.ask()
+            assert np.array_equal(np.array(a), np.array(b)), g
+            values = [float(np.sum(x**2)) for x in a]
+            here.tell(a, values)
+            there.tell(b, values)
+    finally:
+        there.close()  # with a tell's answer pending: read and dropped
+
+
+def test_interleaved_runs_with_cma_workers_give_the_results_each_has_alone(workers):
+    specs = [("craft", 1), ("craft", 2), ("bbt", 3)]
+    before = workers.started
+    together = run_interleaved([_steps(m, s) for m, s in specs], cma_workers=workers)
+    for (m, s), t in zip(specs, together):
+        _same(t, drive(_steps(m, s)))
+    assert workers.started - before <= 3  # one worker per live run, reused afterwards
+    again = run_interleaved([_steps("craft", 1)], cma_workers=workers)
+    _same(again[0], together[0])
+    assert workers.started - before <= 3
+
+
+def test_a_run_that_fails_gives_its_worker_back_in_a_state_the_next_run_can_use(workers):
+    def stop(row):
+        if row["generation"] >= 3:
+            raise RuntimeError("pruned")
+
+    out = run_interleaved([_steps("craft", 2, on_eval=stop)], cma_workers=workers)
+    assert isinstance(out[0], RuntimeError)
+    started = workers.started
+    [after] = run_interleaved([_steps("bbt", 3)], cma_workers=workers)
+    assert workers.started == started  # the same worker, reused
+    _same(after, drive(_steps("bbt", 3)))
+
+
+def test_a_worker_reports_pycmas_error_in_the_run(workers):
+    from craft.cma_es import RemoteCMA
+
+    cma = RemoteCMA(workers, 0, 1.0, 6, 5.0, 7, 10.0)  # dimension 0
+    with pytest.raises(RuntimeError, match="CMA-ES worker: "):
+        cma.ask()
+    cma.close()

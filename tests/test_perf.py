@@ -130,7 +130,7 @@ def test_perf_command_measures_both_paths_side_by_side_and_writes_json(tmp_path,
     out = tmp_path / "perf.json"
     rc = main(["perf", "--backbone", "craft-tiny", "--weights", "random", "--dataset", "eurosat", "--device", "cpu",
                "--candidates", "4", "--repeats", "2", "--generations", "2", "--runs", "1,2",
-               "--user-device", "both", "--sweep", "scale", "--json", str(out)])
+               "--user-device", "both", "--cma-workers", "both", "--sweep", "scale", "--json", str(out)])
     assert rc == 0
     result = json.loads(out.read_text())
     printed = capsys.readouterr().out
@@ -141,8 +141,11 @@ def test_perf_command_measures_both_paths_side_by_side_and_writes_json(tmp_path,
         entry = result["paths"][name]
         assert entry["raw"]["sequences_per_call"] == 40 and entry["raw"]["sequences_per_s"] > 0
         assert len(entry["raw"]["seconds"]) == 2 and entry["raw"]["peak_mem_mib"] > 0
-        loops = {x["runs"]: x for x in entry["loop"]}
+        loops = {x["runs"]: x for x in entry["loop"] if not x["cma_workers"]}
         assert set(loops) == {1, 2}
+        # Interleaved fast-path runs are measured with their CMA-ES in worker processes too.
+        workers = [x for x in entry["loop"] if x["cma_workers"]]
+        assert [(x["runs"], x["interleaved"]) for x in workers] == ([(2, True)] if name == "fast" else [])
         one = loops[1]
         # 40 candidates + 1 refinement query, 10 classes each, per generation.
         assert one["sequences_per_generation"] == 41 * 10
@@ -154,7 +157,9 @@ def test_perf_command_measures_both_paths_side_by_side_and_writes_json(tmp_path,
     agree = result["paths"]["fast"]["vs_official"]  # fp32 on CPU: the same features within rounding
     assert agree["features_rel_err"] < 1e-4 and agree["logits_rel_err"] < 1e-4 and agree["top1_agreement"] >= 0.99
     assert "fast against official: text features" in printed
-    assert set(result["ratios"]) >= {"raw_fast/official", "loop_runs1_fast/official", "loop_runs2_fast/official"}
+    assert set(result["ratios"]) >= {"raw_fast/official", "loop_runs1_fast/official", "loop_runs2_fast/official",
+                                     "loop_runs2_cma-workers_fast/official"}
+    assert " 2w " in printed
     sweep = result["sweep_estimate"]
     assert sweep["mode"] == "scale" and len(sweep["datasets"]) == 11 and sweep["user_device"] == "cpu"
     assert math.isclose(sweep["serial_s"], SEEDS * sum(r["run_seconds"] for r in sweep["datasets"]))

@@ -12,16 +12,15 @@ One setting differs from pycma's defaults: how often CMA-ES eigendecomposes its 
 
 from __future__ import annotations
 
-import threading
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Generator, Iterator
+from typing import Generator
 
 import numpy as np
 import torch
 
 from craft.blackbox import BlackBox
 from craft.budget import default_budget
+from craft.cma_es import new_cma
 from craft.losses import prompt_fitness, refinement_loss
 from craft.methods.base import RunResult, Steps, Task, Timer, drive, evaluate, evaluate_async, reject_invalid
 from craft.prompt import PromptGenerator
@@ -88,65 +87,11 @@ def _validate(cfg: BBTConfig) -> None:
     reject_invalid(cfg, checks)
 
 
-def cma_strategy(dim: int, sigma: float, popsize: int, bound: float, seed: int, eigen_gap: float, maxiter: int | None = None):
-    """pycma's CMA-ES as BBT and CraFT run it: ``x0 = 0``, box bounds ``+-bound`` when ``bound > 0``,
-    and the eigendecomposition interval scaled by ``eigen_gap`` (see :class:`BBTConfig`)."""
-    import cma  # here, not at the top: it imports scipy.stats and matplotlib (a second), which a sweep's driver never needs
-
-    opts = {"popsize": popsize, "seed": seed, "verbose": -9}
-    if maxiter is not None:
-        opts["maxiter"] = maxiter
-    if bound > 0:
-        opts["bounds"] = [-bound, bound]
-    es = cma.CMAEvolutionStrategy(np.zeros(dim), sigma, opts)
-    es.sm.lazy_update_gap *= eigen_gap  # pycma's interval, from c1, c_mu and N, scaled
-    return es
-
-
-class RunCMA:
-    """:func:`cma_strategy` with numpy's global random state of its own.
-
-    pycma seeds numpy's global random state and draws from it, for its samples and in its step-size
-    rule's consistency checks. Runs that share a process (interleaved in one thread,
-    :mod:`craft.interleave`, or concurrent in a model server's threads) would share that state, and
-    each run's candidates would depend on the others'. So each run keeps its own: swapped in around
-    every pycma call, under a process-wide lock, and the caller's put back. A run's candidates are
-    those it has alone in its own process, bit for bit.
-    """
-
-    _lock = threading.Lock()
-
-    def __init__(self, *args, **kwargs) -> None:
-        """The arguments of :func:`cma_strategy`."""
-        self._state: tuple | None = None  # the run's own; pycma seeds it in its constructor
-        with self._own_random_state():
-            self.es = cma_strategy(*args, **kwargs)
-
-    @contextmanager
-    def _own_random_state(self) -> Iterator[None]:
-        with self._lock:
-            outside = np.random.get_state()
-            if self._state is not None:
-                np.random.set_state(self._state)
-            try:
-                yield
-            finally:
-                self._state = np.random.get_state()
-                np.random.set_state(outside)
-
-    def ask(self) -> list[np.ndarray]:
-        with self._own_random_state():
-            return self.es.ask()
-
-    def tell(self, solutions: list[np.ndarray], values: list[float]) -> None:
-        with self._own_random_state():
-            self.es.tell(solutions, values)
-
-
 def _search(box: BlackBox, task: Task, cfg: BBTConfig, seed: int, refine: bool) -> Generator[None, None, tuple]:
     """The search as a generator (see :data:`craft.methods.base.Steps`); returns
     ``(metrics, trace, mlp, ctx)``. It yields after queueing a generation's candidates and their
-    fitness, and after queueing an evaluation: where it next waits for its device."""
+    fitness, and after queueing an evaluation: where it next waits for its device; and, when its
+    CMA-ES runs in a worker process (:func:`craft.cma_es.new_cma`), after sending it the fitness."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     budget = min(cfg.budget or default_budget(task.shots, task.dataset), box.remaining())
@@ -166,54 +111,59 @@ def _search(box: BlackBox, task: Task, cfg: BBTConfig, seed: int, refine: bool) 
         opt = torch.optim.Adam(mlp.parameters(), lr=cfg.lr)
 
     generations = budget // cfg.popsize
-    es = RunCMA(cfg.intrinsic_dim, cfg.sigma, cfg.popsize, cfg.bound, seed + 1, cfg.cma_eigen_gap, generations)
+    es = new_cma(cfg.intrinsic_dim, cfg.sigma, cfg.popsize, cfg.bound, seed + 1, cfg.cma_eigen_gap, generations)
     trace: list[dict] = []
     losses_due: list[tuple[dict, HostCopy, int]] = []  # refinement losses on their way to the host
     ctx = prompt(torch.zeros(cfg.intrinsic_dim, device=device))
     metrics: dict[str, float] = {}
-    solutions = es.ask()
-    for g in range(1, generations + 1):
-        logits = box.logits(prompt(_z(solutions, device)), "train")
-        with torch.no_grad():
-            fitness = HostCopy(prompt_fitness(logits, y, lambda_i, mlp))
-        del logits  # a run waiting beside others holds no logits (2.6 GB a generation at ImageNet's shapes)
-        yield
-        values = fitness.get().tolist()
-        _settle(losses_due)
-        es.tell(solutions, values)
-        # The prompt in use: the mean of a freshly asked population, which is also the next
-        # generation's candidates (pycma allows one ask per tell when its step-size rule injects samples).
+    try:
         solutions = es.ask()
-        ctx = prompt(to_device(torch.as_tensor(np.array(solutions)).mean(0).float(), device))
-
-        row = {"generation": g, "queries": box.usage.queries, "fitness": min(values)}
-        if mlp is not None:
-            assert isinstance(cfg, CraFTConfig) and opt is not None
-            train_logits = box.logits(ctx, "train", budgeted=False)[0]
-            kl_weight = lambda_o if box.usage.queries <= budget / cfg.n else 0.0
-            order = to_device(torch.randperm(len(y), generator=gen), device)
-            losses = []
-            mlp.train()
-            for start in range(0, len(y), cfg.batch_size):
-                idx = order[start : start + cfg.batch_size]
-                loss = refinement_loss(mlp(train_logits[idx]), train_logits[idx], y[idx], kl_weight)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                losses.append(loss.detach() * len(idx))  # summed once: no host sync per batch
-            mlp.eval()
-            del train_logits
-            losses_due.append((row, HostCopy(torch.stack(losses).sum()), len(y)))
-        if g % cfg.eval_every == 0 or g == generations:
-            finish = evaluate_async(box, task, ctx, mlp)
+        for g in range(1, generations + 1):
+            logits = box.logits(prompt(_z(solutions, device)), "train")
+            with torch.no_grad():
+                fitness = HostCopy(prompt_fitness(logits, y, lambda_i, mlp))
+            del logits  # a run waiting beside others holds no logits (2.6 GB a generation at ImageNet's shapes)
             yield
+            values = fitness.get().tolist()
             _settle(losses_due)
-            metrics = finish()
-            row.update(metrics)
-            if task.on_eval is not None:
-                task.on_eval(row)
-        trace.append(row)
-    _settle(losses_due)
+            es.tell(solutions, values)
+            if es.remote:
+                yield  # its worker process tells and asks while other runs take their turn
+            # The prompt in use: the mean of a freshly asked population, which is also the next
+            # generation's candidates (pycma allows one ask per tell when its step-size rule injects samples).
+            solutions = es.ask()
+            ctx = prompt(to_device(torch.as_tensor(np.array(solutions)).mean(0).float(), device))
+
+            row = {"generation": g, "queries": box.usage.queries, "fitness": min(values)}
+            if mlp is not None:
+                assert isinstance(cfg, CraFTConfig) and opt is not None
+                train_logits = box.logits(ctx, "train", budgeted=False)[0]
+                kl_weight = lambda_o if box.usage.queries <= budget / cfg.n else 0.0
+                order = to_device(torch.randperm(len(y), generator=gen), device)
+                losses = []
+                mlp.train()
+                for start in range(0, len(y), cfg.batch_size):
+                    idx = order[start : start + cfg.batch_size]
+                    loss = refinement_loss(mlp(train_logits[idx]), train_logits[idx], y[idx], kl_weight)
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                    losses.append(loss.detach() * len(idx))  # summed once: no host sync per batch
+                mlp.eval()
+                del train_logits
+                losses_due.append((row, HostCopy(torch.stack(losses).sum()), len(y)))
+            if g % cfg.eval_every == 0 or g == generations:
+                finish = evaluate_async(box, task, ctx, mlp)
+                yield
+                _settle(losses_due)
+                metrics = finish()
+                row.update(metrics)
+                if task.on_eval is not None:
+                    task.on_eval(row)
+            trace.append(row)
+        _settle(losses_due)
+    finally:
+        es.close()  # a worker process goes back to its pool, also when the run fails
     if generations == 0:
         metrics = evaluate(box, task, ctx, mlp)
     return metrics, trace, mlp, ctx
