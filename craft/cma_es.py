@@ -10,11 +10,14 @@ process, bit for bit.
 
 from __future__ import annotations
 
-import multiprocessing as mp
+import os
+import pickle
+import subprocess
+import sys
 import threading
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Iterator
 
 import numpy as np
 
@@ -77,15 +80,19 @@ class RunCMA:
         pass
 
 
-def _serve(conn) -> None:
-    """A worker: one strategy at a time (``new``), each ``step`` a tell and the next ask. BLAS on
-    one thread, as in a run's own process: its threads would spin on the cores the runs use."""
+def _serve(inp: BinaryIO, out: BinaryIO) -> None:
+    """A worker's loop: one strategy at a time (``new``), each ``step`` a tell and the next ask;
+    pickled messages in, pickled answers out. BLAS on one thread, as in a run's own process (its
+    threads would spin on the cores the runs use)."""
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)
     es = last = None
     while True:
-        msg = conn.recv()
+        try:
+            msg = pickle.load(inp)
+        except EOFError:  # the pool closed its end
+            return
         if msg is None:
             return
         try:
@@ -95,39 +102,68 @@ def _serve(conn) -> None:
             else:  # ("step", values): the candidates asked last, told their fitness
                 es.tell(last, msg[1])
                 last = es.ask()
-            conn.send(("ok", np.asarray(last)))
+            answer = ("ok", np.asarray(last))
         except Exception as exc:  # noqa: BLE001 - raised in the run that sent the message
-            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+            answer = ("error", f"{type(exc).__name__}: {exc}")
+        pickle.dump(answer, out, protocol=pickle.HIGHEST_PROTOCOL)
+        out.flush()
+
+
+class _Worker:
+    """One worker process (``python -m craft.cma_es``) and its pipes."""
+
+    def __init__(self) -> None:
+        # A fresh interpreter, not a fork: nothing of the caller's (CUDA, threads, its __main__) is copied.
+        # It imports what this process imports: the same path.
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        self.proc = subprocess.Popen([sys.executable, "-m", "craft.cma_es"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, env=env)
+
+    def send(self, msg: Any) -> None:
+        pickle.dump(msg, self.proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+        self.proc.stdin.flush()
+
+    def receive(self) -> Any:
+        try:
+            return pickle.load(self.proc.stdout)
+        except EOFError:
+            raise RuntimeError(f"CMA-ES worker exited (code {self.proc.wait()})") from None
+
+    def close(self) -> None:
+        try:
+            self.send(None)
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
 
 
 class CMAWorkers:
     """A pool of worker processes for :class:`RemoteCMA`; a run holds one worker while it lives.
 
-    Workers are forked from a forkserver that has pycma imported, so a new one starts in a few
-    milliseconds, and they are reused run after run. Use as a context manager (or :meth:`close`).
+    Each worker is a fresh interpreter that imports pycma once: workers are reused run after run.
+    Use as a context manager (or :meth:`close`).
     """
 
     def __init__(self) -> None:
-        self._ctx = mp.get_context("forkserver")
-        self._ctx.set_forkserver_preload(["craft.cma_es", "cma"])
-        self._idle: list[tuple[Any, Any]] = []
-        self._all: list[tuple[Any, Any]] = []
+        self._idle: list[_Worker] = []
+        self._all: list[_Worker] = []
         self._lock = threading.Lock()
 
-    def checkout(self) -> tuple[Any, Any]:
-        """An idle worker ``(process, connection)``, started if there is none."""
+    def checkout(self) -> _Worker:
+        """An idle worker, started if there is none."""
         with self._lock:
             if self._idle:
                 return self._idle.pop()
-        parent, child = self._ctx.Pipe()
-        proc = self._ctx.Process(target=_serve, args=(child,), daemon=True, name="cma-worker")
-        proc.start()
-        child.close()
+        worker = _Worker()
         with self._lock:
-            self._all.append((proc, parent))
-        return proc, parent
+            self._all.append(worker)
+        return worker
 
-    def checkin(self, worker: tuple[Any, Any]) -> None:
+    def checkin(self, worker: _Worker) -> None:
         with self._lock:
             self._idle.append(worker)
 
@@ -139,14 +175,8 @@ class CMAWorkers:
     def close(self) -> None:
         with self._lock:
             workers, self._all, self._idle = self._all, [], []
-        for proc, conn in workers:
-            try:
-                conn.send(None)
-            except OSError:
-                pass
-            proc.join(5)
-            if proc.is_alive():
-                proc.kill()
+        for worker in workers:
+            worker.close()
 
     def __enter__(self) -> "CMAWorkers":
         return self
@@ -163,24 +193,22 @@ class RemoteCMA:
 
     def __init__(self, workers: CMAWorkers, *args: Any, **kwargs: Any) -> None:
         self._workers = workers
-        self._worker: tuple[Any, Any] | None = workers.checkout()
-        self._conn = self._worker[1]
-        self._conn.send(("new", args, kwargs))
+        self._worker: _Worker | None = workers.checkout()
+        self._worker.send(("new", args, kwargs))
         self._pending = True  # an answer on its way
 
-    def _receive(self) -> list[np.ndarray]:
-        status, value = self._conn.recv()
+    def ask(self) -> list[np.ndarray]:
+        assert self._worker is not None, "closed"
+        status, value = self._worker.receive()
         self._pending = False
         if status != "ok":
             raise RuntimeError(f"CMA-ES worker: {value}")
         return list(value)
 
-    def ask(self) -> list[np.ndarray]:
-        return self._receive()
-
     def tell(self, solutions: list[np.ndarray], values: list[float]) -> None:
         """``solutions`` must be those of the last :meth:`ask` (the worker tells its own copy)."""
-        self._conn.send(("step", list(values)))
+        assert self._worker is not None, "closed"
+        self._worker.send(("step", [float(v) for v in values]))
         self._pending = True
 
     def close(self) -> None:
@@ -188,7 +216,7 @@ class RemoteCMA:
         if self._worker is not None:
             worker, self._worker = self._worker, None
             if self._pending:
-                self._conn.recv()
+                worker.receive()
             self._workers.checkin(worker)
 
 
@@ -201,3 +229,9 @@ def new_cma(*args: Any, **kwargs: Any) -> RunCMA | RemoteCMA:
     (:data:`WORKERS`) if there is one, else in this process."""
     workers = WORKERS.get()
     return RemoteCMA(workers, *args, **kwargs) if workers is not None else RunCMA(*args, **kwargs)
+
+
+if __name__ == "__main__":  # a worker of CMAWorkers: the protocol on the original stdin and stdout
+    _protocol_out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # anything printed goes to stderr, not into the answers
+    _serve(sys.stdin.buffer, _protocol_out)

@@ -115,10 +115,14 @@ def test_interleaved_runs_on_the_gpu_give_the_results_of_each_alone(tiny):
 
     engine = ClipEngine(tiny, torch.device("cuda"), precision="fp32")
     values = {"popsize": 8, "intrinsic_dim": 16, "budget": 8 * 4, "eval_every": 2}
+    from craft.cma_es import CMAWorkers
+
     alone = [drive(_steps(engine, s, values)) for s in (1, 2, 3)]
-    together = run_interleaved([_steps(engine, s, values) for s in (1, 2, 3)])
-    for a, t in zip(alone, together, strict=True):
-        assert t.usage == a.usage
-        for x, y in zip(t.trace, a.trace, strict=True):
-            assert x["fitness"] == pytest.approx(y["fitness"], rel=1e-5)
-            assert x["train_loss"] == pytest.approx(y["train_loss"], rel=1e-5)
+    with CMAWorkers() as workers:
+        for pool in (None, workers):  # CMA-ES in the loop's thread, then in worker processes
+            together = run_interleaved([_steps(engine, s, values) for s in (1, 2, 3)], pool)
+            for a, t in zip(alone, together, strict=True):
+                assert t.usage == a.usage
+                for x, y in zip(t.trace, a.trace, strict=True):
+                    assert x["fitness"] == pytest.approx(y["fitness"], rel=1e-5)
+                    assert x["train_loss"] == pytest.approx(y["train_loss"], rel=1e-5)
