@@ -356,8 +356,10 @@ def _sweep_path(paths: dict[str, Any]) -> str | None:
 
 
 def _ratios(paths: dict[str, Any], server: list[dict[str, Any]] = ()) -> dict[str, float]:
-    """Fast over official: raw wall time, raw CPU time, each loop at the same number of runs and user
-    device; each --server-runs measurement over one official run (what the official code runs)."""
+    """Fast over official: raw wall time, raw CPU time, each loop over the official loop with the same
+    number of runs and user device (with one run where that was not measured, e.g. skipped by
+    --max-generation-s: the official code runs one at a time); each --server-runs measurement over
+    one official run."""
     out: dict[str, float] = {}
     off = paths.get("official", {})
     for name in ("fast", "fast_compiled"):
@@ -367,7 +369,7 @@ def _ratios(paths: dict[str, Any], server: list[dict[str, Any]] = ()) -> dict[st
             out[f"raw_cpu_time_{name}/official"] = entry["raw"]["sequences_per_cpu_s"] / off["raw"]["sequences_per_cpu_s"]
         for x in entry.get("loop", []):
             user = x.get("user_device", "cpu")
-            o = _loop_at(off, x.get("runs", 0), user)
+            o = _loop_at(off, x.get("runs", 0), user) or _loop_at(off, 1, user)
             if o and "sequences_per_s" in x:
                 tag = ("" if user == "cpu" else f"_user-{user.split(':')[0]}") + ("_cma-workers" if x.get("cma_workers") else "")
                 out[f"loop_runs{x['runs']}{tag}_{name}/official"] = x["sequences_per_s"] / o["sequences_per_s"]
