@@ -82,9 +82,8 @@ else
     # in the loop's thread and in worker processes, on the fast and compiled paths (compiling takes
     # about 80 s; --max-generation-s 2 leaves out 4 official runs, 20 generations at 0.85 s on an
     # H100, whose loop its passes bound: ratios then use its one run); 6 run processes against a Ray
-    # model server; the sweep
-    # estimate with each dataset's 3 seeds interleaved, CMA-ES in workers (uncompiled, as craft
-    # bench's servers run).
+    # model server; the sweep estimate with each dataset's 3 seeds interleaved, CMA-ES in workers
+    # (uncompiled, as craft bench's servers run).
     ARGS=(--backbone ViT-B-16 --weights random --device cuda --compile --runs 1,4 --cma-workers both
           --user-device engine --max-generation-s 2 --server-runs 6 --sweep-seconds 45)
 fi
