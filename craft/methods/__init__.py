@@ -1,4 +1,5 @@
-"""The methods by name. Each is run as ``METHOD.run(box, task, config, seed)``."""
+"""The methods by name. Each is run as ``METHOD.run(box, task, config, seed)``; BBT and CraFT also
+as ``METHOD.steps(...)``, a generator that :mod:`craft.interleave` steps beside other runs."""
 
 from __future__ import annotations
 
