@@ -33,6 +33,7 @@ from benchmark.task import PreparedTask
 from benchmark.whitebox.memory import peak_memory
 from craft.blackbox import MeteredBlackBox
 from craft.cma_es import WORKERS, CMAWorkers
+from craft.interleave import take_turn
 from craft.methods import RunResult, Task, get_method, make_config
 from craft.methods.base import Steps, drive
 
@@ -87,15 +88,13 @@ class Interleaver:
                     return
             self.live_max = max(self.live_max, len(live))
             steps, fut = live.popleft()
-            try:
-                next(steps)
-            except StopIteration as stop:
-                fut.set_result((stop.value, self._peak()))
-                continue
-            except BaseException as exc:  # noqa: BLE001 - that run's caller raises it
-                fut.set_exception(exc)
-                continue
-            live.append((steps, fut))
+            ended = take_turn(steps, catch=BaseException)  # whatever it raises, its caller raises
+            if ended is None:
+                live.append((steps, fut))
+            elif ended.error is not None:
+                fut.set_exception(ended.error)
+            else:
+                fut.set_result((ended.result, self._peak()))
 
     def _peak(self) -> float | None:
         return torch.cuda.max_memory_allocated(self.device) / 2**20 if self.device.type == "cuda" else None

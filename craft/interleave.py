@@ -22,7 +22,8 @@ arithmetic is its own, and on a CPU it is bit for bit that of the run alone
 from __future__ import annotations
 
 from collections import deque
-from typing import Generator, Sequence, TypeVar
+from dataclasses import dataclass
+from typing import Any, Generator, Sequence, TypeVar
 
 from craft.cma_es import WORKERS, CMAWorkers
 
@@ -40,18 +41,34 @@ def run_interleaved(runs: Sequence[Generator[None, None, R]], cma_workers: CMAWo
         WORKERS.reset(token)
 
 
+@dataclass(frozen=True)
+class Ended:
+    """How a run ended: its result, or the exception it raised."""
+
+    result: Any = None
+    error: BaseException | None = None
+
+
+def take_turn(steps: Generator[None, None, Any], catch: type[BaseException] = Exception) -> Ended | None:
+    """Step a run once: None while it goes on, else how it ended (exceptions of type ``catch``
+    become its outcome; others propagate)."""
+    try:
+        next(steps)
+    except StopIteration as stop:
+        return Ended(stop.value)
+    except catch as exc:  # noqa: BLE001 - the run's outcome
+        return Ended(error=exc)
+    return None
+
+
 def _round_robin(runs: Sequence[Generator[None, None, R]]) -> list[R | BaseException]:
     out: list[R | BaseException | None] = [None] * len(runs)
     live = deque(enumerate(runs))
     while live:
         i, steps = live.popleft()
-        try:
-            next(steps)
-        except StopIteration as stop:
-            out[i] = stop.value
-            continue
-        except Exception as exc:  # noqa: BLE001 - reported as this run's outcome
-            out[i] = exc
-            continue
-        live.append((i, steps))
+        ended = take_turn(steps)
+        if ended is None:
+            live.append((i, steps))
+        else:
+            out[i] = ended.error if ended.error is not None else ended.result
     return out  # type: ignore[return-value]

@@ -75,9 +75,19 @@ def reject_invalid(cfg: Any, checks: dict[str, bool], expected: str = "") -> Non
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """Top-1 accuracy in percent."""
+    return _percent(_top1_share(logits, labels))
+
+
+def _top1_share(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
+    """Share of images whose top class is their label, as a tensor on ``logits``' device; None without images."""
     if labels.numel() == 0:
-        return float("nan")
-    return float((logits.argmax(-1) == labels).float().mean().item() * 100.0)
+        return None
+    return (logits.argmax(-1) == labels.to(logits.device)).float().mean()
+
+
+def _percent(share: torch.Tensor | None) -> float:
+    """A :func:`_top1_share` (on the host) in percent; NaN without images."""
+    return float("nan") if share is None else float(share.item() * 100.0)
 
 
 def _restrict(logits: torch.Tensor, subset: list[int]) -> torch.Tensor:
@@ -116,16 +126,11 @@ def evaluate_async(
                 logits = head(logits)
         if split in task.class_subsets:
             logits = _restrict(logits, task.class_subsets[split])
-        labels = task.labels[split]
-        if labels.numel() == 0:
-            pending[f"top1_{split}"] = None
-            continue
-        hit = logits.argmax(-1) == to_device(labels, logits.device)
-        pending[f"top1_{split}"] = HostCopy(hit.float().mean())
+        share = _top1_share(logits, to_device(task.labels[split], logits.device))
+        pending[f"top1_{split}"] = None if share is None else HostCopy(share)
 
     def finish() -> dict[str, float]:
-        # as accuracy(): the mean as float32, then times 100 as a Python float
-        return {k: float("nan") if h is None else float(h.get().item() * 100.0) for k, h in pending.items()}
+        return {k: _percent(None if h is None else h.get()) for k, h in pending.items()}
 
     return finish
 

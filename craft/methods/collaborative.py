@@ -113,7 +113,7 @@ def _search(box: BlackBox, task: Task, cfg: BBTConfig, seed: int, refine: bool) 
     generations = budget // cfg.popsize
     es = new_cma(cfg.intrinsic_dim, cfg.sigma, cfg.popsize, cfg.bound, seed + 1, cfg.cma_eigen_gap, generations)
     trace: list[dict] = []
-    losses_due: list[tuple[dict, HostCopy, int]] = []  # refinement losses on their way to the host
+    losses_due: list[tuple[dict, HostCopy]] = []  # refinement losses (summed over the images) on their way to the host
     ctx = prompt(torch.zeros(cfg.intrinsic_dim, device=device))
     metrics: dict[str, float] = {}
     try:
@@ -125,7 +125,7 @@ def _search(box: BlackBox, task: Task, cfg: BBTConfig, seed: int, refine: bool) 
             del logits  # a run waiting beside others holds no logits (2.6 GB a generation at ImageNet's shapes)
             yield
             values = fitness.get().tolist()
-            _settle(losses_due)
+            _settle(losses_due, len(y))
             es.tell(solutions, values)
             if es.remote:
                 yield  # its worker process tells and asks while other runs take their turn
@@ -151,17 +151,17 @@ def _search(box: BlackBox, task: Task, cfg: BBTConfig, seed: int, refine: bool) 
                     losses.append(loss.detach() * len(idx))  # summed once: no host sync per batch
                 mlp.eval()
                 del train_logits
-                losses_due.append((row, HostCopy(torch.stack(losses).sum()), len(y)))
+                losses_due.append((row, HostCopy(torch.stack(losses).sum())))
             if g % cfg.eval_every == 0 or g == generations:
                 finish = evaluate_async(box, task, ctx, mlp)
                 yield
-                _settle(losses_due)
+                _settle(losses_due, len(y))
                 metrics = finish()
                 row.update(metrics)
                 if task.on_eval is not None:
                     task.on_eval(row)
             trace.append(row)
-        _settle(losses_due)
+        _settle(losses_due, len(y))
     finally:
         es.close()  # a worker process goes back to its pool, also when the run fails
     if generations == 0:
@@ -174,10 +174,10 @@ def _z(solutions: list[np.ndarray], device: torch.device) -> torch.Tensor:
     return to_device(torch.as_tensor(np.array(solutions), dtype=torch.float32), device)
 
 
-def _settle(due: list[tuple[dict, HostCopy, int]]) -> None:
-    """Write the refinement losses (summed over ``n`` images) into their trace rows; waits for those not on the host yet."""
-    for row, loss, n in due:
-        row["train_loss"] = float(loss.get()) / n
+def _settle(due: list[tuple[dict, HostCopy]], n_images: int) -> None:
+    """Write the refinement losses (summed over ``n_images``) into their trace rows; waits for those not on the host yet."""
+    for row, loss in due:
+        row["train_loss"] = float(loss.get()) / n_images
     due.clear()
 
 
