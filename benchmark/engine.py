@@ -97,11 +97,11 @@ class ClipEngine:
         self.compile_mode = ("default" if compile is True else compile) or None
         self._encode, self._encode_prefix = self._encode_embeddings, self._prefix_features
         if self.compile_mode:
-            # One graph for every batch size, class count and length (a single candidate, whose
-            # size-1 dimension would make another graph, runs eager: see _prefix_shared_text).
+            # One graph for every batch size, class count and length (see _one_graph, and
+            # _prefix_shared_text for single candidates).
             opts = {"dynamic": True} | ({} if self.compile_mode == "default" else {"mode": self.compile_mode})
-            self._encode = torch.compile(self._encode_embeddings, **opts)
-            self._encode_prefix = torch.compile(self._prefix_features, **opts)
+            self._encode = _one_graph(torch.compile(self._encode_embeddings, **opts))
+            self._encode_prefix = _one_graph(torch.compile(self._prefix_features, **opts))
         self._class_parts: dict[tuple[str, ...], ClassPart] = {}
         tok = loaded.tokenizer("")[0]
         self.sot_id, self.eot_id = int(tok[0]), int(tok[1])
@@ -242,17 +242,23 @@ class ClipEngine:
         state = self._class_state(part, n_ctx) or ()
         limit = self.chunk_sequences(1 + n_ctx + suffix.shape[1])
         cand_step, cls_step = max(1, limit // n_cls), min(n_cls, limit)
+        if self.compile_mode:
+            # No chunk of one candidate: its size-1 dimension would make a graph of its own. A
+            # last chunk of one gets a copy of its candidate (dropped after), as does a lone one.
+            if cand_step == 1:
+                cand_step, cls_step = 2, max(1, cls_step // 2)
+            if n_cand % cand_step == 1:
+                prefix = torch.cat([prefix, prefix[-1:]])
         out = []
-        for b in range(0, n_cand, cand_step):
+        for b in range(0, prefix.shape[0], cand_step):
             p = prefix[b : b + cand_step]
-            encode = self._encode_prefix if p.shape[0] > 1 else self._prefix_features
             parts = [
-                encode(p, suffix[c : c + cls_step], eot[c : c + cls_step], *(t[c : c + cls_step] for t in state))
+                self._encode_prefix(p, suffix[c : c + cls_step], eot[c : c + cls_step], *(t[c : c + cls_step] for t in state))
                 .float().unflatten(0, (p.shape[0], -1))
                 for c in range(0, n_cls, cls_step)
             ]
             out.append(torch.cat(parts, dim=1))
-        return torch.cat(out).flatten(0, 1)
+        return torch.cat(out)[:n_cand].flatten(0, 1)
 
     def text_features_grad(self, contexts: torch.Tensor, part: ClassPart) -> torch.Tensor:
         """Normalised text features that autograd can differentiate with respect to ``contexts``.
@@ -296,6 +302,25 @@ class ClipEngine:
         if text_features.dim() == 2:
             return self.logit_scale * image_features @ text_features.T
         return self.logit_scale * torch.einsum("ne,bce->bnc", image_features, text_features)
+
+
+def _one_graph(compiled: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """``compiled`` (a ``torch.compile(dynamic=True)`` function) called without duck sizing.
+
+    By default the compiler gives input dimensions of equal size one symbol, and code that fixes
+    one of them fixes both: on the built-in model a chunk of 16 candidates shared its symbol with
+    the 16-wide attention heads, so the graph held for 16 candidates only and every other chunk
+    size compiled again (the first compilation of ViT-B-16 took 80 s on an H100). Without it the graph
+    compiled for the first call serves every candidate count, class count and class-name length
+    (``tests/test_engine.py``).
+    """
+    from torch.fx.experimental import _config as fx_config
+
+    def call(*args: torch.Tensor) -> torch.Tensor:
+        with fx_config.patch(use_duck_shape=False):
+            return compiled(*args)
+
+    return call
 
 
 def _chunk_budget_bytes(device: torch.device) -> int:

@@ -74,8 +74,9 @@ def _mlp(blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
     touches of freshly allocated pages."""
     fc, act, proj = blk.mlp.c_fc, blk.mlp.gelu, blk.mlp.c_proj
     width = x.shape[-1]
-    if (x.device.type != "cpu" or x.numel() <= MLP_ROWS * width or torch.is_grad_enabled()
-            or torch.compiler.is_compiling()):
+    # Compiling first: a traced size test would become a guard, and crossing it a recompilation.
+    if (torch.compiler.is_compiling() or x.device.type != "cpu" or x.numel() <= MLP_ROWS * width
+            or torch.is_grad_enabled()):
         return x + blk.ls_2(blk.mlp(blk.ln_2(x)))
     flat = x.reshape(-1, width)
     out = torch.empty_like(flat)

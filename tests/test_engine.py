@@ -53,6 +53,25 @@ def test_fast_and_official_paths_agree_on_random_contexts(tiny):
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
+def test_compiled_path_is_one_graph_for_every_chunk_and_class_list(tiny):
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = ClipEngine(tiny, compile=True, max_sequences=12)
+    plain = ClipEngine(tiny, max_sequences=12)
+    assert compiled.prefix_shared
+    ctx = torch.randn(9, 4, compiled.width, generator=torch.Generator().manual_seed(0)) * 0.2
+    # 3 classes: chunks of 4, 4 and 1 candidates; 5 classes with shorter names: chunks of 2 and 1.
+    for names in (NAMES, ["cat", "dog", "eel", "fox", "gnu"]):
+        for n in (9, 1, 2):
+            got = compiled.text_features(ctx[:n], compiled.class_part(names))
+            torch.testing.assert_close(got, plain.text_features(ctx[:n], plain.class_part(names)), rtol=1e-5, atol=1e-6)
+    # Chunks of other sizes, class counts and name lengths, and single candidates (padded to 2)
+    # reuse the first graph instead of compiling again.
+    assert counters["stats"]["unique_graphs"] == 1
+
+
 def test_backend_reports_info_and_refuses_contexts_that_do_not_fit(tiny):
     engine = ClipEngine(tiny)
     feats = {"train": F.normalize(torch.randn(4, 64), dim=-1), "test": F.normalize(torch.randn(7, 64), dim=-1)}

@@ -39,6 +39,23 @@ def test_fast_path_matches_the_official_path(tiny, precision, tolerance):
     assert _rel(a, b) < tolerance
 
 
+def test_the_compiled_path_is_one_graph_for_every_chunk_and_class_list(tiny):
+    """As tests/test_engine.py's CPU test, on CUDA in bf16 (what craft perf --compile measures)."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = ClipEngine(tiny, torch.device("cuda"), compile=True, max_sequences=24)
+    eager = ClipEngine(tiny, torch.device("cuda"), max_sequences=24)
+    p0 = compiled.embed_words("a photo of a")
+    ctx = p0 + 0.2 * torch.randn(9, *p0.shape, generator=torch.Generator().manual_seed(0))
+    for names in (NAMES, NAMES[:3], [f"a much longer class name number {i}" for i in range(5)]):
+        for n in (9, 1, 2):
+            got = compiled.text_features(ctx[:n], compiled.class_part(names))
+            assert _rel(got, eager.text_features(ctx[:n], eager.class_part(names))) < 3e-2
+    assert counters["stats"]["unique_graphs"] == 1
+
+
 def _run(method: str, engine: ClipEngine, user: str, cfg_values: dict, budget: int = 10_000):
     data, task = synthetic_task(engine, SHAPES, NAMES, seed=0)
     cfg = make_config(method, cfg_values)
