@@ -84,7 +84,7 @@ class ModelServer:
         batcher = self._batcher
         return {
             "backbone": self.engine.loaded.backbone, "device": str(self.engine.device), "tasks": len(self._tasks),
-            "precision": self.engine.precision, "bf16": self.engine.bf16,
+            "precision": self.engine.precision, "bf16": self.engine.bf16, "compile": self.engine.compile_mode,
             "pid": os.getpid(), "served": self._served,
             "batched_passes": batcher.passes if batcher else None, "batched_requests": batcher.requests if batcher else None,
             "colocated_live_max": self._interleaver.live_max if self._interleaver else None,

@@ -11,7 +11,7 @@ import torch
 from benchmark.cli import main
 from benchmark.errors import UserError
 from benchmark.models import load_model
-from benchmark.perf import _parse_runs, _ratios, _sweep_path, _user_devices
+from benchmark.perf import _compile_seconds, _parse_runs, _ratios, _sweep_path, _targets, _user_devices
 from benchmark.perf_measure import (
     SEEDS, _generations, amortised, dataset_shapes, device_name, padded_classnames, peak_memory, sweep_datasets, sweep_row, sweep_summary,
 )
@@ -108,11 +108,19 @@ def test_user_devices_and_the_path_the_sweep_estimate_runs():
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     assert _user_devices("both", gpu) == [gpu, cpu] and _user_devices("both", cpu) == [cpu]
     assert _user_devices("engine", gpu) == [gpu] and _user_devices("cpu", gpu) == [cpu]
-    # The uncompiled path, as craft bench's servers run it, even where the compiled one is faster.
+    # The compiled path where it was measured (one graph for every dataset; a sweep's compile key).
     paths = {"fast": {"raw": {"sequences_per_s": 1.0}}, "fast_compiled": {"raw": {"sequences_per_s": 2.0}}}
-    assert _sweep_path(paths) == "fast"
-    assert _sweep_path({"fast": {"error": "x"}, "fast_compiled": {"raw": {}}}) == "fast_compiled"
+    assert _sweep_path(paths) == "fast_compiled"
+    assert _sweep_path({"fast": {"raw": {}}, "fast_compiled": {"error": "x"}}) == "fast"
     assert _sweep_path({"official": {"raw": {}}}) is None
+
+
+def test_the_sweep_estimate_on_a_compiled_path_pays_its_compilation_once():
+    compiled = {"compile": "default", "raw": {"first_call_s": 80.5, "seconds": [0.5, 0.4, 0.6]}}
+    assert _compile_seconds(compiled) == 80.0
+    assert _compile_seconds({"compile": False, "raw": {"first_call_s": 2.0, "seconds": [0.5]}}) == 0.0
+    result = {"ratios": {}, "paths": {}, "sweep_estimate": {"serial_s": 800.0, "compile_s": 80.0}}
+    assert _targets(result, torch.device("cuda"))["sweep_s"] == 880.0
 
 
 def test_peak_memory_on_cpu_reports_the_resident_peak():
@@ -199,6 +207,8 @@ def test_sweep_measure_interleaves_a_datasets_seeds_and_amortises_their_generati
     # Refused before anything is measured, with the value named.
     assert main(["perf", "--device", "cpu", "--sweep-runs", "0"]) == 2
     assert "--sweep-runs must be at least 1, got 0" in capsys.readouterr().err
+    assert main(["perf", "--device", "cpu", "--server-runs", "0"]) == 2
+    assert "--server-runs takes comma-separated positive integers, got '0'" in capsys.readouterr().err
 
 
 def test_an_interleaved_loop_counts_one_run_its_share_of_a_round():

@@ -39,6 +39,7 @@ KEYS = {
     "runs_per_server": "runs served at once by one model server",
     "precision": "model servers' arithmetic on a GPU: auto (bf16, CBBT fp32), bf16 or fp32 for all (CPUs: fp32)",
     "colocate": "true: CraFT and BBT runs execute in their model server's process, logits on its GPU (default false)",
+    "compile": "true: model servers run the text tower under torch.compile, one graph each, compiled in its first query (default false)",
 }
 DEFAULT_RUNS_PER_SERVER = 4
 
@@ -60,6 +61,7 @@ class SweepConfig:
     runs_per_server: int = DEFAULT_RUNS_PER_SERVER
     precision: str = "auto"
     colocate: bool = False
+    compile: bool = False
     includes: tuple[str, ...] = ()
 
     def hparams_for(self, method: str, dataset: str) -> dict[str, Any]:
@@ -256,8 +258,9 @@ def _check_layer(raw: dict[str, Any], where: str) -> None:
 
         if raw["precision"] not in PRECISIONS:
             raise UserError(f"{where}: precision must be one of {', '.join(PRECISIONS)}, got {raw['precision']!r}")
-    if "colocate" in raw and not isinstance(raw["colocate"], bool):
-        raise UserError(f"{where}: colocate must be true or false, got {raw['colocate']!r}")
+    for key in ("colocate", "compile"):
+        if key in raw and not isinstance(raw[key], bool):
+            raise UserError(f"{where}: {key} must be true or false, got {raw[key]!r}")
     if "eval_datasets" in raw:
         _check_eval_datasets(raw["eval_datasets"], where)
     if "hparams" in raw:
@@ -373,6 +376,7 @@ def _finish(raw: dict[str, Any], where: str, includes: tuple[str, ...]) -> Sweep
         runs_per_server=raw.get("runs_per_server", DEFAULT_RUNS_PER_SERVER),
         precision=raw.get("precision", "auto"),
         colocate=raw.get("colocate", False),
+        compile=raw.get("compile", False),
         includes=includes,
     )
 

@@ -156,12 +156,13 @@ def start_servers(
     gpus: int | None = None,
     batching: bool | None = None,
     precision: str = "auto",
+    compile: bool = False,
 ) -> ServerPool:
     """Start the servers that ``cells`` need, spread over GPUs and nodes; wait until they answer.
 
     ``gpus``: the GPUs to place servers on (default: those the cluster has now; more make an
     autoscaling cluster add GPU nodes); ``precision``: the sweep's (``auto``, ``bf16``, ``fp32``;
-    see :func:`arithmetic`).
+    see :func:`arithmetic`); ``compile``: the servers' text tower under ``torch.compile``.
     """
     import ray
 
@@ -180,7 +181,8 @@ def start_servers(
         for backbone, weights, arith in keys:
             pool.groups[(backbone, weights, arith)].append(
                 actor_cls.options(**options).remote(
-                    backbone, weights, mode=mode, cache_dir=cache_dir, batching=batching, precision=arith
+                    backbone, weights, mode=mode, compile=compile, cache_dir=cache_dir, batching=batching,
+                    precision=arith,
                 )
             )
     for (backbone, weights, _), group in pool.groups.items():  # fail fast: weights missing, unknown backbone
@@ -273,11 +275,13 @@ def run_sweep(
     dashboard: bool = False,
     precision: str = "auto",
     colocate: bool = False,
+    compile: bool = False,
 ) -> SweepSummary:
     """Run every cell not yet done under ``out``; write each (log and rows) as it finishes.
 
     ``colocate``: CraFT and BBT runs execute in their model server's process, their logits on its
-    device (:mod:`benchmark.colocate`); their run task only waits.
+    device (:mod:`benchmark.colocate`); their run task only waits. ``compile``: the model servers
+    run their text tower under ``torch.compile``.
     """
     import ray
 
@@ -290,7 +294,8 @@ def run_sweep(
         return summary
 
     init_ray(address, num_cpus, dashboard=dashboard)
-    servers = start_servers(todo, runs_per_server, cache_dir=cache_dir, gpus=gpus, batching=batching, precision=precision)
+    servers = start_servers(todo, runs_per_server, cache_dir=cache_dir, gpus=gpus, batching=batching,
+                            precision=precision, compile=compile)
     try:  # nothing is written before the servers are up
         check_writable(out)
         clean_temporaries(out)
