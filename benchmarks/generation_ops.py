@@ -6,10 +6,13 @@ Run from the repository root:
 
 Counts the aten operations (``TorchDispatchMode``) of the fitness of ``popsize`` candidates, one
 candidate at a time (the CPU's way) and batched (``prompt_fitness(batched=True)``, the GPU's
-way), and of one refinement epoch (mini-batches of 256, Adam with ``foreach`` as on CUDA), at a
-dataset's 16-shot shapes. Tensors live on torch's ``meta`` device: nothing is computed or
-allocated, so ImageNet's shapes cost nothing. Each operation costs the CPU a few microseconds to
-launch on a GPU, whatever its size: a count is the launch work a run leaves to interleaving.
+way), and of one refinement epoch (mini-batches of 256), with torch's default Adam on CUDA
+(``foreach``) and with the fused Adam the method uses there (``craft.refine.refinement_optimizer``),
+at a dataset's 16-shot shapes. The fitness's tensors live on torch's ``meta`` device: nothing is
+computed or allocated, so ImageNet's shapes cost nothing; the epoch runs on the CPU (meta has no
+fused Adam; the operations are the same on CUDA). Each operation costs the CPU a few
+microseconds to launch on a GPU, whatever its size: a count is the launch work a run leaves to
+interleaving.
 """
 
 from __future__ import annotations
@@ -43,23 +46,31 @@ def generation_ops(classes: int, images: int, popsize: int, hidden: int, batch_s
     meta = torch.device("meta")
     logits = torch.empty(popsize, images, classes, device=meta)
     labels = torch.zeros(images, dtype=torch.long, device=meta)
-    mlp = RefinementMLP(classes, hidden).to(meta)
-    opt = torch.optim.Adam(mlp.parameters(), lr=1e-3, foreach=True)
-    train = logits[0]
-    order = torch.arange(images, device=meta)
-
-    def epoch() -> None:
-        for start in range(0, images, batch_size):
-            idx = order[start : start + batch_size]
-            loss = refinement_loss(mlp(train[idx]), train[idx], labels[idx], 0.1)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-
     with torch.no_grad():
-        one = count_ops(lambda: prompt_fitness(logits, labels, 0.1, mlp, batched=False))
-        batched = count_ops(lambda: prompt_fitness(logits, labels, 0.1, mlp, batched=True))
-    return {"fitness_one_at_a_time": one, "fitness_batched": batched, "refinement_epoch": count_ops(epoch)}
+        head = RefinementMLP(classes, hidden).to(meta)
+        one = count_ops(lambda: prompt_fitness(logits, labels, 0.1, head, batched=False))
+        batched = count_ops(lambda: prompt_fitness(logits, labels, 0.1, head, batched=True))
+
+    train, y = torch.randn(images, classes), torch.randint(classes, (images,))
+    order = torch.randperm(images)
+
+    def epoch_ops(optimizer: str) -> int:
+        mlp = RefinementMLP(classes, hidden)
+        opt = torch.optim.Adam(mlp.parameters(), lr=1e-3, **{optimizer: True})
+
+        def epoch() -> None:
+            for start in range(0, images, batch_size):
+                idx = order[start : start + batch_size]
+                loss = refinement_loss(mlp(train[idx]), train[idx], y[idx], 0.1)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+
+        epoch()  # Adam's state is created in its first step
+        return count_ops(epoch)
+
+    return {"fitness_one_at_a_time": one, "fitness_batched": batched,
+            "refinement_epoch_foreach": epoch_ops("foreach"), "refinement_epoch_fused": epoch_ops("fused")}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -70,11 +81,13 @@ def main(argv: list[str] | None = None) -> None:
 
     from benchmark.perf_measure import dataset_shapes
 
-    print(f"{'dataset':<28} {'fitness, 1 at a time':>20} {'fitness, batched':>16} {'refinement epoch':>16}")
+    print(f"{'dataset':<28} {'fitness, 1 at a time':>20} {'fitness, batched':>16} "
+          f"{'epoch, foreach Adam':>19} {'epoch, fused Adam':>17} {'mini-batches':>12}")
     for key in args.datasets:
         d = dataset_shapes(key)
         ops = generation_ops(d.classes, d.train, args.popsize, 512 if d.classes >= 1000 else 256)
-        print(f"{d.key:<28} {ops['fitness_one_at_a_time']:>20} {ops['fitness_batched']:>16} {ops['refinement_epoch']:>16}")
+        print(f"{d.key:<28} {ops['fitness_one_at_a_time']:>20} {ops['fitness_batched']:>16} "
+              f"{ops['refinement_epoch_foreach']:>19} {ops['refinement_epoch_fused']:>17} {-(-d.train // 256):>12}")
 
 
 if __name__ == "__main__":

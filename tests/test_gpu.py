@@ -56,6 +56,16 @@ def test_the_compiled_path_is_one_graph_for_every_chunk_and_class_list(tiny):
     assert counters["stats"]["unique_graphs"] == 1
 
 
+def test_the_refinement_module_trains_with_fused_adam_on_the_gpu():
+    from craft.refine import RefinementMLP, refinement_optimizer
+
+    mlp = RefinementMLP(10, 16).cuda()
+    opt = refinement_optimizer(mlp, 0.01)
+    assert opt.defaults["fused"] is True
+    mlp(torch.randn(4, 10, device="cuda")).sum().backward()
+    opt.step()  # fused Adam accepts the module's parameters
+
+
 def _run(method: str, engine: ClipEngine, user: str, cfg_values: dict, budget: int = 10_000):
     data, task = synthetic_task(engine, SHAPES, NAMES, seed=0)
     cfg = make_config(method, cfg_values)

@@ -52,6 +52,13 @@ def test_batched_fitness_goes_in_chunks_of_candidates_and_agrees_with_one_at_a_t
     torch.testing.assert_close(batched, one_by_one, rtol=1e-6, atol=1e-6)
 
 
+def test_the_refinement_optimizer_is_torchs_default_adam_on_a_cpu():
+    from craft.refine import refinement_optimizer
+
+    opt = refinement_optimizer(RefinementMLP(10, 16), 0.01)
+    assert isinstance(opt, torch.optim.Adam) and not opt.defaults["fused"] and opt.defaults["lr"] == 0.01
+
+
 def test_off_the_cpu_the_fitness_dispatches_as_many_operations_for_40_candidates_as_for_2():
     from benchmarks.generation_ops import count_ops
 

@@ -24,7 +24,7 @@ from craft.cma_es import new_cma
 from craft.losses import prompt_fitness, refinement_loss
 from craft.methods.base import RunResult, Steps, Task, Timer, drive, evaluate, evaluate_async, reject_invalid
 from craft.prompt import PromptGenerator
-from craft.refine import RefinementMLP
+from craft.refine import RefinementMLP, refinement_optimizer
 from craft.transfer import HostCopy, to_device
 
 
@@ -108,7 +108,7 @@ def _search(box: BlackBox, task: Task, cfg: BBTConfig, seed: int, refine: bool) 
         lambda_i = cfg.weight if cfg.lambda_i is None else cfg.lambda_i
         lambda_o = cfg.weight if cfg.lambda_o is None else cfg.lambda_o
         mlp = RefinementMLP(n_classes, cfg.hidden).to(device)
-        opt = torch.optim.Adam(mlp.parameters(), lr=cfg.lr)
+        opt = refinement_optimizer(mlp, cfg.lr)
 
     generations = budget // cfg.popsize
     es = new_cma(cfg.intrinsic_dim, cfg.sigma, cfg.popsize, cfg.bound, seed + 1, cfg.cma_eigen_gap, generations)
