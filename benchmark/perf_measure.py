@@ -355,13 +355,24 @@ def _gens(shapes: Shapes, popsize: int) -> int:
     return default_budget(SHOTS, shapes.key.split("/")[-1]) // popsize
 
 
-def sweep_rows_scaled(base: Shapes, loop: dict[str, Any], eval_s: float, cma_s: float, popsize: int) -> list[dict[str, Any]]:
-    """Per-dataset times scaled from the main dataset's loop (model stated in the JSON)."""
+def sweep_rows_scaled(
+    base: Shapes, loop: dict[str, Any], eval_s: float, cma_s: float, popsize: int, gpu: bool = False,
+) -> list[dict[str, Any]]:
+    """Per-dataset times scaled from the main dataset's loop (model stated in the JSON).
+
+    A run's own work beside CMA-ES scales with its logits (classes x images) where it computes on
+    the CPU. Where it computes on the GPU (``gpu``), it scales with the classes, as the queries:
+    there its time is the wait for the generation's text-tower pass (sequences ∝ classes) and
+    kernel launches (a few per mini-batch), while the logits' own arithmetic (ImageNet's 640
+    million a generation: a few GB read and written) takes milliseconds. Scaled by classes x
+    images, a EuroSAT loop on an H100 predicted 40.5 s an ImageNet generation
+    (docs/measurements/h100_caltech101_user-both.json; a generation's query there is 1.8 s), and
+    the measured estimate skipped ImageNet as too long to measure."""
     rows = []
     for d in sweep_datasets():
         c, ci = d.classes / base.classes, (d.classes * d.train) / (base.classes * base.train)
         query = loop["query_seconds_per_generation"] * c
-        runner = cma_s + max(0.0, loop["runner_seconds_per_generation"] - cma_s) * ci
+        runner = cma_s + max(0.0, loop["runner_seconds_per_generation"] - cma_s) * (c if gpu else ci)
         ev = eval_s * (d.classes * (d.val + d.test)) / (base.classes * (base.val + base.test))
         rows.append(sweep_row(d, popsize, query + runner, query, ev))
     return rows
@@ -396,7 +407,9 @@ def sweep_summary(
            "did not fit in --sweep-seconds)." + together
            if mode == "measure" else
            " Per-dataset seconds scaled from the main dataset's loop: query x C/C0; runner = CMA-ES + "
-           "(runner0 - CMA-ES) x (C*N)/(C0*N0); eval x C*(Nval+Ntest)/(C0*(Nval0+Ntest0)).")
+           + ("(runner0 - CMA-ES) x C/C0 (the runs' work on the GPU: waits for the pass and launches, "
+              "not arithmetic on C*N logits)" if user_device.startswith("cuda") else "(runner0 - CMA-ES) x (C*N)/(C0*N0)")
+           + "; eval x C*(Nval+Ntest)/(C0*(Nval0+Ntest0)).")
     out = {
         "mode": mode,
         "model": (

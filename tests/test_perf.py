@@ -13,7 +13,8 @@ from benchmark.errors import UserError
 from benchmark.models import load_model
 from benchmark.perf import _compile_seconds, _parse_runs, _ratios, _sweep_path, _targets, _user_devices
 from benchmark.perf_measure import (
-    SEEDS, _generations, amortised, dataset_shapes, device_name, padded_classnames, peak_memory, sweep_datasets, sweep_row, sweep_summary,
+    SEEDS, _generations, amortised, dataset_shapes, device_name, padded_classnames, peak_memory, sweep_datasets, sweep_row,
+    sweep_rows_scaled, sweep_summary,
 )
 
 
@@ -65,6 +66,18 @@ def test_sweep_covers_the_eleven_coop11_datasets_with_their_budgets():
     assert summary["concurrent_s"] == pytest.approx(summary["serial_s"] / 2)  # above the query bound here
     assert sweep_summary(rows, "measure", concurrency_speedup=8.0)["concurrent_s"] == summary["query_bound_s"]
     assert "3 seeds" in summary["model"]
+
+
+def test_scaled_rows_grow_the_runs_own_work_with_the_logits_on_a_cpu_and_with_the_classes_on_a_gpu():
+    base = dataset_shapes("caltech101")
+    loop = {"query_seconds_per_generation": 0.02, "runner_seconds_per_generation": 0.03}
+    cma = 0.01
+    for gpu, growth in ((False, 10 * 10), (True, 10)):  # ImageNet: 10x the classes, 10x the images
+        rows = {r["dataset"]: r for r in sweep_rows_scaled(base, loop, 0.0, cma, 40, gpu)}
+        imagenet = rows["paper-shapes/imagenet"]
+        assert imagenet["query_seconds_per_generation"] == pytest.approx(0.2)
+        assert imagenet["seconds_per_generation"] == pytest.approx(0.2 + cma + 0.02 * growth)
+        assert rows["paper-shapes/caltech101"]["seconds_per_generation"] == pytest.approx(0.05)
 
 
 def test_dataset_shapes_accept_bare_keys_and_refuse_test_only_sets():
