@@ -503,7 +503,8 @@ def render(result: dict[str, Any]) -> str:
         f"popsize {result['popsize']}, intrinsic dim {result['intrinsic_dim']}; fast path in {result.get('fast_precision', 'fp32')}; "
         f"image features: {IMAGE_NOTE}",
         "",
-        f"{'path':<14} {'raw seq/s':>11} {'user':>6} {'loop runs':>9} {'gen/s':>8} {'loop seq/s':>11} {'query s/gen':>11} {'peak MiB':>9}",
+        f"{'path':<14} {'raw seq/s':>11} {'user':>6} {'loop runs':>9} {'gen/s':>8} {'loop seq/s':>11} {'query s/gen':>11} "
+        f"{'peak MiB':>9} {'waits: GPU':>10} {'CMA':>5}",
     ]
     for name, e in result["paths"].items():
         if "error" in e:
@@ -517,8 +518,10 @@ def render(result: dict[str, Any]) -> str:
                 continue
             peak = max(raw["peak_mem_mib"], x.get("peak_mem_mib", 0.0))
             runs = f"{x.get('runs')}{'w' if x.get('cma_workers') else ''}"
+            waits = x.get("blocked_share", {})
             lines.append(f"{head} {runs:>9} {_fmt(x.get('generations_per_s')):>8} "
-                         f"{_fmt(x.get('sequences_per_s')):>11} {_fmt(x.get('query_seconds_per_generation')):>11} {_fmt(peak):>9}")
+                         f"{_fmt(x.get('sequences_per_s')):>11} {_fmt(x.get('query_seconds_per_generation')):>11} {_fmt(peak):>9} "
+                         f"{waits.get('device', 0.0):>10.2f} {waits.get('cma_worker', 0.0):>5.2f}")
     for x in result.get("server", []):
         what = f"server, {x['runs']} run process{'es' if x['runs'] > 1 else ''}"
         if "error" in x:
@@ -529,6 +532,8 @@ def render(result: dict[str, Any]) -> str:
         lines.append(f"{what}: {_fmt(x['generations_per_s'])} gen/s, {_fmt(x['sequences_per_s'])} seq/s, "
                      f"{_fmt(x['seconds_per_generation'])} s/generation ({_fmt(x['query_seconds_per_generation'])} "
                      f"in calls), overlap {x['overlap']:.2f}{merged}")
+    lines.append("waits: share of a loop's timed span its thread spent waiting for the GPU's results and for "
+                 "CMA-ES workers (little waiting: the thread, not the GPU, bounds the loop)")
     lines.append("")
     for name, e in result["paths"].items():
         a = e.get("vs_official")

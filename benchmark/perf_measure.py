@@ -253,6 +253,10 @@ def measure_loop(engine, data, task, popsize: int, intrinsic_dim: int, generatio
     returns once its work is queued, so the time a generation waits for the GPU falls outside it.
     ``cma_workers``: each run's CMA-ES in a worker process (:class:`craft.cma_es.CMAWorkers`,
     started during the runs' set-up, before the timed generations).
+
+    ``blocked_share``: the share of the timed span the loop's thread spent waiting, per kind
+    (:mod:`craft.waits`): ``device`` for results of the GPU, ``cma_worker`` for CMA-ES workers.
+    Little waiting means the thread's own work bounds the runs; much waiting for the device, the GPU.
     """
     from threadpoolctl import threadpool_limits
 
@@ -260,6 +264,7 @@ def measure_loop(engine, data, task, popsize: int, intrinsic_dim: int, generatio
     from craft.cma_es import CMAWorkers
     from craft.interleave import run_interleaved
     from craft.methods import get_method
+    from craft.waits import WAITS, Waits
 
     total = warmup + generations + 1  # the last generation also evaluates: it is not timed
     cfg = _craft_config(popsize, intrinsic_dim, len(task.classnames), total)
@@ -267,18 +272,25 @@ def measure_loop(engine, data, task, popsize: int, intrinsic_dim: int, generatio
     backend = EngineBackend(engine, data, user_device)
     boxes = [box_cls(backend, popsize * total) for _ in range(runs)]
     method = get_method("craft")
-    with threadpool_limits(1, user_api="blas"), peak_memory(engine.device) as mem, \
-            (CMAWorkers() if cma_workers else nullcontext()) as workers:
-        outcomes = run_interleaved([method.steps(box, task, cfg, seed=i) for i, box in enumerate(boxes)], workers)
+    waits = Waits()
+    token = WAITS.set(waits)
+    try:
+        with threadpool_limits(1, user_api="blas"), peak_memory(engine.device) as mem, \
+                (CMAWorkers() if cma_workers else nullcontext()) as workers:
+            outcomes = run_interleaved([method.steps(box, task, cfg, seed=i) for i, box in enumerate(boxes)], workers)
+    finally:
+        WAITS.reset(token)
     for out in outcomes:
         if isinstance(out, BaseException):
             raise out
     rows = [r for box in boxes for r in _generations(box.calls, warmup, generations)]
-    span = max(r["end"] for r in rows) - min(r["start"] for r in rows)
+    start, end = min(r["start"] for r in rows), max(r["end"] for r in rows)
+    span = end - start
     return {
         "runs": runs, "interleaved": runs > 1, "cma_workers": cma_workers, "user_device": str(backend.output_device),
         "timed_generations_per_run": generations, "warmup_generations": warmup, **generation_figures(rows),
-        "generations_per_s": len(rows) / span, "sequences_per_s": sum(r["sequences"] for r in rows) / span, **mem,
+        "generations_per_s": len(rows) / span, "sequences_per_s": sum(r["sequences"] for r in rows) / span,
+        "blocked_share": {kind: s / span for kind, s in waits.within(start, end).items()}, **mem,
     }
 
 

@@ -21,6 +21,8 @@ from typing import Any, BinaryIO, Iterator
 
 import numpy as np
 
+from craft.waits import blocked
+
 
 def cma_strategy(dim: int, sigma: float, popsize: int, bound: float, seed: int, eigen_gap: float, maxiter: int | None = None):
     """pycma's CMA-ES as BBT and CraFT run it: ``x0 = 0``, box bounds ``+-bound`` when ``bound > 0``,
@@ -199,7 +201,8 @@ class RemoteCMA:
 
     def ask(self) -> list[np.ndarray]:
         assert self._worker is not None, "closed"
-        status, value = self._worker.receive()
+        with blocked("cma_worker"):
+            status, value = self._worker.receive()
         self._pending = False
         if status != "ok":
             raise RuntimeError(f"CMA-ES worker: {value}")

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from craft.waits import blocked
+
 
 def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     """``t`` on ``device``; from the host to a GPU through pinned memory, without waiting for the GPU."""
@@ -39,6 +41,7 @@ class HostCopy:
     def get(self) -> torch.Tensor:
         """The tensor on the host (waits for the copy on a GPU)."""
         if self._event is not None:
-            self._event.synchronize()
+            with blocked("device"):
+                self._event.synchronize()
             self._event = None
         return self._host

@@ -123,17 +123,24 @@ def _steps(engine: ClipEngine, seed: int, values: dict):
 def test_a_craft_generation_queues_its_work_without_waiting_for_the_gpu(tiny):
     """After its set-up, a run on the GPU waits only for its own copies (craft.transfer): no
     synchronising call (a pageable copy, .item(), .tolist() of a GPU tensor) between its yields."""
+    import time
+
     from craft.methods.base import drive
+    from craft.waits import WAITS, Waits
 
     engine = ClipEngine(tiny, torch.device("cuda"), precision="fp32")
     steps = _steps(engine, 0, {"popsize": 8, "intrinsic_dim": 16, "budget": 8 * 5, "eval_every": 2})
     next(steps)  # set-up (model calls, the module's weights to the GPU) and the first generation queued
+    waits = Waits()
+    token = WAITS.set(waits)
     torch.cuda.set_sync_debug_mode("error")
     try:
         result = drive(steps)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+        WAITS.reset(token)
     assert result.usage["queries"] == 40 and len(result.trace) == 5
+    assert set(waits.within(0.0, time.perf_counter())) == {"device"}  # its waits: for its own results
 
 
 def test_interleaved_runs_on_the_gpu_give_the_results_of_each_alone(tiny):

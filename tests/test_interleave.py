@@ -196,6 +196,29 @@ def test_a_run_that_fails_gives_its_worker_back_in_a_state_the_next_run_can_use(
     _same(after, drive(_steps("bbt", 3)))
 
 
+def test_waits_for_workers_are_recorded_where_a_measurement_asks_for_them(workers):
+    import time
+
+    from craft.waits import WAITS, Waits, blocked
+
+    with blocked("device"):  # nobody records
+        pass
+    waits = Waits()
+    token = WAITS.set(waits)
+    try:
+        start = time.perf_counter()
+        run_interleaved([_steps("bbt", 3)], cma_workers=workers)
+        with blocked("device"):
+            time.sleep(0.01)
+        end = time.perf_counter()
+    finally:
+        WAITS.reset(token)
+    kinds = waits.within(start, end)
+    assert set(kinds) == {"cma_worker", "device"} and kinds["device"] >= 0.01
+    assert waits.within(end, end + 1) == {}  # only the overlap with the window counts
+    assert sum(kinds.values()) <= end - start
+
+
 def test_a_worker_reports_pycmas_error_in_the_run(workers):
     from craft.cma_es import RemoteCMA
 

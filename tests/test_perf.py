@@ -170,6 +170,9 @@ def test_perf_command_measures_both_paths_side_by_side_and_writes_json(tmp_path,
         # Interleaved fast-path runs are measured with their CMA-ES in worker processes too.
         workers = [x for x in entry["loop"] if x["cma_workers"]]
         assert [(x["runs"], x["interleaved"]) for x in workers] == ([(2, True)] if name == "fast" else [])
+        # The thread waits for its CMA-ES workers only where it has them; on a CPU never for a device.
+        assert all(0 < x["blocked_share"]["cma_worker"] < 1 and "device" not in x["blocked_share"] for x in workers)
+        assert all(x["blocked_share"] == {} for x in entry["loop"] if not x["cma_workers"])
         one = loops[1]
         # 40 candidates + 1 refinement query, 10 classes each, per generation.
         assert one["sequences_per_generation"] == 41 * 10
