@@ -54,7 +54,8 @@ def generation_ops(classes: int, images: int, popsize: int, hidden: int, batch_s
     train, y = torch.randn(images, classes), torch.randint(classes, (images,))
     order = torch.randperm(images)
 
-    def epoch_ops(optimizer: str) -> int:
+    def epoch_ops(optimizer: str) -> tuple[int, int]:
+        """Operations of an epoch, and of its optimizer's step alone."""
         mlp = RefinementMLP(classes, hidden)
         opt = torch.optim.Adam(mlp.parameters(), lr=1e-3, **{optimizer: True})
 
@@ -67,10 +68,12 @@ def generation_ops(classes: int, images: int, popsize: int, hidden: int, batch_s
                 opt.step()
 
         epoch()  # Adam's state is created in its first step
-        return count_ops(epoch)
+        return count_ops(epoch), count_ops(opt.step)
 
+    (foreach, foreach_step), (fused, fused_step) = epoch_ops("foreach"), epoch_ops("fused")
     return {"fitness_one_at_a_time": one, "fitness_batched": batched,
-            "refinement_epoch_foreach": epoch_ops("foreach"), "refinement_epoch_fused": epoch_ops("fused")}
+            "refinement_epoch_foreach": foreach, "refinement_epoch_fused": fused,
+            "adam_step_foreach": foreach_step, "adam_step_fused": fused_step}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -82,12 +85,13 @@ def main(argv: list[str] | None = None) -> None:
     from benchmark.perf_measure import dataset_shapes
 
     print(f"{'dataset':<28} {'fitness, 1 at a time':>20} {'fitness, batched':>16} "
-          f"{'epoch, foreach Adam':>19} {'epoch, fused Adam':>17} {'mini-batches':>12}")
+          f"{'epoch, foreach Adam':>19} {'epoch, fused Adam':>17} {'mini-batches':>12} {'Adam step':>13}")
     for key in args.datasets:
         d = dataset_shapes(key)
         ops = generation_ops(d.classes, d.train, args.popsize, 512 if d.classes >= 1000 else 256)
         print(f"{d.key:<28} {ops['fitness_one_at_a_time']:>20} {ops['fitness_batched']:>16} "
-              f"{ops['refinement_epoch_foreach']:>19} {ops['refinement_epoch_fused']:>17} {-(-d.train // 256):>12}")
+              f"{ops['refinement_epoch_foreach']:>19} {ops['refinement_epoch_fused']:>17} {-(-d.train // 256):>12} "
+              f"{ops['adam_step_foreach']:>6} -> {ops['adam_step_fused']:<3}")
 
 
 if __name__ == "__main__":
