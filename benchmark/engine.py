@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from benchmark import text_tower
 from benchmark.models import LoadedModel
 from craft.blackbox import BackendInfo, OutputFeatures
+from craft.waits import blocked
 
 
 PRECISIONS = ("auto", "bf16", "fp32")  # of the fast path on a GPU; see ClipEngine
@@ -375,14 +376,21 @@ class EngineBackend:
 
     def logits(self, contexts: torch.Tensor, split: str, indices: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
         text = self.engine.text_features(contexts, self.part)
-        return self.engine.logits(self._images(split, indices), text).to(self.output_device), 0
+        return self._out(self.engine.logits(self._images(split, indices), text)), 0
 
     def features(self, contexts: torch.Tensor, split: str, indices: torch.Tensor | None = None) -> tuple[OutputFeatures, int]:
         text = self.engine.text_features(contexts, self.part)
         image = self._images(split, indices)
-        out = self.output_device
-        return OutputFeatures(text.to(out), image.float().to(out), self.engine.logit_scale), 0
+        return OutputFeatures(self._out(text), self._out(image.float()), self.engine.logit_scale), 0
 
     def template_logits(self, template: str, split: str) -> tuple[torch.Tensor, int]:
         text = self.engine.template_features(template, self.task.classnames)
-        return self.engine.logits(self._images(split, None), text).to(self.output_device), 0
+        return self._out(self.engine.logits(self._images(split, None), text)), 0
+
+    def _out(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` on the output device. A GPU's result copied to the host waits for the GPU: that wait
+        is recorded as one (:mod:`craft.waits`), as a run's own :class:`craft.transfer.HostCopy` is."""
+        if t.device.type == "cuda" and self.output_device.type == "cpu":
+            with blocked("device"):
+                return t.to(self.output_device)
+        return t.to(self.output_device)

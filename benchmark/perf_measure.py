@@ -255,7 +255,8 @@ def measure_loop(engine, data, task, popsize: int, intrinsic_dim: int, generatio
     started during the runs' set-up, before the timed generations).
 
     ``blocked_share``: the share of the timed span the loop's thread spent waiting, per kind
-    (:mod:`craft.waits`): ``device`` for results of the GPU, ``cma_worker`` for CMA-ES workers.
+    (:mod:`craft.waits`): ``device`` for results of the GPU (a run's own copies, and logits copied to
+    the host when ``user_device`` is the CPU), ``cma_worker`` for CMA-ES workers.
     Little waiting means the thread's own work bounds the runs; much waiting for the device, the GPU.
     """
     from threadpoolctl import threadpool_limits

@@ -143,6 +143,25 @@ def test_a_craft_generation_queues_its_work_without_waiting_for_the_gpu(tiny):
     assert set(waits.within(0.0, time.perf_counter())) == {"device"}  # its waits: for its own results
 
 
+def test_logits_copied_to_the_host_are_a_recorded_wait_for_the_gpu(tiny):
+    import time
+
+    from craft.waits import WAITS, Waits
+
+    engine = ClipEngine(tiny, torch.device("cuda"), precision="fp32")
+    data, _ = synthetic_task(engine, SHAPES, NAMES, seed=0)
+    p0 = engine.embed_words("a photo of a")
+    waits = Waits()
+    token = WAITS.set(waits)
+    try:
+        on_host, _ = EngineBackend(engine, data, "cpu").logits(p0.unsqueeze(0), "train")
+        on_gpu, _ = EngineBackend(engine, data, "cuda").logits(p0.unsqueeze(0), "train")
+    finally:
+        WAITS.reset(token)
+    assert on_host.device.type == "cpu" and on_gpu.device.type == "cuda"
+    assert len(waits.spans) == 1 and set(waits.within(0.0, time.perf_counter())) == {"device"}
+
+
 def test_interleaved_runs_on_the_gpu_give_the_results_of_each_alone(tiny):
     from craft.interleave import run_interleaved
     from craft.methods.base import drive
