@@ -407,7 +407,7 @@ def _sweep(engine, entry, mode, shapes, data, task, args, cma_s, seq_per_gen, to
         "runner_seconds_per_generation": cma_s,
     }
     eval_s = measure_eval(engine, data, task, args.intrinsic_dim, user) if one else 0.0
-    out = sweep_summary(sweep_rows_scaled(shapes, loop, eval_s, cma_s, args.popsize, user.type == "cuda"), mode,
+    out = sweep_summary(sweep_rows_scaled(shapes, loop, eval_s, cma_s, args.popsize, str(user)), mode,
                         speedup, str(user))
     if not one:
         out["note"] = ("the loop was not measured on this device: query time from the raw throughput, runner time "
@@ -429,7 +429,7 @@ def _sweep_measured(engine, args, cma_s, tokenizer, n_ctx, speedup, user, partia
     base = None  # (shapes, loop, eval seconds) of the largest dataset measured so far
     for d in order:
         if base is not None:  # predict this dataset's loop (warmup, timed, final generation) from base's
-            scaled = sweep_rows_scaled(base[0], base[1], base[2], cma_s, args.popsize, user.type == "cuda")
+            scaled = sweep_rows_scaled(*base, cma_s, args.popsize, str(user))
             predicted = runs * next(r for r in scaled if r["dataset"] == d.key)["seconds_per_generation"]
             if time.perf_counter() + predicted * (args.sweep_generations + 2) > deadline:
                 break
@@ -448,8 +448,7 @@ def _sweep_measured(engine, args, cma_s, tokenizer, n_ctx, speedup, user, partia
 
 def _measured_summary(order, measured, base, cma_s, popsize, speedup, user, runs: int = 1,
                       workers: bool = False) -> dict[str, Any]:
-    scaled = {r["dataset"]: r for r in sweep_rows_scaled(base[0], base[1], base[2], cma_s, popsize, user.type == "cuda")} \
-        if base else {}
+    scaled = {r["dataset"]: r for r in sweep_rows_scaled(*base, cma_s, popsize, str(user))} if base else {}
     rows = [{**measured[d.key], "measured": True} if d.key in measured else {**scaled[d.key], "measured": False}
             for d in order if d.key in measured or d.key in scaled]
     out = sweep_summary(rows, "measure", None if runs > 1 else speedup, str(user), interleaved_runs=runs)

@@ -369,18 +369,19 @@ def _gens(shapes: Shapes, popsize: int) -> int:
 
 
 def sweep_rows_scaled(
-    base: Shapes, loop: dict[str, Any], eval_s: float, cma_s: float, popsize: int, gpu: bool = False,
+    base: Shapes, loop: dict[str, Any], eval_s: float, cma_s: float, popsize: int, user_device: str = "cpu",
 ) -> list[dict[str, Any]]:
     """Per-dataset times scaled from the main dataset's loop (model stated in the JSON).
 
     A run's own work beside CMA-ES scales with its logits (classes x images) where it computes on
-    the CPU. Where it computes on the GPU (``gpu``), it scales with the classes, as the queries:
+    the CPU. Where it computes on the GPU (``user_device``), it scales with the classes, as the queries:
     there its time is the wait for the generation's text-tower pass (sequences ∝ classes) and
     kernel launches (a few per mini-batch), while the logits' own arithmetic (ImageNet's 640
     million a generation: a few GB read and written) takes milliseconds. Scaled by classes x
     images, a EuroSAT loop on an H100 predicted 40.5 s an ImageNet generation
     (docs/measurements/h100_caltech101_user-both.json; a generation's query there is 1.8 s), and
     the measured estimate skipped ImageNet as too long to measure."""
+    gpu = _on_gpu(user_device)
     rows = []
     for d in sweep_datasets():
         c, ci = d.classes / base.classes, (d.classes * d.train) / (base.classes * base.train)
@@ -389,6 +390,11 @@ def sweep_rows_scaled(
         ev = eval_s * (d.classes * (d.val + d.test)) / (base.classes * (base.val + base.test))
         rows.append(sweep_row(d, popsize, query + runner, query, ev))
     return rows
+
+
+def _on_gpu(user_device: str) -> bool:
+    """Whether runs whose work is on ``user_device`` compute on a GPU (the sweep's scaling rule)."""
+    return user_device.startswith("cuda")
 
 
 def sweep_row(d: Shapes, popsize: int, gen_s: float, query_s: float, eval_s: float) -> dict[str, Any]:
@@ -421,7 +427,7 @@ def sweep_summary(
            if mode == "measure" else
            " Per-dataset seconds scaled from the main dataset's loop: query x C/C0; runner = CMA-ES + "
            + ("(runner0 - CMA-ES) x C/C0 (the runs' work on the GPU: waits for the pass and launches, "
-              "not arithmetic on C*N logits)" if user_device.startswith("cuda") else "(runner0 - CMA-ES) x (C*N)/(C0*N0)")
+              "not arithmetic on C*N logits)" if _on_gpu(user_device) else "(runner0 - CMA-ES) x (C*N)/(C0*N0)")
            + "; eval x C*(Nval+Ntest)/(C0*(Nval0+Ntest0)).")
     out = {
         "mode": mode,

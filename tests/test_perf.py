@@ -72,8 +72,8 @@ def test_scaled_rows_grow_the_runs_own_work_with_the_logits_on_a_cpu_and_with_th
     base = dataset_shapes("caltech101")
     loop = {"query_seconds_per_generation": 0.02, "runner_seconds_per_generation": 0.03}
     cma = 0.01
-    for gpu, growth in ((False, 10 * 10), (True, 10)):  # ImageNet: 10x the classes, 10x the images
-        rows = {r["dataset"]: r for r in sweep_rows_scaled(base, loop, 0.0, cma, 40, gpu)}
+    for user, growth in (("cpu", 10 * 10), ("cuda:0", 10)):  # ImageNet: 10x the classes, 10x the images
+        rows = {r["dataset"]: r for r in sweep_rows_scaled(base, loop, 0.0, cma, 40, user)}
         imagenet = rows["paper-shapes/imagenet"]
         assert imagenet["query_seconds_per_generation"] == pytest.approx(0.2)
         assert imagenet["seconds_per_generation"] == pytest.approx(0.2 + cma + 0.02 * growth)
