@@ -40,15 +40,14 @@ class ClassPart:
     classnames: tuple[str, ...]
     ids: torch.Tensor  # C x (context_length - 1): class tokens, EOS, padding
     lengths: torch.Tensor  # C: number of class tokens (EOS excluded)
-    fast_embeddings: torch.Tensor  # C x (max(lengths) + 1) x width: trimmed to the longest
+    fast_embeddings: torch.Tensor  # C x (max_len + 1) x width: trimmed to the longest
+    # max(lengths), read from the device once: reading it per call (a GPU tensor's .max() as an
+    # int) waited for everything queued on the GPU, every run's work included, at each query.
+    max_len: int
     # n_ctx -> fast_embeddings plus the positional embedding of positions 1+n_ctx..
     suffixes: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
     # n_ctx -> text_tower.class_state of that suffix (the first block's per-class work)
     states: dict[int, tuple[torch.Tensor, ...]] = field(default_factory=dict, repr=False)
-
-    @property
-    def max_len(self) -> int:
-        return int(self.lengths.max())
 
 
 class ClipEngine:
@@ -126,10 +125,9 @@ class ClipEngine:
         if key not in self._class_parts:
             ids = self.loaded.tokenizer([f"{name}." for name in key])[:, 1:].to(self.device)
             lengths = (ids == self.eot_id).int().argmax(dim=1)
-            trimmed = ids[:, : int(lengths.max()) + 1]
-            self._class_parts[key] = ClassPart(
-                key, ids, lengths, self.model.token_embedding(trimmed)
-            )
+            longest = int(lengths.max())
+            trimmed = ids[:, : longest + 1]
+            self._class_parts[key] = ClassPart(key, ids, lengths, self.model.token_embedding(trimmed), longest)
         return self._class_parts[key]
 
     def max_ctx(self, part: ClassPart) -> int:
