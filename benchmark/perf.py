@@ -92,6 +92,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sweep-seconds", type=float, default=120.0,
                    help="measure mode: time for the per-dataset loops (smallest datasets first); the datasets whose "
                         "loop would not fit are scaled from the largest one measured")
+    p.add_argument("--profile", action="store_true",
+                   help="profile each fast path (torch.profiler): a raw pass, a CraFT generation (with the device "
+                        "time per generation, the bound of interleaved runs on a GPU) and raw throughput with "
+                        "several runs' candidates merged into one pass (benchmark/perf_profile.py)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's; 1 on a CPU device whose load average exceeds its cores)")
     p.add_argument("--seed", type=int, default=0)
@@ -202,6 +206,14 @@ def run(args: argparse.Namespace) -> int:
             import ray
 
             ray.shutdown()
+
+    # 2c. What a pass and a generation spend their time on.
+    if args.profile:
+        for p in paths:
+            if p.mode == "fast" and "raw" in result["paths"][p.name]:
+                result.setdefault("profile", {})[p.name] = _profile(
+                    engines[p.name], classnames, contexts_all[:n_cand], data, task, args, users[0], p.name)
+                save()
 
     # 3. The sweep estimate, on the path a sweep runs.
     result["cma_seconds_per_generation"] = cma_seconds(args.intrinsic_dim, args.popsize)
@@ -336,6 +348,23 @@ def _loop(engine, data, task, args, runs: int, predicted_s: float, name: str, us
                             cma_workers)
     except Exception as exc:  # noqa: BLE001 - one path failing must not lose the others
         return {**head, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def _profile(engine, classnames, contexts, data, task, args, user: torch.device, name: str) -> dict[str, Any]:
+    """A path's profile (:mod:`benchmark.perf_profile`), or why it failed."""
+    from benchmark import perf_profile
+
+    _log(f"profile {name}")
+    try:
+        on_gpu = engine.device.type == "cuda"
+        return {
+            "pass": perf_profile.profile_pass(engine, classnames, contexts),
+            "generation": perf_profile.profile_generations(engine, data, task, args.popsize, args.intrinsic_dim, user),
+            "pass_sizes": perf_profile.pass_sizes(engine, classnames, contexts, (1, 4, 10) if on_gpu else (1, 2),
+                                                  3 if on_gpu else 1),
+        }
+    except Exception as exc:  # noqa: BLE001 - keep the figures measured so far
+        return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 def _loop_at(entry: dict[str, Any], runs: int, user: str | None = None) -> dict[str, Any] | None:
@@ -533,6 +562,12 @@ def render(result: dict[str, Any]) -> str:
                      f"in calls), overlap {x['overlap']:.2f}{merged}")
     lines.append("waits: share of a loop's timed span its thread spent waiting for the GPU's results and for "
                  "CMA-ES workers (little waiting: the thread, not the GPU, bounds the loop)")
+    if result.get("profile"):
+        from benchmark import perf_profile
+
+        lines.append("")
+        for name, prof in result["profile"].items():
+            lines += perf_profile.render(name, prof)
     lines.append("")
     for name, e in result["paths"].items():
         a = e.get("vs_official")

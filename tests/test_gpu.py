@@ -179,3 +179,17 @@ def test_interleaved_runs_on_the_gpu_give_the_results_of_each_alone(tiny):
                 for x, y in zip(t.trace, a.trace, strict=True):
                     assert x["fitness"] == pytest.approx(y["fitness"], rel=1e-5)
                     assert x["train_loss"] == pytest.approx(y["train_loss"], rel=1e-5)
+
+
+def test_the_profile_gives_a_generations_device_time_and_its_bound(tiny):
+    from benchmark import perf_profile
+    from benchmark.perf_measure import synthetic_task as task_of
+
+    engine = ClipEngine(tiny, torch.device("cuda"), precision="fp32")
+    data, task = task_of(engine, SHAPES, NAMES, seed=0)
+    p0 = engine.embed_words("a photo of a")
+    ps = perf_profile.profile_pass(engine, NAMES, p0.expand(8, -1, -1).clone())
+    assert 0 < ps["device_busy_s"] and ps["device_ops"] > 0 and ps["device_top"][0]["calls"] > 0
+    gen = perf_profile.profile_generations(engine, data, task, 8, 16, engine.device)
+    assert 0 < gen["device_busy_s"] < gen["wall_s"]
+    assert gen["gpu_bound_sequences_per_s"] == pytest.approx(9 * 10 / gen["device_busy_s"])

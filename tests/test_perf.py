@@ -251,3 +251,26 @@ def test_server_runs_are_processes_against_one_model_server(tmp_path):
     import ray
 
     assert not ray.is_initialized()  # the runtime craft perf started is stopped
+
+
+def test_profile_names_what_a_pass_and_a_generation_spend_their_time_on(tmp_path, capsys):
+    out = tmp_path / "perf.json"
+    rc = main(["perf", "--backbone", "craft-tiny", "--weights", "random", "--dataset", "eurosat", "--device", "cpu",
+               "--no-official", "--candidates", "4", "--repeats", "1", "--generations", "1", "--runs", "1",
+               "--sweep", "off", "--profile", "--json", str(out)])
+    assert rc == 0
+    prof = json.loads(out.read_text())["profile"]["fast"]
+    ps, gen = prof["pass"], prof["generation"]
+    assert ps["sequences"] == 4 * 10 and ps["calls"] == 3 and ps["wall_s"] > 0 and ps["host_ops"] > 0
+    assert gen["sequences_per_generation"] == 41 * 10 and gen["generations"] == 2 and gen["user_device"] == "cpu"
+    # A generation does the pass's work and more: the fitness, CMA-ES, the refinement epoch.
+    assert gen["host_ops"] > ps["host_ops"]
+    for p in (ps, gen):
+        assert "device_busy_s" not in p  # a CPU has no device time
+        top = p["host_top"]
+        assert top and all(t["name"].startswith("aten::") and t["calls"] > 0 for t in top)
+        assert [t["seconds"] for t in top] == sorted((t["seconds"] for t in top), reverse=True)
+        assert sum(t["share"] for t in top) <= 1 + 1e-9
+    assert [(r["runs_merged"], r["sequences_per_call"]) for r in prof["pass_sizes"]] == [(1, 40), (2, 80)]
+    printed = capsys.readouterr().out
+    assert "profile fast: a pass of 40 sequences" in printed and "runs merged into one pass: 1: " in printed

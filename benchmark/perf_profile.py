@@ -1,0 +1,176 @@
+"""``craft perf --profile``: what a query pass and a CraFT generation spend their time on.
+
+Three figures per fast path, for the next optimisation to aim at:
+
+* **pass**: one raw call (``popsize x classes`` prompts) under ``torch.profiler``: its wall time,
+  the time the device was busy (the sum of its kernels and copies; on one stream they do not
+  overlap) and the operations that took it, largest first.
+* **generation**: a real CraFT run's generations (one run, its work where ``--user-device``
+  puts it): device busy time per generation, and from it the most sequences per second any
+  number of interleaved runs could reach on this device, every kernel of theirs unchanged
+  (``gpu_bound_sequences_per_s``: a generation's sequences / its device-busy seconds); the
+  thread's operations per generation and those that took its time.
+* **pass sizes**: raw throughput with the candidates of 1, 4 and 10 runs in one pass: how much
+  merging concurrent runs' queries into one pass (a model server's :class:`QueryBatcher`) can
+  gain on this device.
+
+On a CPU there is no device time: the operations are ranked by the CPU time they took.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from typing import Any
+
+import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
+
+from benchmark.perf_measure import _craft_config, sync
+
+TOP = 12  # operations listed per profile
+
+
+def _activities(device: torch.device) -> list[ProfilerActivity]:
+    return [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+
+
+def _device_events(prof: profile) -> list[Any]:
+    """The profile's kernels, copies and fills on a GPU (none on a CPU)."""
+    return [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+
+
+def _ranked(totals: dict[str, float], counts: dict[str, int], whole: float, top: int) -> list[dict[str, Any]]:
+    """The ``top`` names by time: seconds, share of ``whole`` and calls."""
+    names = sorted(totals, key=totals.get, reverse=True)[:top]
+    return [{"name": n[:120], "seconds": totals[n], "share": totals[n] / whole if whole else 0.0, "calls": counts[n]}
+            for n in names]
+
+
+def summarise(prof: profile, device: torch.device, wall_s: float, units: int, top: int = TOP) -> dict[str, Any]:
+    """Per ``units`` (calls or generations): wall, device-busy seconds, kernels, host operations; the
+    top device operations (GPU) and the top host operations by their own CPU time."""
+    out: dict[str, Any] = {"wall_s": wall_s / units}
+    kernels = _device_events(prof)
+    if kernels:
+        totals: dict[str, float] = defaultdict(float)
+        counts: dict[str, int] = defaultdict(int)
+        for e in kernels:
+            totals[e.name] += e.time_range.elapsed_us() / 1e6
+            counts[e.name] += 1
+        busy = sum(totals.values())
+        out |= {"device_busy_s": busy / units, "device_busy_share": busy / wall_s if wall_s else None,
+                "device_ops": len(kernels) / units, "device_top": _ranked(totals, counts, busy, top)}
+    host = [e for e in prof.key_averages() if e.key.startswith("aten::")]
+    cpu_total = sum(e.self_cpu_time_total for e in host) / 1e6
+    out |= {
+        "host_ops": sum(e.count for e in host) / units, "host_op_cpu_s": cpu_total / units,
+        "host_top": _ranked({e.key: e.self_cpu_time_total / 1e6 for e in host}, {e.key: e.count for e in host},
+                            cpu_total, top),
+    }
+    return out
+
+
+def profile_pass(engine, classnames: list[str], contexts: torch.Tensor, calls: int = 3) -> dict[str, Any]:
+    """``calls`` raw calls of a warm engine, profiled; figures per call."""
+    part = engine.class_part(classnames)
+    engine.text_features(contexts, part)  # warm (a compiled engine compiled in an earlier call)
+    sync(engine.device)
+    with profile(activities=_activities(engine.device)) as prof:
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            engine.text_features(contexts, part)
+        sync(engine.device)
+        wall = time.perf_counter() - t0
+    return {"sequences": contexts.shape[0] * len(classnames), "calls": calls, **summarise(prof, engine.device, wall, calls)}
+
+
+def profile_generations(engine, data, task, popsize: int, intrinsic_dim: int, user: torch.device | str,
+                        warmup: int = 1, generations: int = 2) -> dict[str, Any]:
+    """One CraFT run on ``engine``: ``generations`` generations after ``warmup``, profiled; figures
+    per generation (from one generation's candidates queued to the next's)."""
+    from benchmark.engine import EngineBackend
+    from craft.blackbox import MeteredBlackBox
+    from craft.methods import get_method
+
+    total = warmup + generations + 1  # the last evaluates: outside the window
+    cfg = _craft_config(popsize, intrinsic_dim, len(task.classnames), total)
+    box = MeteredBlackBox(EngineBackend(engine, data, user), popsize * total)
+    steps = get_method("craft").steps(box, task, cfg, 0)
+
+    def until(queries: int) -> None:  # step until the run has queued that many candidates
+        while box.usage.queries < queries:
+            next(steps)
+
+    until(popsize * (warmup + 1))
+    sync(engine.device)
+    before = box.usage.text_sequences
+    with profile(activities=_activities(engine.device)) as prof:
+        t0 = time.perf_counter()
+        until(popsize * (warmup + 1 + generations))
+        sync(engine.device)
+        wall = time.perf_counter() - t0
+    sequences = (box.usage.text_sequences - before) / generations
+    for _ in steps:  # the rest of the run, unprofiled
+        pass
+    out = {"user_device": str(box.info.device), "generations": generations, "sequences_per_generation": sequences,
+           **summarise(prof, engine.device, wall, generations)}
+    if out.get("device_busy_s"):
+        out["gpu_bound_sequences_per_s"] = sequences / out["device_busy_s"]
+    return out
+
+
+def pass_sizes(engine, classnames: list[str], contexts: torch.Tensor, multiples: tuple[int, ...] = (1, 4, 10),
+               repeats: int = 3) -> list[dict[str, Any]]:
+    """Raw sequences/s with ``contexts`` repeated 1, 4 and 10 times in one call (the candidates of
+    that many runs merged), median of ``repeats`` calls each after one untimed."""
+    part = engine.class_part(classnames)
+    rows = []
+    for m in multiples:
+        batch = contexts.repeat(m, 1, 1)
+        engine.text_features(batch, part)
+        sync(engine.device)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            engine.text_features(batch, part)
+            sync(engine.device)
+            times.append(time.perf_counter() - t0)
+        seqs = batch.shape[0] * len(classnames)
+        rows.append({"runs_merged": m, "sequences_per_call": seqs, "sequences_per_s": seqs / sorted(times)[len(times) // 2]})
+    return rows
+
+
+def render(name: str, p: dict[str, Any]) -> list[str]:
+    """Report lines for one path's profile."""
+    lines = []
+    if "error" in p:
+        return [f"profile {name}: error: {p['error']}"]
+    ps = p.get("pass")
+    if ps:
+        busy = f", device busy {ps['device_busy_s']:.4f} s in {ps['device_ops']:.0f} operations" if "device_busy_s" in ps else ""
+        lines.append(f"profile {name}: a pass of {ps['sequences']:,} sequences took {ps['wall_s']:.4f} s{busy}, "
+                     f"{ps['host_ops']:.0f} host operations")
+        lines += _top_lines(ps)
+    g = p.get("generation")
+    if g:
+        busy = ""
+        if "device_busy_s" in g:
+            busy = (f", device busy {g['device_busy_s']:.4f} s ({100 * g['device_busy_share']:.0f}%) in "
+                    f"{g['device_ops']:.0f} operations: with the device always busy, at most "
+                    f"{g['gpu_bound_sequences_per_s']:,.0f} sequences/s")
+        lines.append(f"  a CraFT generation (work on {g['user_device']}): {g['wall_s']:.4f} s profiled{busy}; "
+                     f"the thread: {g['host_ops']:.0f} operations, {g['host_op_cpu_s']:.4f} s in them")
+        lines += _top_lines(g)
+    sizes = p.get("pass_sizes")
+    if sizes:
+        lines.append("  runs merged into one pass: " + ", ".join(
+            f"{r['runs_merged']}: {r['sequences_per_s']:,.0f} seq/s" for r in sizes))
+    return lines
+
+
+def _top_lines(p: dict[str, Any], n: int = 5) -> list[str]:
+    key = "device_top" if "device_top" in p else "host_top"
+    where = "device" if key == "device_top" else "host CPU"
+    return [f"    {where}: " + "; ".join(f"{100 * t['share']:.0f}% {t['name'][:60]} (x{t['calls']})" for t in p[key][:n])]
