@@ -91,10 +91,12 @@ def _percent(share: torch.Tensor | None) -> float:
 
 
 def _restrict(logits: torch.Tensor, subset: list[int]) -> torch.Tensor:
-    """Logits with every class outside ``subset`` at -inf: argmax over the subset, in parent labels."""
-    out = torch.full_like(logits, float("-inf"))
-    out[..., subset] = logits[..., subset]
-    return out
+    """Logits with every class outside ``subset`` at -inf: argmax over the subset, in parent labels.
+
+    The subset goes to the logits' device through :func:`craft.transfer.to_device`: indexing a GPU
+    tensor with a Python list copies it in from pageable memory, which waits for the whole GPU."""
+    idx = to_device(torch.as_tensor(subset, dtype=torch.long), logits.device)
+    return torch.full_like(logits, float("-inf")).index_copy_(-1, idx, logits.index_select(-1, idx))
 
 
 def evaluate(
