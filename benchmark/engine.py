@@ -346,15 +346,18 @@ class TaskData:
 class EngineBackend:
     """Implements :class:`craft.blackbox.Backend` for one task on a local :class:`ClipEngine`."""
 
-    def __init__(self, engine: ClipEngine, task: TaskData, output_device: torch.device | str = "cpu") -> None:
+    def __init__(self, engine: ClipEngine, task: TaskData, output_device: torch.device | str = "cpu",
+                 merge_queries: bool | None = None) -> None:
         """``output_device``: where logits and features are handed out. ``cpu`` (default) copies
         them to the host, as a remote user receives them; the engine's device keeps them on the
         GPU, so that the run's fitness and refinement module run there too (at ImageNet's shapes
-        a generation's logits are 2.6 GB: see docs/throughput.md)."""
+        a generation's logits are 2.6 GB: see docs/throughput.md). ``merge_queries``: whether
+        :meth:`logits_many` runs its queries in one pass (None: on a GPU only)."""
         self.engine = engine
         self.task = task
         self.part = engine.class_part(task.classnames)
         self.output_device = torch.device(output_device)
+        self.merge_queries = engine.device.type != "cpu" if merge_queries is None else merge_queries
 
     def info(self) -> BackendInfo:
         return BackendInfo(
@@ -375,6 +378,24 @@ class EngineBackend:
     def logits(self, contexts: torch.Tensor, split: str, indices: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
         text = self.engine.text_features(contexts, self.part)
         return self._out(self.engine.logits(self._images(split, indices), text)), 0
+
+    def logits_many(self, contexts: list[torch.Tensor], split: str) -> tuple[list[torch.Tensor], int]:
+        """Logits of several queries (:meth:`craft.blackbox.MeteredBlackBox.logits_many`), their text
+        features from one pass where ``merge_queries``.
+
+        A CraFT generation's refinement query and the next generation's candidates come this way. On a
+        GPU one pass instead of two saves the launches of a whole pass, by the loop's thread and on the
+        GPU (the refinement query alone is a pass of 2 x classes prompts, compiled). On a CPU a pass
+        costs its arithmetic, which merging does not reduce, and the queries go one pass each: BLAS
+        kernels for few rows (one candidate of a few classes) round differently from those for many,
+        so a merged query's logits could differ in their last bits from its own call's, and a run's
+        results from those it had before (tests/test_engine.py)."""
+        if not self.merge_queries:
+            return [self.logits(c, split)[0] for c in contexts], 0
+        text = self.engine.text_features(torch.cat(list(contexts)), self.part)
+        images = self._images(split, None)
+        parts = text.split([c.shape[0] for c in contexts])
+        return [self._out(self.engine.logits(images, t)) for t in parts], 0
 
     def features(self, contexts: torch.Tensor, split: str, indices: torch.Tensor | None = None) -> tuple[OutputFeatures, int]:
         text = self.engine.text_features(contexts, self.part)

@@ -203,7 +203,8 @@ def _timed_box_cls():
     from craft.blackbox import MeteredBlackBox
 
     class TimedBox(MeteredBlackBox):
-        """A metered black box that records the start, end and size of every logits call."""
+        """A metered black box that records the start, end and size of every logits call (a
+        ``logits_many`` call is one, budgeted if any of its queries is)."""
 
         def __init__(self, backend, budget: int) -> None:
             super().__init__(backend, budget)
@@ -214,6 +215,13 @@ def _timed_box_cls():
             before = self.usage.text_sequences
             out = super().logits(contexts, split, indices, budgeted=budgeted)
             self.calls.append((t0, time.perf_counter(), budgeted, self.usage.text_sequences - before))
+            return out
+
+        def logits_many(self, queries, split="train"):
+            t0 = time.perf_counter()
+            before = self.usage.text_sequences
+            out = super().logits_many(queries, split)
+            self.calls.append((t0, time.perf_counter(), any(b for _, b in queries), self.usage.text_sequences - before))
             return out
 
     return TimedBox

@@ -19,8 +19,9 @@ keys and values (a prefix cache, as in language-model decoding). Three kinds of 
   projected at all.
 
 All of this computes the same function as the plain tower, up to floating-point rounding, and a
-prompt's features do not depend on the batch it is computed in. On CPU the MLPs run in row
-blocks (:data:`MLP_ROWS`).
+prompt's features do not depend on the other prompts of its batch, up to rounding (BLAS kernels
+for few rows can round differently from those for many). On CPU the MLPs run in row blocks
+(:data:`MLP_ROWS`).
 
 Only open_clip's default ``ResidualAttentionBlock`` (``nn.MultiheadAttention``, any norm,
 activation or layer scale) is supported; :func:`supports` says whether a model qualifies.

@@ -18,7 +18,7 @@ every call:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, Sequence, runtime_checkable
 
 import torch
 
@@ -122,6 +122,8 @@ class BlackBox(Protocol):
         budgeted: bool = True,
     ) -> OutputFeatures: ...
 
+    def logits_many(self, queries: Sequence[tuple[torch.Tensor, bool]], split: str = TRAIN) -> list[torch.Tensor]: ...
+
     def template_logits(self, template: str, split: str) -> torch.Tensor: ...
 
     def remaining(self) -> int: ...
@@ -167,6 +169,28 @@ class MeteredBlackBox:
         self._record(contexts.shape[0], budgeted=budgeted, images_encoded=images_encoded)
         return out
 
+    def logits_many(self, queries: Sequence[tuple[torch.Tensor, bool]], split: str = TRAIN) -> list[torch.Tensor]:
+        """Several queries ``(contexts, budgeted)`` on one image set: the logits, the counting and the
+        refusals of as many :meth:`logits` calls, made in that order (a query past the budget refuses
+        them all, before any compute). A backend with ``logits_many`` answers them in one call (an
+        engine: one text-tower pass for all, :class:`benchmark.engine.EngineBackend`); others one call each."""
+        admitted, budgeted_so_far = [], 0
+        for contexts, budgeted in queries:
+            admitted.append((self._admit(contexts, split, budgeted, already=budgeted_so_far), budgeted))
+            budgeted_so_far += admitted[-1][0].shape[0] if budgeted else 0
+        if not admitted:
+            return []
+        many = getattr(self._backend, "logits_many", None)
+        if many is not None:
+            outs, images_encoded = many([c for c, _ in admitted], split)
+            encoded = [images_encoded] + [0] * (len(admitted) - 1)
+        else:
+            answers = [self._backend.logits(c, split) for c, _ in admitted]
+            outs, encoded = [a[0] for a in answers], [a[1] for a in answers]
+        for (contexts, budgeted), n in zip(admitted, encoded):  # each query counted as a call of its own
+            self._record(contexts.shape[0], budgeted=budgeted, images_encoded=n)
+        return outs
+
     def features(
         self,
         contexts: torch.Tensor,
@@ -181,8 +205,9 @@ class MeteredBlackBox:
         self._record(contexts.shape[0], budgeted=budgeted, images_encoded=images_encoded)
         return OutputFeatures(*out)
 
-    def _admit(self, contexts: torch.Tensor, split: str, budgeted: bool) -> torch.Tensor:
-        """Checked contexts; refuses, before any compute, a budgeted call off ``train`` or past the budget."""
+    def _admit(self, contexts: torch.Tensor, split: str, budgeted: bool, already: int = 0) -> torch.Tensor:
+        """Checked contexts; refuses, before any compute, a budgeted call off ``train`` or past the budget
+        (``already``: budgeted queries admitted with it in one :meth:`logits_many`)."""
         contexts = self._check_contexts(contexts)
         self._check_split(split)
         n_cand = contexts.shape[0]
@@ -192,10 +217,10 @@ class MeteredBlackBox:
                     f"budgeted queries score training images only, got split {split!r}; "
                     "pass budgeted=False for evaluations"
                 )
-            if self.usage.queries + n_cand > self.budget:
+            if self.usage.queries + already + n_cand > self.budget:
                 raise BudgetExceeded(
                     f"query budget {self.budget} would be exceeded: {self.usage.queries} used, "
-                    f"{n_cand} candidate(s) asked, {self.remaining()} left"
+                    f"{already + n_cand} candidate(s) asked, {self.remaining()} left"
                 )
         return contexts
 

@@ -63,3 +63,38 @@ def test_bad_shapes_and_splits_are_refused():
     with pytest.raises(ValueError, match="budget must be >= 0"):
         MeteredBlackBox(LinearBackend(), -1)
     assert box.usage.calls == 0
+
+
+class ManyBackend(LinearBackend):
+    """A LinearBackend that answers several queries in one call, as the engine does."""
+
+    def logits_many(self, contexts, split):
+        out = [LinearBackend.logits(self, c, split)[0] for c in contexts]
+        del self.calls[-len(contexts):]
+        self.calls.append((sum(c.shape[0] for c in contexts), split))
+        return out, 0
+
+
+@pytest.mark.parametrize("backend_cls", [LinearBackend, ManyBackend])
+def test_logits_many_counts_and_answers_as_separate_calls(backend_cls):
+    ctx = torch.randn(3, 2, 8, generator=torch.Generator().manual_seed(1))
+    queries = [(ctx[:1], False), (ctx[1:], True)]
+    many, alone = MeteredBlackBox(backend_cls(), 10), MeteredBlackBox(LinearBackend(), 10)
+    got = many.logits_many(queries, "train")
+    want = [alone.logits(c, "train", budgeted=b) for c, b in queries]
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+    assert many.usage == alone.usage  # each query counted as a call of its own
+    # One backend call where the backend takes several queries, else one per query.
+    assert many._backend.calls == ([(3, "train")] if backend_cls is ManyBackend else [(1, "train"), (2, "train")])
+    assert many.logits_many([], "train") == []
+
+
+def test_logits_many_refuses_them_all_before_any_compute():
+    box = MeteredBlackBox(ManyBackend(), 5)
+    ctx = torch.zeros(3, 2, 8)
+    # 3 + 3 budgeted queries pass a budget of 5 together, though each alone fits.
+    with pytest.raises(BudgetExceeded, match="6 candidate"):
+        box.logits_many([(ctx, True), (ctx[:1], False), (ctx, True)], "train")
+    with pytest.raises(ValueError, match="budgeted queries score training images only"):
+        box.logits_many([(ctx, False), (ctx, True)], "val")
+    assert box._backend.calls == [] and box.usage.calls == 0 and box.remaining() == 5

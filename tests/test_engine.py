@@ -120,3 +120,47 @@ def test_known_backbones_are_open_clips_list_without_importing_it():
     assert {"RN50", "RN101", "ViT-B-32", "ViT-B-16", "craft-tiny"} <= set(known_backbones())
     code = "import sys; from benchmark.models import known_backbones; known_backbones(); print('open_clip' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def test_several_queries_go_in_one_pass_where_merged_and_one_each_on_a_cpu(tiny, monkeypatch):
+    engine = ClipEngine(tiny)
+    feats = {"train": F.normalize(torch.randn(6, 64, generator=torch.Generator().manual_seed(0)), dim=-1)}
+    data = TaskData(NAMES, "a photo of a {}.", feats)
+    p0 = engine.embed_words("a photo of a")
+    ctx = p0 + 0.2 * torch.randn(5, *p0.shape, generator=torch.Generator().manual_seed(1))
+    queries = [ctx[:1], ctx[1:]]  # a refinement query and the next generation's candidates
+    separate = [EngineBackend(engine, data).logits(c, "train")[0] for c in queries]
+    passes = []
+    text_features = engine.text_features
+    monkeypatch.setattr(engine, "text_features", lambda c, part: passes.append(c.shape[0]) or text_features(c, part))
+
+    on_cpu, encoded = EngineBackend(engine, data).logits_many(queries, "train")  # the default on a CPU
+    assert passes == [1, 4] and encoded == 0
+    assert all(torch.equal(a, b) for a, b in zip(on_cpu, separate))  # the run's results unchanged, bit for bit
+
+    passes.clear()
+    merged, _ = EngineBackend(engine, data, merge_queries=True).logits_many(queries, "train")  # a GPU's default
+    assert passes == [5]  # one pass of the text tower for both
+    assert [t.shape for t in merged] == [(1, 6, 3), (4, 6, 3)]
+    # The same numbers up to rounding: with 3 classes a lone candidate's BLAS kernels round differently.
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(merged, separate))
+
+
+@pytest.mark.parametrize("merge, passes", [(True, 1 + 3 + 1 + 4), (False, 1 + 3 * 2 + 1 + 4)])
+def test_a_craft_generation_queries_its_refinement_prompt_and_next_candidates_in_one_pass(tiny, monkeypatch, merge, passes):
+    """4 generations, evaluated after the 2nd and the 4th: the first candidates; then per generation the
+    refinement query with the next candidates (the last has none); val and test at each evaluation."""
+    from benchmark.perf_measure import Shapes, synthetic_task
+    from craft.blackbox import MeteredBlackBox
+    from craft.methods import get_method, make_config
+
+    engine = ClipEngine(tiny)
+    data, task = synthetic_task(engine, Shapes("t", classes=3, train=12, val=4, test=4), NAMES, seed=0)
+    calls = []
+    text_features = engine.text_features
+    monkeypatch.setattr(engine, "text_features", lambda c, part: calls.append(c.shape[0]) or text_features(c, part))
+    box = MeteredBlackBox(EngineBackend(engine, data, merge_queries=merge), 10_000)
+    cfg = make_config("craft", {"popsize": 4, "intrinsic_dim": 8, "budget": 4 * 4, "eval_every": 2})
+    result = get_method("craft").run(box, task, cfg, 0)
+    assert len(calls) == passes and result.usage["queries"] == 16 and len(result.trace) == 4
+    assert calls[:2] == ([4, 1 + 4] if merge else [4, 1])

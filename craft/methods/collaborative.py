@@ -89,8 +89,9 @@ def _validate(cfg: BBTConfig) -> None:
 
 def _search(box: BlackBox, task: Task, cfg: BBTConfig, seed: int, refine: bool) -> Generator[None, None, tuple]:
     """The search as a generator (see :data:`craft.methods.base.Steps`); returns
-    ``(metrics, trace, mlp, ctx)``. It yields after queueing a generation's candidates and their
-    fitness, and after queueing an evaluation: where it next waits for its device; and, when its
+    ``(metrics, trace, mlp, ctx)``. It yields after queueing a generation's fitness (its candidates
+    were queried with the previous generation's refinement query, in one pass), and after queueing
+    an evaluation: where it next waits for its device; and, when its
     CMA-ES runs in a worker process (:func:`craft.cma_es.new_cma`), after sending it the fitness."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -118,11 +119,11 @@ def _search(box: BlackBox, task: Task, cfg: BBTConfig, seed: int, refine: bool) 
     metrics: dict[str, float] = {}
     try:
         solutions = es.ask()
+        logits = box.logits(prompt(_z(solutions, device)), "train") if generations else None
         for g in range(1, generations + 1):
-            logits = box.logits(prompt(_z(solutions, device)), "train")
             with torch.no_grad():
                 fitness = HostCopy(prompt_fitness(logits, y, lambda_i, mlp))
-            del logits  # a run waiting beside others holds no logits (2.6 GB a generation at ImageNet's shapes)
+            del logits  # none held while others take their turn (2.6 GB a generation at ImageNet's shapes)
             yield
             values = fitness.get().tolist()
             _settle(losses_due, len(y))
@@ -135,10 +136,14 @@ def _search(box: BlackBox, task: Task, cfg: BBTConfig, seed: int, refine: bool) 
             ctx = prompt(to_device(torch.as_tensor(np.array(solutions)).mean(0).float(), device))
 
             row = {"generation": g, "queries": box.usage.queries, "fitness": min(values)}
+            # The next generation's candidates (none after the last) are queried with the prompt in use,
+            # in one call: one pass of the model for both. Their fitness waits for the refinement epoch below.
+            following = [] if g == generations else [(prompt(_z(solutions, device)), True)]
             if mlp is not None:
                 assert isinstance(cfg, CraFTConfig) and opt is not None
-                train_logits = box.logits(ctx, "train", budgeted=False)[0]
-                kl_weight = lambda_o if box.usage.queries <= budget / cfg.n else 0.0
+                train_logits, *following_logits = box.logits_many([(ctx, False), *following], "train")
+                train_logits = train_logits[0]
+                kl_weight = lambda_o if row["queries"] <= budget / cfg.n else 0.0
                 order = to_device(torch.randperm(len(y), generator=gen), device)
                 losses = []
                 mlp.train()
@@ -152,6 +157,9 @@ def _search(box: BlackBox, task: Task, cfg: BBTConfig, seed: int, refine: bool) 
                 mlp.eval()
                 del train_logits
                 losses_due.append((row, HostCopy(torch.stack(losses).sum())))
+            else:
+                following_logits = box.logits_many(following, "train")
+            logits = following_logits[0] if following_logits else None
             if g % cfg.eval_every == 0 or g == generations:
                 finish = evaluate_async(box, task, ctx, mlp)
                 yield
