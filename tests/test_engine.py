@@ -146,10 +146,11 @@ def test_several_queries_go_in_one_pass_where_merged_and_one_each_on_a_cpu(tiny,
     assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(merged, separate))
 
 
-@pytest.mark.parametrize("merge, passes", [(True, 1 + 3 + 1 + 4), (False, 1 + 3 * 2 + 1 + 4)])
+@pytest.mark.parametrize("merge, passes", [(True, 1 + 1 + 4 + 1 + 3), (False, 1 + 2 + 4 + 2 + 3)])
 def test_a_craft_generation_queries_its_refinement_prompt_and_next_candidates_in_one_pass(tiny, monkeypatch, merge, passes):
     """4 generations, evaluated after the 2nd and the 4th: the first candidates; then per generation the
-    refinement query with the next candidates (the last has none); val and test at each evaluation."""
+    refinement query with the next candidates, but where it evaluates, the refinement query, val and
+    test, and then the next candidates (none after the last)."""
     from benchmark.perf_measure import Shapes, synthetic_task
     from craft.blackbox import MeteredBlackBox
     from craft.methods import get_method, make_config

@@ -136,9 +136,11 @@ def _search(box: BlackBox, task: Task, cfg: BBTConfig, seed: int, refine: bool) 
             ctx = prompt(to_device(torch.as_tensor(np.array(solutions)).mean(0).float(), device))
 
             row = {"generation": g, "queries": box.usage.queries, "fitness": min(values)}
-            # The next generation's candidates (none after the last) are queried with the prompt in use,
-            # in one call: one pass of the model for both. Their fitness waits for the refinement epoch below.
-            following = [] if g == generations else [(prompt(_z(solutions, device)), True)]
+            # The next generation's candidates are queried with the prompt in use, in one call: one pass
+            # of the model for both; their fitness waits for the refinement epoch below. Not before an
+            # evaluation, whose report may end the run (a search's pruned trial): they come after it.
+            evaluating = g % cfg.eval_every == 0 or g == generations
+            following = [] if evaluating else [(prompt(_z(solutions, device)), True)]
             if mlp is not None:
                 assert isinstance(cfg, CraFTConfig) and opt is not None
                 train_logits, *following_logits = box.logits_many([(ctx, False), *following], "train")
@@ -160,7 +162,7 @@ def _search(box: BlackBox, task: Task, cfg: BBTConfig, seed: int, refine: bool) 
             else:
                 following_logits = box.logits_many(following, "train")
             logits = following_logits[0] if following_logits else None
-            if g % cfg.eval_every == 0 or g == generations:
+            if evaluating:
                 finish = evaluate_async(box, task, ctx, mlp)
                 yield
                 _settle(losses_due, len(y))
@@ -168,6 +170,8 @@ def _search(box: BlackBox, task: Task, cfg: BBTConfig, seed: int, refine: bool) 
                 row.update(metrics)
                 if task.on_eval is not None:
                     task.on_eval(row)
+                if g < generations:
+                    logits = box.logits(prompt(_z(solutions, device)), "train")
             trace.append(row)
         _settle(losses_due, len(y))
     finally:
