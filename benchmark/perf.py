@@ -96,6 +96,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="profile each fast path (torch.profiler): a raw pass, a CraFT generation (with the device "
                         "time per generation, the bound of interleaved runs on a GPU) and raw throughput with "
                         "several runs' candidates merged into one pass (benchmark/perf_profile.py)")
+    p.add_argument("--profile-traces", default=None, metavar="DIR",
+                   help="with --profile: also write each path's profiled generations as a gzipped Chrome trace "
+                        "(DIR/trace_<path>.json.gz; open in Perfetto or chrome://tracing)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's; 1 on a CPU device whose load average exceeds its cores)")
     p.add_argument("--seed", type=int, default=0)
@@ -119,6 +122,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.sweep_runs is not None and args.sweep_runs < 1:
         raise UserError(f"--sweep-runs must be at least 1, got {args.sweep_runs}")
+    if args.profile_traces:
+        if not args.profile:
+            raise UserError("--profile-traces writes the profile's timelines: it needs --profile")
+        try:
+            Path(args.profile_traces).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"--profile-traces {args.profile_traces}: cannot make the folder ({exc})") from None
     device = _resolve_device(args.device)
     threads_note = _set_threads(args.threads, device)
     runs_list = _parse_runs(args.runs)
@@ -359,7 +369,9 @@ def _profile(engine, classnames, contexts, data, task, args, user: torch.device,
         on_gpu = engine.device.type == "cuda"
         return {
             "pass": perf_profile.profile_pass(engine, classnames, contexts),
-            "generation": perf_profile.profile_generations(engine, data, task, args.popsize, args.intrinsic_dim, user),
+            "generation": perf_profile.profile_generations(
+                engine, data, task, args.popsize, args.intrinsic_dim, user,
+                trace=Path(args.profile_traces) / f"trace_{name}.json.gz" if args.profile_traces else None),
             "pass_sizes": perf_profile.pass_sizes(engine, classnames, contexts, (1, 4, 10) if on_gpu else (1, 2),
                                                   3 if on_gpu else 1),
         }

@@ -14,13 +14,19 @@ Three figures per fast path, for the next optimisation to aim at:
   merging concurrent runs' queries into one pass (a model server's :class:`QueryBatcher`) can
   gain on this device.
 
-On a CPU there is no device time: the operations are ranked by the CPU time they took.
+On a CPU there is no device time: the operations are ranked by the CPU time they took. With
+``--profile-traces DIR`` the generations' timelines are written too (one gzipped Chrome trace a
+path), for a look at what ran when, after the GPU is gone.
 """
 
 from __future__ import annotations
 
+import gzip
+import shutil
+import tempfile
 import time
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -91,9 +97,10 @@ def profile_pass(engine, classnames: list[str], contexts: torch.Tensor, calls: i
 
 
 def profile_generations(engine, data, task, popsize: int, intrinsic_dim: int, user: torch.device | str,
-                        warmup: int = 1, generations: int = 2) -> dict[str, Any]:
+                        warmup: int = 1, generations: int = 2, trace: str | Path | None = None) -> dict[str, Any]:
     """One CraFT run on ``engine``: ``generations`` generations after ``warmup``, profiled; figures
-    per generation (from one generation's candidates queued to the next's)."""
+    per generation (from one generation's candidates queued to the next's). ``trace``: also write the
+    profile's timeline there, gzipped Chrome trace JSON (Perfetto, chrome://tracing)."""
     from benchmark.engine import EngineBackend
     from craft.blackbox import MeteredBlackBox
     from craft.methods import get_method
@@ -120,9 +127,23 @@ def profile_generations(engine, data, task, popsize: int, intrinsic_dim: int, us
         pass
     out = {"user_device": str(box.info.device), "generations": generations, "sequences_per_generation": sequences,
            **summarise(prof, engine.device, wall, generations)}
+    if trace is not None:
+        out["trace"] = str(write_trace(prof, trace))
     if out.get("device_busy_s"):
         out["gpu_bound_sequences_per_s"] = sequences / out["device_busy_s"]
     return out
+
+
+def write_trace(prof: profile, path: str | Path) -> Path:
+    """The profile's timeline as gzipped Chrome trace JSON at ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(raw))
+        with raw.open("rb") as src, gzip.open(path, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    return path
 
 
 def pass_sizes(engine, classnames: list[str], contexts: torch.Tensor, multiples: tuple[int, ...] = (1, 4, 10),
@@ -165,7 +186,8 @@ def render(name: str, p: dict[str, Any]) -> list[str]:
                     f"{g['device_ops']:.0f} operations: with the device always busy, at most "
                     f"{g['gpu_bound_sequences_per_s']:,.0f} sequences/s")
         lines.append(f"  a CraFT generation (work on {g['user_device']}): {g['wall_s']:.4f} s profiled{busy}; "
-                     f"the thread: {g['host_ops']:.0f} operations, {g['host_op_cpu_s']:.4f} s in them")
+                     f"the thread: {g['host_ops']:.0f} operations, {g['host_op_cpu_s']:.4f} s in them"
+                     + (f"; timeline in {g['trace']}" if g.get("trace") else ""))
         lines += _top_lines(g)
     sizes = p.get("pass_sizes")
     if sizes:

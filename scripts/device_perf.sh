@@ -3,7 +3,8 @@
 # speed does not depend on them) on a bare GPU machine, within 5.5 minutes of its start (the GPU
 # tests before it add at most 2.5; see PERF_TIMEOUT below). Figures land in
 # $OUT/perf.json (written after each phase, so a cut-off run still leaves what it measured),
-# the printed report in $OUT/perf.log, the machine in $OUT/env.txt. First, the GPU tests
+# the printed report in $OUT/perf.log, the machine in $OUT/env.txt, the profiled generations'
+# timelines in $OUT/trace_fast.json.gz and trace_fast_compiled.json.gz. First, the GPU tests
 # (tests/test_gpu.py: the engine and the methods on CUDA) run into $OUT/gpu_tests.log.
 #
 # 1. Once, on a developer machine (where pip reaches the package index), in the repository root:
@@ -88,9 +89,11 @@ else
     # on the compiled path (one graph for every dataset; a sweep's compile: true), its compilation
     # counted once. --profile: what a pass and a generation spend the GPU's time on, the most
     # sequences/s interleaved runs could reach with the GPU always busy, and the gain of merging
-    # several runs' candidates into one pass (benchmark/perf_profile.py; a few seconds a path).
+    # several runs' candidates into one pass (benchmark/perf_profile.py; a few seconds a path), with
+    # the profiled generations' timelines as $OUT/trace_<path>.json.gz (for Perfetto, afterwards).
     ARGS=(--backbone ViT-B-16 --weights random --device cuda --compile --runs 1,4 --cma-workers both
-          --user-device engine --max-generation-s 2 --server-runs 6 --profile --sweep-seconds 45)
+          --user-device engine --max-generation-s 2 --server-runs 6 --profile --profile-traces "$OUT"
+          --sweep-seconds 45)
 fi
 if python3 -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
     timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py >"$OUT/gpu_tests.log" 2>&1

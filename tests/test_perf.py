@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 
@@ -257,9 +258,13 @@ def test_profile_names_what_a_pass_and_a_generation_spend_their_time_on(tmp_path
     out = tmp_path / "perf.json"
     rc = main(["perf", "--backbone", "craft-tiny", "--weights", "random", "--dataset", "eurosat", "--device", "cpu",
                "--no-official", "--candidates", "4", "--repeats", "1", "--generations", "1", "--runs", "1",
-               "--sweep", "off", "--profile", "--json", str(out)])
+               "--sweep", "off", "--profile", "--profile-traces", str(tmp_path / "traces"), "--json", str(out)])
     assert rc == 0
     prof = json.loads(out.read_text())["profile"]["fast"]
+    # The generations' timeline, for Perfetto: gzipped Chrome trace JSON with the profiled operations.
+    trace = json.loads(gzip.decompress((tmp_path / "traces" / "trace_fast.json.gz").read_bytes()))
+    assert prof["generation"]["trace"] == str(tmp_path / "traces" / "trace_fast.json.gz")
+    assert any(e.get("name") == "aten::addmm" for e in trace["traceEvents"])
     ps, gen = prof["pass"], prof["generation"]
     assert ps["sequences"] == 4 * 10 and ps["calls"] == 3 and ps["wall_s"] > 0 and ps["host_ops"] > 0
     assert gen["sequences_per_generation"] == 41 * 10 and gen["generations"] == 2 and gen["user_device"] == "cpu"
@@ -274,3 +279,6 @@ def test_profile_names_what_a_pass_and_a_generation_spend_their_time_on(tmp_path
     assert [(r["runs_merged"], r["sequences_per_call"]) for r in prof["pass_sizes"]] == [(1, 40), (2, 80)]
     printed = capsys.readouterr().out
     assert "profile fast: a pass of 40 sequences" in printed and "runs merged into one pass: 1: " in printed
+    # Refused before any measurement: traces without a profile.
+    assert main(["perf", "--device", "cpu", "--profile-traces", str(tmp_path)]) == 2
+    assert "--profile-traces writes the profile's timelines: it needs --profile" in capsys.readouterr().err
