@@ -181,14 +181,16 @@ class MeteredBlackBox:
         if not admitted:
             return []
         many = getattr(self._backend, "logits_many", None)
-        if many is not None:
-            outs, images_encoded = many([c for c, _ in admitted], split)
-            encoded = [images_encoded] + [0] * (len(admitted) - 1)
-        else:
-            answers = [self._backend.logits(c, split) for c, _ in admitted]
-            outs, encoded = [a[0] for a in answers], [a[1] for a in answers]
-        for (contexts, budgeted), n in zip(admitted, encoded):  # each query counted as a call of its own
-            self._record(contexts.shape[0], budgeted=budgeted, images_encoded=n)
+        if many is None:  # one call each, each counted once answered, as separate calls are
+            outs = []
+            for contexts, budgeted in admitted:
+                out, images_encoded = self._backend.logits(contexts, split)
+                self._record(contexts.shape[0], budgeted=budgeted, images_encoded=images_encoded)
+                outs.append(out)
+            return outs
+        outs, images_encoded = many([c for c, _ in admitted], split)
+        for i, (contexts, budgeted) in enumerate(admitted):  # each query counted as a call of its own
+            self._record(contexts.shape[0], budgeted=budgeted, images_encoded=images_encoded if i == 0 else 0)
         return outs
 
     def features(

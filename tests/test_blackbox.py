@@ -98,3 +98,16 @@ def test_logits_many_refuses_them_all_before_any_compute():
     with pytest.raises(ValueError, match="budgeted queries score training images only"):
         box.logits_many([(ctx, False), (ctx, True)], "val")
     assert box._backend.calls == [] and box.usage.calls == 0 and box.remaining() == 5
+
+
+def test_logits_many_counts_the_queries_answered_before_a_backend_failure():
+    class FailsSecond(LinearBackend):
+        def logits(self, contexts, split, indices=None):
+            if len(self.calls) == 1:
+                raise RuntimeError("backend down")
+            return super().logits(contexts, split, indices)
+
+    box = MeteredBlackBox(FailsSecond(), 10)
+    with pytest.raises(RuntimeError, match="backend down"):
+        box.logits_many([(torch.zeros(2, 2, 8), True), (torch.zeros(3, 2, 8), True)], "train")
+    assert box.usage.queries == 2 and box.usage.calls == 1  # as two separate calls, the first answered

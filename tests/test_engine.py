@@ -165,3 +165,13 @@ def test_a_craft_generation_queries_its_refinement_prompt_and_next_candidates_in
     result = get_method("craft").run(box, task, cfg, 0)
     assert len(calls) == passes and result.usage["queries"] == 16 and len(result.trace) == 4
     assert calls[:2] == ([4, 1 + 4] if merge else [4, 1])
+
+
+def test_merged_queries_of_different_context_lengths_go_one_pass_each(tiny):
+    engine = ClipEngine(tiny)
+    feats = {"train": F.normalize(torch.randn(6, 64, generator=torch.Generator().manual_seed(0)), dim=-1)}
+    backend = EngineBackend(engine, TaskData(NAMES, "a photo of a {}.", feats), merge_queries=True)
+    long, short = engine.embed_words("a photo of a"), engine.embed_words("a photo")
+    out, _ = backend.logits_many([long.expand(3, -1, -1), short.unsqueeze(0)], "train")
+    assert [t.shape for t in out] == [(3, 6, 3), (1, 6, 3)]
+    assert torch.equal(out[1], backend.logits(short.unsqueeze(0), "train")[0])

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
+import torch
 
 from craft.blackbox import MeteredBlackBox
 from craft.methods import Task, get_method, make_config
@@ -88,3 +92,46 @@ def test_cma_eigen_gap_scales_pycmas_decomposition_interval(monkeypatch):
     assert 11 <= counts[1.0] <= 13 and 1 <= counts[10.0] <= 2
     with pytest.raises(ValueError, match="cma_eigen_gap=0"):
         _run("bbt", cma_eigen_gap=0)
+
+
+class _WatchedBackend(LinearBackend):
+    """Keeps a weak reference to every candidates' logits it hands out (the refinement query has one row)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.handed: list = []
+
+    def logits(self, contexts, split, indices=None):
+        out, n = super().logits(contexts, split, indices)
+        if contexts.shape[0] > 1:
+            self.handed.append(weakref.ref(out))
+        return out, n
+
+
+class _WatchedManyBackend(_WatchedBackend):
+    def logits_many(self, contexts, split):  # as the engine on a GPU: several queries in one call
+        return [self.logits(c, split)[0] for c in contexts], 0
+
+
+@pytest.mark.parametrize("backend_cls", [_WatchedBackend, _WatchedManyBackend])
+@pytest.mark.parametrize("method", ["craft", "bbt"])
+def test_a_run_holds_no_candidates_logits_while_it_waits(method, backend_cls):
+    """At ImageNet's shapes a generation's logits are 2.6 GB: interleaved runs must not each hold theirs
+    while the others take their turn (their fitness is queued by then)."""
+    backend = backend_cls()
+    box = MeteredBlackBox(backend, 10 * 8)
+    task = Task("fake", [f"c{i}" for i in range(5)], "a photo of a {}.", backend.labels, shots=4)
+    steps = get_method(method).steps(box, task, make_config(method, {"popsize": 10, "intrinsic_dim": 6, "eval_every": 3}), 0)
+    alive = []
+    for _ in steps:
+        gc.collect()
+        alive.append(sum(r() is not None for r in backend.handed))
+    assert len(backend.handed) == 8 and len(alive) >= 8 and set(alive) == {0}
+
+
+def test_restrict_keeps_the_subsets_classes_and_reads_negative_indices_as_a_list_does():
+    from craft.methods.base import _restrict
+
+    logits = torch.arange(12.0).view(2, 6)
+    out = _restrict(logits, [1, -1])
+    assert torch.equal(out[:, [1, 5]], logits[:, [1, 5]]) and torch.isinf(out[:, [0, 2, 3, 4]]).all()

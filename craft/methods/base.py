@@ -95,7 +95,7 @@ def _restrict(logits: torch.Tensor, subset: list[int]) -> torch.Tensor:
 
     The subset goes to the logits' device through :func:`craft.transfer.to_device`: indexing a GPU
     tensor with a Python list copies it in from pageable memory, which waits for the whole GPU."""
-    idx = to_device(torch.as_tensor(subset, dtype=torch.long), logits.device)
+    idx = to_device(torch.as_tensor(subset, dtype=torch.long) % logits.shape[-1], logits.device)  # -1: the last, as a list index
     return torch.full_like(logits, float("-inf")).index_copy_(-1, idx, logits.index_select(-1, idx))
 
 

@@ -162,6 +162,7 @@ def _search(box: BlackBox, task: Task, cfg: BBTConfig, seed: int, refine: bool) 
             else:
                 following_logits = box.logits_many(following, "train")
             logits = following_logits[0] if following_logits else None
+            del following_logits  # else its list would hold the logits through the fitness's yield
             if evaluating:
                 finish = evaluate_async(box, task, ctx, mlp)
                 yield
