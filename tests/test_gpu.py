@@ -196,3 +196,20 @@ def test_the_profile_gives_a_generations_device_time_and_its_bound(tiny):
     gen = perf_profile.profile_generations(engine, data, task, 8, 16, engine.device)
     assert 0 < gen["device_busy_s"] < gen["wall_s"]
     assert gen["gpu_bound_sequences_per_s"] == pytest.approx(9 * 10 / gen["device_busy_s"])
+
+
+def test_on_a_gpu_a_generations_two_queries_go_in_one_pass(tiny):
+    engine = ClipEngine(tiny, torch.device("cuda"), precision="fp32")
+    data, _ = synthetic_task(engine, SHAPES, NAMES, seed=0)
+    backend = EngineBackend(engine, data, engine.device)
+    assert backend.merge_queries  # the default on a GPU (on a CPU: one pass each, tests/test_engine.py)
+    p0 = engine.embed_words("a photo of a")
+    ctx = p0 + 0.2 * torch.randn(9, *p0.shape, generator=torch.Generator().manual_seed(0))
+    passes = []
+    text_features = engine.text_features
+    engine.text_features = lambda c, part: passes.append(c.shape[0]) or text_features(c, part)
+    merged, _ = backend.logits_many([ctx[:1], ctx[1:]], "train")
+    engine.text_features = text_features
+    assert passes == [9]
+    for got, c in zip(merged, (ctx[:1], ctx[1:])):
+        assert _rel(got, backend.logits(c, "train")[0]) < 1e-5
