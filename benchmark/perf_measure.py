@@ -211,17 +211,16 @@ def _timed_box_cls():
             self.calls: list[tuple[float, float, bool, int]] = []
 
         def logits(self, contexts, split="train", indices=None, *, budgeted=True):
-            t0 = time.perf_counter()
-            before = self.usage.text_sequences
-            out = super().logits(contexts, split, indices, budgeted=budgeted)
-            self.calls.append((t0, time.perf_counter(), budgeted, self.usage.text_sequences - before))
-            return out
+            return self._timed(budgeted, MeteredBlackBox.logits, contexts, split, indices, budgeted=budgeted)
 
         def logits_many(self, queries, split="train"):
+            return self._timed(any(b for _, b in queries), MeteredBlackBox.logits_many, queries, split)
+
+        def _timed(self, any_budgeted: bool, call, /, *args, **kwargs):
             t0 = time.perf_counter()
             before = self.usage.text_sequences
-            out = super().logits_many(queries, split)
-            self.calls.append((t0, time.perf_counter(), any(b for _, b in queries), self.usage.text_sequences - before))
+            out = call(self, *args, **kwargs)
+            self.calls.append((t0, time.perf_counter(), any_budgeted, self.usage.text_sequences - before))
             return out
 
     return TimedBox

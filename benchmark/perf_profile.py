@@ -33,7 +33,7 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from benchmark.perf_measure import _craft_config, sync
+from benchmark.perf_measure import _craft_config, measure_raw, sync
 
 TOP = 12  # operations listed per profile
 
@@ -149,21 +149,14 @@ def write_trace(prof: profile, path: str | Path) -> Path:
 def pass_sizes(engine, classnames: list[str], contexts: torch.Tensor, multiples: tuple[int, ...] = (1, 4, 10),
                repeats: int = 3) -> list[dict[str, Any]]:
     """Raw sequences/s with ``contexts`` repeated 1, 4 and 10 times in one call (the candidates of
-    that many runs merged), median of ``repeats`` calls each after one untimed."""
-    part = engine.class_part(classnames)
+    that many runs merged): :func:`benchmark.perf_measure.measure_raw`, one untimed call first."""
     rows = []
     for m in multiples:
-        batch = contexts.repeat(m, 1, 1)
-        engine.text_features(batch, part)
-        sync(engine.device)
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            engine.text_features(batch, part)
-            sync(engine.device)
-            times.append(time.perf_counter() - t0)
-        seqs = batch.shape[0] * len(classnames)
-        rows.append({"runs_merged": m, "sequences_per_call": seqs, "sequences_per_s": seqs / sorted(times)[len(times) // 2]})
+        raw = measure_raw({"pass": engine}, classnames, contexts.repeat(m, 1, 1), {"pass": 1}, repeats)["pass"]
+        if "error" in raw:
+            raise RuntimeError(f"a pass of {m} runs' candidates: {raw['error']}")
+        rows.append({"runs_merged": m, "sequences_per_call": raw["sequences_per_call"],
+                     "sequences_per_s": raw["sequences_per_s"]})
     return rows
 
 
