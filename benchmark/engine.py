@@ -312,11 +312,19 @@ def _one_graph(compiled: Callable[..., torch.Tensor]) -> Callable[..., torch.Ten
     size compiled again (the first compilation of ViT-B-16 took 80 s on an H100). Without it the graph
     compiled for the first call serves every candidate count, class count and class-name length
     (``tests/test_engine.py``).
+
+    Inductor's matmul padding (``shape_padding``, CUDA in bf16 only) is off as well: to judge
+    whether a product is compute-bound it compares symbolic sizes, and each comparison became a
+    guard (``classes x suffix length >= 20``, measured on an H100): every new class count
+    compiled again (13 s for the built-in model; ViT-B-16's first compilation took 72 s), which
+    used up the sweep estimate's window. It pads only dimensions not multiples of 8, and the
+    static ones here (widths) all are. ``tests/test_gpu.py`` counts the graphs on CUDA.
     """
+    from torch._inductor import config as inductor_config
     from torch.fx.experimental import _config as fx_config
 
     def call(*args: torch.Tensor) -> torch.Tensor:
-        with fx_config.patch(use_duck_shape=False):
+        with fx_config.patch(use_duck_shape=False), inductor_config.patch(shape_padding=False):
             return compiled(*args)
 
     return call

@@ -233,7 +233,8 @@ def run(args: argparse.Namespace) -> int:
         _log(f"sweep estimate ({mode}) on {best}")
         try:
             def with_path(estimate: dict[str, Any]) -> dict[str, Any]:
-                return estimate | {"path": best, "compile_s": _compile_seconds(result["paths"][best])}
+                return estimate | {"path": best, "compile_s": _compile_seconds(result["paths"][best]),
+                                   "compiled_graphs": _compiled_graphs()}
 
             def partial(estimate: dict[str, Any]) -> None:
                 result["sweep_estimate"] = with_path(estimate)
@@ -401,6 +402,15 @@ def _sweep_path(paths: dict[str, Any]) -> str | None:
     the sweep estimate's window in docs/measurements/h100_caltech101_user-both.json.
     """
     return next((k for k in ("fast_compiled", "fast") if "raw" in paths.get(k, {})), None)
+
+
+def _compiled_graphs() -> int:
+    """Graphs torch.compile has made in this process so far: 2 at most where every dataset's class
+    count reuses the compiled path's graph (one per compiled function: with prefix sharing, the
+    prefix-shared text function only; _one_graph). More means recompilation, each as long as compile_s."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
 
 
 def _compile_seconds(entry: dict[str, Any]) -> float:
@@ -593,7 +603,8 @@ def render(result: dict[str, Any]) -> str:
         n_measured = sum(1 for r in sweep["datasets"] if r.get("measured"))
         how = sweep["mode"] if "scaled_from" not in sweep else (
             f"measure: {n_measured} datasets measured, {len(sweep['datasets']) - n_measured} scaled from {sweep['scaled_from']}")
-        compiled = f", plus {sweep['compile_s'] / 60:.1f} min compiling once" if sweep.get("compile_s") else ""
+        compiled = (f", plus {sweep['compile_s'] / 60:.1f} min compiling once ({sweep.get('compiled_graphs', '?')} "
+                    f"graphs compiled in this process)" if sweep.get("compile_s") else "")
         lines.append(f"11-dataset x 3-seed 16-shot CraFT sweep ({how}, {sweep.get('path', 'fast')} path): "
                      f"{sweep['serial_s'] / 60:.1f} min {_together(sweep)}{conc}{compiled}; "
                      f"{sweep['query_bound_s'] / 60:.1f} min inside black-box calls; "

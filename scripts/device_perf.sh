@@ -96,7 +96,8 @@ else
           --sweep-seconds 45)
 fi
 if python3 -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
-    timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py >"$OUT/gpu_tests.log" 2>&1
+    # GPU_TESTS: a pytest -k expression to run some of them only (e.g. GPU_TESTS=one_graph)
+    timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py ${GPU_TESTS:+-k "$GPU_TESTS"} >"$OUT/gpu_tests.log" 2>&1
     echo "GPU tests (exit code $?): $(tail -n 1 "$OUT/gpu_tests.log")"
 fi
 echo "setup took $((SECONDS - start)) s; running: ${CRAFT[*]} perf ${ARGS[*]} --json $OUT/perf.json"

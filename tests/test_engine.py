@@ -72,6 +72,22 @@ def test_compiled_path_is_one_graph_for_every_chunk_and_class_list(tiny):
     assert counters["stats"]["unique_graphs"] == 1
 
 
+def test_compiled_calls_run_without_duck_sizing_and_matmul_padding():
+    """The settings that keep one graph: inductor's matmul padding guards on sizes on CUDA in bf16
+    only (so the CPU test above cannot see it; tests/test_gpu.py counts the graphs there)."""
+    from torch._inductor import config as inductor_config
+    from torch.fx.experimental import _config as fx_config
+
+    from benchmark.engine import _one_graph
+
+    seen = []
+    call = _one_graph(lambda x: seen.append((inductor_config.shape_padding, fx_config.use_duck_shape)) or x)
+    before = (inductor_config.shape_padding, fx_config.use_duck_shape)
+    assert call(torch.ones(1)).item() == 1.0
+    assert seen == [(False, False)]
+    assert (inductor_config.shape_padding, fx_config.use_duck_shape) == before
+
+
 def test_backend_reports_info_and_refuses_contexts_that_do_not_fit(tiny):
     engine = ClipEngine(tiny)
     feats = {"train": F.normalize(torch.randn(4, 64), dim=-1), "test": F.normalize(torch.randn(7, 64), dim=-1)}
