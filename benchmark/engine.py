@@ -100,8 +100,9 @@ class ClipEngine:
             # One graph for every batch size, class count and length (see _one_graph, and
             # _prefix_shared_text for single candidates).
             opts = {"dynamic": True} | ({} if self.compile_mode == "default" else {"mode": self.compile_mode})
-            self._encode = _one_graph(torch.compile(self._encode_embeddings, **opts))
-            self._encode_prefix = _one_graph(torch.compile(self._prefix_features, **opts))
+            graphs = uses_cuda_graphs(self.compile_mode)
+            self._encode = _one_graph(torch.compile(self._encode_embeddings, **opts), graphs)
+            self._encode_prefix = _one_graph(torch.compile(self._prefix_features, **opts), graphs)
         self._class_parts: dict[tuple[str, ...], ClassPart] = {}
         tok = loaded.tokenizer("")[0]
         self.sot_id, self.eot_id = int(tok[0]), int(tok[1])
@@ -303,7 +304,15 @@ class ClipEngine:
         return self.logit_scale * torch.einsum("ne,bce->bnc", image_features, text_features)
 
 
-def _one_graph(compiled: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+def uses_cuda_graphs(mode: str | None) -> bool:
+    """Whether ``torch.compile`` mode ``mode`` replays its kernels as CUDA graphs on a GPU
+    (``reduce-overhead``, ``max-autotune``); raises for a mode torch does not know."""
+    from torch._inductor import list_mode_options
+
+    return bool(mode) and bool(list_mode_options(mode, dynamic=True).get("triton.cudagraphs", False))
+
+
+def _one_graph(compiled: Callable[..., torch.Tensor], cuda_graphs: bool = False) -> Callable[..., torch.Tensor]:
     """``compiled`` (a ``torch.compile(dynamic=True)`` function) called without duck sizing.
 
     By default the compiler gives input dimensions of equal size one symbol, and code that fixes
@@ -319,13 +328,19 @@ def _one_graph(compiled: Callable[..., torch.Tensor]) -> Callable[..., torch.Ten
     compiled again (13 s for the built-in model; ViT-B-16's first compilation took 72 s), which
     used up the sweep estimate's window. It pads only dimensions not multiples of 8, and the
     static ones here (widths) all are. ``tests/test_gpu.py`` counts the graphs on CUDA.
+
+    ``cuda_graphs`` (a mode that replays CUDA graphs): the result is copied out of the graphs'
+    memory, which the next call overwrites, before it is returned; callers make several calls
+    before they use the first result (chunks of classes), and interleaved runs one after another.
+    The copy is the features only (sequences x embed), a pass's last and smallest tensor.
     """
     from torch._inductor import config as inductor_config
     from torch.fx.experimental import _config as fx_config
 
     def call(*args: torch.Tensor) -> torch.Tensor:
         with fx_config.patch(use_duck_shape=False), inductor_config.patch(shape_padding=False):
-            return compiled(*args)
+            out = compiled(*args)
+        return out.clone() if cuda_graphs else out
 
     return call
 

@@ -411,6 +411,7 @@ def sweep_row(d: Shapes, popsize: int, gen_s: float, query_s: float, eval_s: flo
         "dataset": d.key, "classes": d.classes, "train_images": d.train, "generations": gens,
         "seconds_per_generation": gen_s, "query_seconds_per_generation": query_s, "eval_seconds": eval_s,
         "run_seconds": gens * gen_s + evals * eval_s, "query_run_seconds": gens * query_s + evals * eval_s,
+        "sequences": gens * (popsize + 1) * d.classes,  # candidates' and refinement queries' text sequences
     }
 
 
@@ -422,6 +423,7 @@ def sweep_summary(
     where the measured runs did their own work; ``interleaved_runs``: runs per measured loop (rows
     then hold one run's amortised share)."""
     serial = SEEDS * sum(r["run_seconds"] for r in rows)
+    sequences = SEEDS * sum(r.get("sequences", 0) for r in rows)
     busy = SEEDS * sum(r["query_run_seconds"] for r in rows)
     together = (f" Each dataset's loop interleaved {interleaved_runs} runs in one thread, as a GPU model server "
                 f"runs colocated runs (sweep keys colocate: true, runs_per_server: {interleaved_runs}); its seconds "
@@ -445,7 +447,7 @@ def sweep_summary(
             "logits, transfer to the runner), evaluations included: the wall time if the runner-side work "
             "(CMA-ES, fitness, refinement epoch) of concurrent runs hid entirely behind it." + how
         ),
-        "seeds": SEEDS, "shots": SHOTS, "serial_s": serial, "query_bound_s": busy, "datasets": rows,
+        "seeds": SEEDS, "shots": SHOTS, "serial_s": serial, "query_bound_s": busy, "sequences": sequences, "datasets": rows,
         "user_device": user_device, "interleaved_runs": interleaved_runs,
     }
     if concurrency_speedup:

@@ -49,7 +49,7 @@ class ModelServer:
         backbone: str,
         weights: str,
         mode: str = "fast",
-        compile: bool = False,
+        compile: bool | str = False,
         cache_dir: str | None = None,
         device: str | None = None,
         batching: bool | None = None,

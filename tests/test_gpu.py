@@ -39,21 +39,26 @@ def test_fast_path_matches_the_official_path(tiny, precision, tolerance):
     assert _rel(a, b) < tolerance
 
 
-def test_the_compiled_path_is_one_graph_for_every_chunk_and_class_list(tiny):
-    """As tests/test_engine.py's CPU test, on CUDA in bf16 (what craft perf --compile measures)."""
+@pytest.mark.parametrize("mode, max_sequences", [("default", 24), ("reduce-overhead", 24), ("reduce-overhead", 4)])
+def test_the_compiled_path_is_one_graph_for_every_chunk_and_class_list(tiny, mode, max_sequences):
+    """As tests/test_engine.py's CPU test, on CUDA in bf16 (what craft perf --compile measures).
+    reduce-overhead replays CUDA graphs, whose outputs the next call overwrites: with 4 sequences
+    a pass, a candidate's classes take 5 calls before their features are joined."""
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
     counters.clear()
-    compiled = ClipEngine(tiny, torch.device("cuda"), compile=True, max_sequences=24)
-    eager = ClipEngine(tiny, torch.device("cuda"), max_sequences=24)
+    compiled = ClipEngine(tiny, torch.device("cuda"), compile=mode, max_sequences=max_sequences)
+    eager = ClipEngine(tiny, torch.device("cuda"), max_sequences=max_sequences)
     p0 = compiled.embed_words("a photo of a")
     ctx = p0 + 0.2 * torch.randn(9, *p0.shape, generator=torch.Generator().manual_seed(0))
     for names in (NAMES, NAMES[:3], [f"a much longer class name number {i}" for i in range(5)]):
-        for n in (9, 1, 2):
+        for n in (9, 1, 2, 9):  # 9 again: a CUDA graph is recorded at a size's second call, replayed after
             got = compiled.text_features(ctx[:n], compiled.class_part(names))
             assert _rel(got, eager.text_features(ctx[:n], eager.class_part(names))) < 3e-2
     assert counters["stats"]["unique_graphs"] == 1
+    if mode == "reduce-overhead":
+        assert not counters["inductor"]["cudagraph_skips"]
 
 
 def test_the_refinement_module_trains_with_fused_adam_on_the_gpu():
@@ -182,6 +187,22 @@ def test_interleaved_runs_on_the_gpu_give_the_results_of_each_alone(tiny):
                 for x, y in zip(t.trace, a.trace, strict=True):
                     assert x["fitness"] == pytest.approx(y["fitness"], rel=1e-5)
                     assert x["train_loss"] == pytest.approx(y["train_loss"], rel=1e-5)
+
+
+def test_interleaved_runs_on_cuda_graphs_give_the_results_of_each_alone(tiny):
+    """compile="reduce-overhead": each call's features are copied out of the graphs' memory before
+    the next run's pass overwrites it (benchmark.engine._one_graph)."""
+    from craft.interleave import run_interleaved
+    from craft.methods.base import drive
+
+    engine = ClipEngine(tiny, torch.device("cuda"), precision="fp32", compile="reduce-overhead")
+    values = {"popsize": 8, "intrinsic_dim": 16, "budget": 8 * 4, "eval_every": 2}
+    alone = [drive(_steps(engine, s, values)) for s in (1, 2)]
+    together = run_interleaved([_steps(engine, s, values) for s in (1, 2)])
+    for a, t in zip(alone, together, strict=True):
+        assert t.usage == a.usage
+        for x, y in zip(t.trace, a.trace, strict=True):
+            assert x["fitness"] == pytest.approx(y["fitness"], rel=1e-5)
 
 
 def test_the_profile_gives_a_generations_device_time_and_its_bound(tiny):

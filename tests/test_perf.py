@@ -12,7 +12,10 @@ import torch
 from benchmark.cli import main
 from benchmark.errors import UserError
 from benchmark.models import load_model
-from benchmark.perf import _compile_seconds, _parse_runs, _ratios, _sweep_path, _targets, _user_devices
+from benchmark.engine import uses_cuda_graphs
+from benchmark.perf import (
+    _compile_seconds, _parse_compile_modes, _parse_runs, _ratios, _sweep_path, _targets, _user_devices, compiled_path_name,
+)
 from benchmark.perf_measure import (
     SEEDS, _generations, amortised, dataset_shapes, device_name, padded_classnames, peak_memory, sweep_datasets, sweep_row,
     sweep_rows_scaled, sweep_summary,
@@ -67,6 +70,10 @@ def test_sweep_covers_the_eleven_coop11_datasets_with_their_budgets():
     assert summary["concurrent_s"] == pytest.approx(summary["serial_s"] / 2)  # above the query bound here
     assert sweep_summary(rows, "measure", concurrency_speedup=8.0)["concurrent_s"] == summary["query_bound_s"]
     assert "3 seeds" in summary["model"]
+    # Text sequences of the sweep's generations: 41 prompts (40 candidates and the refinement
+    # query) per class, 200 generations (ImageNet 100), 3 seeds.
+    classes = sum(d.classes for d in shapes.values() if d.key != "paper-shapes/imagenet")
+    assert summary["sequences"] == SEEDS * 41 * (200 * classes + 100 * 1000) == 41_598_600
 
 
 def test_scaled_rows_grow_the_runs_own_work_with_the_logits_on_a_cpu_and_with_the_classes_on_a_gpu():
@@ -123,10 +130,30 @@ def test_user_devices_and_the_path_the_sweep_estimate_runs():
     assert _user_devices("both", gpu) == [gpu, cpu] and _user_devices("both", cpu) == [cpu]
     assert _user_devices("engine", gpu) == [gpu] and _user_devices("cpu", gpu) == [cpu]
     # The compiled path where it was measured (one graph for every dataset; a sweep's compile key).
-    paths = {"fast": {"raw": {"sequences_per_s": 1.0}}, "fast_compiled": {"raw": {"sequences_per_s": 2.0}}}
+    paths = {"fast": {"raw": {"sequences_per_s": 1.0}}, "fast_compiled": {"compile": "default", "raw": {"sequences_per_s": 2.0}}}
     assert _sweep_path(paths) == "fast_compiled"
-    assert _sweep_path({"fast": {"raw": {}}, "fast_compiled": {"error": "x"}}) == "fast"
+    assert _sweep_path({"fast": {"raw": {}}, "fast_compiled": {"compile": "default", "error": "x"}}) == "fast"
     assert _sweep_path({"official": {"raw": {}}}) is None
+    # Of several compiled paths, the fastest in the loop (not in raw throughput), else in raw throughput.
+    loop = lambda seq: [{"runs": 4, "sequences_per_s": seq}]  # noqa: E731
+    two = {"fast_compiled": {"compile": "default", "raw": {"sequences_per_s": 3.0}, "loop": loop(1.0)},
+           "fast_compiled_reduce_overhead": {"compile": "reduce-overhead", "raw": {"sequences_per_s": 2.0}, "loop": loop(2.0)}}
+    assert _sweep_path(two) == "fast_compiled_reduce_overhead"
+    for entry in two.values():
+        del entry["loop"]
+    assert _sweep_path(two) == "fast_compiled"
+
+
+def test_compile_modes_are_checked_before_any_work_and_name_their_paths():
+    assert _parse_compile_modes(None, True) == ["default"]
+    assert _parse_compile_modes("default, reduce-overhead,default", True) == ["default", "reduce-overhead"]
+    assert [compiled_path_name(m) for m in ("default", "reduce-overhead")] == ["fast_compiled", "fast_compiled_reduce_overhead"]
+    with pytest.raises(UserError, match="--compile-mode: Unrecognized mode=fastest"):
+        _parse_compile_modes("default,fastest", True)
+    with pytest.raises(UserError, match="add --compile"):
+        _parse_compile_modes("reduce-overhead", False)
+    assert uses_cuda_graphs("reduce-overhead") and uses_cuda_graphs("max-autotune")
+    assert not uses_cuda_graphs("default") and not uses_cuda_graphs("max-autotune-no-cudagraphs") and not uses_cuda_graphs(None)
 
 
 def test_the_sweep_estimate_on_a_compiled_path_pays_its_compilation_once():

@@ -39,7 +39,7 @@ KEYS = {
     "runs_per_server": "runs served at once by one model server",
     "precision": "model servers' arithmetic on a GPU: auto (bf16, CBBT fp32), bf16 or fp32 for all (CPUs: fp32)",
     "colocate": "true: CraFT and BBT runs execute in their model server's process, logits on its GPU (default false)",
-    "compile": "true: model servers run the text tower under torch.compile, one graph each, compiled in its first query (default false)",
+    "compile": "true (or a torch.compile mode, e.g. reduce-overhead: CUDA graphs on a GPU): model servers run the text tower under torch.compile, one graph each, compiled in its first query (default false)",
 }
 DEFAULT_RUNS_PER_SERVER = 4
 
@@ -61,7 +61,7 @@ class SweepConfig:
     runs_per_server: int = DEFAULT_RUNS_PER_SERVER
     precision: str = "auto"
     colocate: bool = False
-    compile: bool = False
+    compile: bool | str = False
     includes: tuple[str, ...] = ()
 
     def hparams_for(self, method: str, dataset: str) -> dict[str, Any]:
@@ -258,13 +258,27 @@ def _check_layer(raw: dict[str, Any], where: str) -> None:
 
         if raw["precision"] not in PRECISIONS:
             raise UserError(f"{where}: precision must be one of {', '.join(PRECISIONS)}, got {raw['precision']!r}")
-    for key in ("colocate", "compile"):
-        if key in raw and not isinstance(raw[key], bool):
-            raise UserError(f"{where}: {key} must be true or false, got {raw[key]!r}")
+    if "colocate" in raw and not isinstance(raw["colocate"], bool):
+        raise UserError(f"{where}: colocate must be true or false, got {raw['colocate']!r}")
+    if "compile" in raw and not isinstance(raw["compile"], bool):
+        _check_compile_mode(raw["compile"], where)
     if "eval_datasets" in raw:
         _check_eval_datasets(raw["eval_datasets"], where)
     if "hparams" in raw:
         _check_hparams(raw["hparams"], where)
+
+
+def _check_compile_mode(value: Any, where: str) -> None:
+    from benchmark.engine import uses_cuda_graphs
+
+    try:
+        if isinstance(value, str):
+            uses_cuda_graphs(value)
+            return
+    except RuntimeError:
+        pass
+    raise UserError(f"{where}: compile must be true, false or a torch.compile mode (default, reduce-overhead, "
+                    f"max-autotune, max-autotune-no-cudagraphs), got {value!r}")
 
 
 def _check_eval_datasets(value: Any, where: str) -> None:

@@ -156,7 +156,7 @@ def start_servers(
     gpus: int | None = None,
     batching: bool | None = None,
     precision: str = "auto",
-    compile: bool = False,
+    compile: bool | str = False,
 ) -> ServerPool:
     """Start the servers that ``cells`` need, spread over GPUs and nodes; wait until they answer.
 
@@ -275,7 +275,7 @@ def run_sweep(
     dashboard: bool = False,
     precision: str = "auto",
     colocate: bool = False,
-    compile: bool = False,
+    compile: bool | str = False,
 ) -> SweepSummary:
     """Run every cell not yet done under ``out``; write each (log and rows) as it finishes.
 
