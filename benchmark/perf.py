@@ -224,8 +224,12 @@ def run(args: argparse.Namespace) -> int:
     if args.profile:
         for p in paths:
             if p.mode == "fast" and "raw" in result["paths"][p.name]:
-                result.setdefault("profile", {})[p.name] = _profile(
-                    engines[p.name], classnames, contexts_all[:n_cand], data, task, args, users[0], p.name)
+                prof = _profile(engines[p.name], classnames, contexts_all[:n_cand], data, task, args, users[0], p.name)
+                if "generation" in prof:
+                    from benchmark.perf_profile import loops_device_busy
+
+                    prof["loops_device_busy"] = loops_device_busy(prof["generation"], result["paths"][p.name].get("loop", []))
+                result.setdefault("profile", {})[p.name] = prof
                 save()
 
     # 3. The sweep estimate, on the path a sweep runs.

@@ -14,9 +14,16 @@ Three figures per fast path, for the next optimisation to aim at:
   merging concurrent runs' queries into one pass (a model server's :class:`QueryBatcher`) can
   gain on this device.
 
+* **loops' device busy share**: each measured loop's generations a second times the profiled
+  generation's device time: near 1 the device bounds the loop, well below its thread does.
+
 On a CPU there is no device time: the operations are ranked by the CPU time they took. With
 ``--profile-traces DIR`` the generations' timelines are written too (one gzipped Chrome trace a
 path), for a look at what ran when, after the GPU is gone.
+
+``python -m benchmark.perf_profile PERF.json`` prints the profile of a ``craft perf --json``
+file again, with the loops' device busy share computed from it (also for files written before
+``craft perf`` computed it).
 """
 
 from __future__ import annotations
@@ -160,6 +167,19 @@ def pass_sizes(engine, classnames: list[str], contexts: torch.Tensor, multiples:
     return rows
 
 
+def loops_device_busy(generation: dict[str, Any], loops: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """How busy each measured loop kept the device: the profiled generation's device time times the
+    loop's generations a second (all its runs'), for the loops whose runs worked where the profiled
+    one did. Near 1 the GPU bounds the loop; well below, the loop's thread does (its waits say the
+    same from the thread's side). Assumes a generation's device work does not depend on its loop."""
+    busy = generation.get("device_busy_s")
+    if not busy:
+        return []
+    return [{"runs": x["runs"], "cma_workers": bool(x.get("cma_workers")),
+             "device_busy_share": busy * x["generations_per_s"]}
+            for x in loops if "generations_per_s" in x and x.get("user_device", "cpu") == generation["user_device"]]
+
+
 def render(name: str, p: dict[str, Any]) -> list[str]:
     """Report lines for one path's profile."""
     lines = []
@@ -182,6 +202,10 @@ def render(name: str, p: dict[str, Any]) -> list[str]:
                      f"the thread: {g['host_ops']:.0f} operations, {g['host_op_cpu_s']:.4f} s in them"
                      + (f"; timeline in {g['trace']}" if g.get("trace") else ""))
         lines += _top_lines(g)
+    if p.get("loops_device_busy"):
+        lines.append("  the loops kept the device busy about: " + ", ".join(
+            f"{x['runs']} run{'s' if x['runs'] > 1 else ''}{' (CMA-ES in workers)' if x['cma_workers'] else ''} "
+            f"{100 * x['device_busy_share']:.0f}%" for x in p["loops_device_busy"]))
     sizes = p.get("pass_sizes")
     if sizes:
         lines.append("  runs merged into one pass: " + ", ".join(
@@ -193,3 +217,29 @@ def _top_lines(p: dict[str, Any], n: int = 5) -> list[str]:
     key = "device_top" if "device_top" in p else "host_top"
     where = "device" if key == "device_top" else "host CPU"
     return [f"    {where}: " + "; ".join(f"{100 * t['share']:.0f}% {t['name'][:60]} (x{t['calls']})" for t in p[key][:n])]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the profiles of a ``craft perf --json`` file."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="python -m benchmark.perf_profile", description=main.__doc__)
+    parser.add_argument("json", help="a file written by craft perf --profile --json")
+    args = parser.parse_args(argv)
+    try:
+        result = json.loads(Path(args.json).read_text())
+    except (OSError, ValueError) as exc:
+        parser.error(f"{args.json}: cannot read it as JSON ({exc})")
+    profiles = result.get("profile") if isinstance(result, dict) else None
+    if not profiles:
+        parser.error(f"{args.json}: no 'profile' in it (written by craft perf without --profile?)")
+    for name, prof in profiles.items():
+        if "generation" in prof and "loops_device_busy" not in prof:
+            prof["loops_device_busy"] = loops_device_busy(prof["generation"], result["paths"].get(name, {}).get("loop", []))
+        print("\n".join(render(name, prof)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

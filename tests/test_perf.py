@@ -309,3 +309,36 @@ def test_profile_names_what_a_pass_and_a_generation_spend_their_time_on(tmp_path
     # Refused before any measurement: traces without a profile.
     assert main(["perf", "--device", "cpu", "--profile-traces", str(tmp_path)]) == 2
     assert "--profile-traces writes the profile's timelines: it needs --profile" in capsys.readouterr().err
+
+
+def test_a_loops_device_busy_share_is_the_profiled_generations_device_time_at_the_loops_rate():
+    from benchmark.perf_profile import loops_device_busy, render
+
+    gen = {"user_device": "cuda:0", "device_busy_s": 0.02}
+    loops = [{"runs": 1, "user_device": "cuda:0", "generations_per_s": 25.0},
+             {"runs": 4, "cma_workers": True, "user_device": "cuda:0", "generations_per_s": 40.0},
+             {"runs": 1, "user_device": "cpu", "generations_per_s": 10.0},  # worked elsewhere: not comparable
+             {"runs": 4, "user_device": "cuda:0", "skipped": "too slow"}]
+    busy = loops_device_busy(gen, loops)
+    assert [(x["runs"], x["cma_workers"]) for x in busy] == [(1, False), (4, True)]
+    assert [x["device_busy_share"] for x in busy] == pytest.approx([0.5, 0.8])
+    assert loops_device_busy({"user_device": "cpu"}, loops) == []  # a CPU has no device time
+    line = render("fast", {"loops_device_busy": busy})[0]
+    assert line == "  the loops kept the device busy about: 1 run 50%, 4 runs (CMA-ES in workers) 80%"
+
+
+def test_a_saved_profile_prints_again_with_its_loops_device_busy_share(tmp_path, capsys):
+    from benchmark.perf_profile import main as profile_main
+
+    saved = {"profile": {"fast": {"generation": {"user_device": "cuda:0", "device_busy_s": 0.02, "wall_s": 0.03,
+                                                  "host_ops": 5, "host_op_cpu_s": 0.01, "device_ops": 7,
+                                                  "device_busy_share": 0.66, "gpu_bound_sequences_per_s": 1000.0,
+                                                  "device_top": []}}},
+             "paths": {"fast": {"loop": [{"runs": 4, "user_device": "cuda:0", "generations_per_s": 45.0}]}}}
+    (tmp_path / "perf.json").write_text(json.dumps(saved))
+    assert profile_main([str(tmp_path / "perf.json")]) == 0
+    assert "the loops kept the device busy about: 4 runs 90%" in capsys.readouterr().out
+    (tmp_path / "bare.json").write_text("{}")
+    with pytest.raises(SystemExit):
+        profile_main([str(tmp_path / "bare.json")])
+    assert "bare.json: no 'profile' in it" in capsys.readouterr().err
