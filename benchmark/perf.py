@@ -427,9 +427,11 @@ def _sweep_path(paths: dict[str, Any]) -> str | None:
     several compiled paths (``--compile-mode a,b``), the one fastest in the loop.
     """
     compiled = [k for k, e in paths.items() if e.get("compile") and "raw" in e]
-    if compiled:  # the fastest in the loop where loops were measured, else in raw throughput
-        return max(compiled, key=lambda k: (_loop_best(paths[k]) or {}).get("sequences_per_s", 0.0)
-                   or paths[k]["raw"]["sequences_per_s"])
+    looped = [k for k in compiled if _loop_best(paths[k])]
+    if looped:  # the fastest in the loop (a path whose loops failed is left out)
+        return max(looped, key=lambda k: _loop_best(paths[k])["sequences_per_s"])
+    if compiled:  # no loop measured: the fastest in raw throughput
+        return max(compiled, key=lambda k: paths[k]["raw"]["sequences_per_s"])
     return "fast" if "raw" in paths.get("fast", {}) else None
 
 

@@ -139,6 +139,11 @@ def test_user_devices_and_the_path_the_sweep_estimate_runs():
     two = {"fast_compiled": {"compile": "default", "raw": {"sequences_per_s": 3.0}, "loop": loop(1.0)},
            "fast_compiled_reduce_overhead": {"compile": "reduce-overhead", "raw": {"sequences_per_s": 2.0}, "loop": loop(2.0)}}
     assert _sweep_path(two) == "fast_compiled_reduce_overhead"
+    # A path whose loops failed is not chosen for its raw throughput.
+    two["fast_compiled"]["raw"]["sequences_per_s"] = 9.0
+    two["fast_compiled_reduce_overhead"]["loop"] = [{"runs": 4, "error": "RuntimeError: x"}]
+    assert _sweep_path(two) == "fast_compiled"
+    two["fast_compiled"]["raw"]["sequences_per_s"] = 3.0
     for entry in two.values():
         del entry["loop"]
     assert _sweep_path(two) == "fast_compiled"
