@@ -347,3 +347,18 @@ def test_a_saved_profile_prints_again_with_its_loops_device_busy_share(tmp_path,
     with pytest.raises(SystemExit):
         profile_main([str(tmp_path / "bare.json")])
     assert "bare.json: no 'profile' in it" in capsys.readouterr().err
+
+
+def test_the_attention_benchmark_runs_each_backend_and_reports_those_that_cannot(tmp_path, capsys):
+    from benchmarks.attention_backends import main as attention_main
+
+    out = tmp_path / "attention.json"
+    assert attention_main(["--backbone", "craft-tiny", "--device", "cpu", "--dataset", "eurosat", "--candidates", "4",
+                           "--repeats", "1", "--backends", "auto,math,efficient", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["backends"]
+    assert rows["auto"]["features_vs_first"] == 0.0 and rows["auto"]["sequences_per_s"] > 0
+    assert rows["math"]["features_vs_first"] < 1e-5  # fp32 on a CPU: the same features up to rounding
+    assert "No viable backend" in rows["efficient"]["error"]  # a GPU kernel: none on a CPU
+    assert "efficient: error" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        attention_main(["--backends", "auto,fastest"])
