@@ -18,6 +18,8 @@ Two query paths compute the same features:
 
 from __future__ import annotations
 
+import contextlib
+
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -31,6 +33,8 @@ from craft.waits import blocked
 
 
 PRECISIONS = ("auto", "bf16", "fp32")  # of the fast path on a GPU; see ClipEngine
+# Attention kernels the fast path may be held to (torch.nn.attention.SDPBackend); auto: torch's choice.
+ATTENTION_KERNELS = ("auto", "math", "efficient", "cudnn", "flash")
 
 
 @dataclass
@@ -61,16 +65,21 @@ class ClipEngine:
         compile: bool | str = False,
         max_sequences: int | None = None,
         precision: str = "auto",
+        attention: str = "auto",
     ) -> None:
         """``compile``: False, True (``torch.compile`` default mode) or a ``torch.compile`` mode name.
         ``max_sequences``: text sequences per forward pass; None sizes chunks by device memory.
         ``precision`` of the fast and white-box paths on a GPU: ``auto`` or ``bf16`` (bf16
         autocast), ``fp32`` (none; the official path and CPUs are always fp32). A sweep picks it
-        per method (``benchmark.sweep.runner.arithmetic``)."""
+        per method (``benchmark.sweep.runner.arithmetic``). ``attention``: the kernel of the fast
+        and white-box paths' attention, of :data:`ATTENTION_KERNELS` (``auto``: torch's choice;
+        ``python -m benchmarks.attention_backends`` times them; one that cannot run a call fails it)."""
         if mode not in ("fast", "official"):
             raise ValueError(f"mode must be 'fast' or 'official', got {mode!r}")
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if attention not in ATTENTION_KERNELS:
+            raise ValueError(f"attention must be one of {', '.join(ATTENTION_KERNELS)}, got {attention!r}")
         model = loaded.model
         for attr in ("token_embedding", "positional_embedding", "transformer", "ln_final", "attn_mask"):
             if not hasattr(model, attr):
@@ -87,6 +96,7 @@ class ClipEngine:
             p.requires_grad_(False)
         self.mode = mode
         self.precision = precision
+        self.attention = attention
         self.bf16 = self.device.type == "cuda" and precision != "fp32" and mode == "fast"  # autocast on
         self.context_length = int(model.positional_embedding.shape[0])
         self.width = int(model.token_embedding.weight.shape[1])
@@ -183,7 +193,7 @@ class ClipEngine:
                 x, eot = self._sequences(contexts[c : c + 1], part, full=True)
                 feats.append(self._encode_embeddings(x, eot).float())
             return F.normalize(torch.cat(feats), dim=-1).reshape(n_cand, n_cls, -1)
-        with self._autocast():
+        with self._text_arithmetic():
             if self.prefix_shared:
                 feats = self._prefix_shared_text(contexts, part)
             else:
@@ -196,6 +206,18 @@ class ClipEngine:
 
     def _autocast(self) -> torch.autocast:
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16)
+
+    def _text_arithmetic(self) -> contextlib.AbstractContextManager:
+        """The text tower's: bf16 autocast where the engine computes in bf16, and the attention
+        kernel it is held to."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(self._autocast())
+        if self.attention != "auto":
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            names = {"math": "MATH", "efficient": "EFFICIENT_ATTENTION", "cudnn": "CUDNN_ATTENTION", "flash": "FLASH_ATTENTION"}
+            stack.enter_context(sdpa_kernel(getattr(SDPBackend, names[self.attention])))
+        return stack
 
     def chunk_sequences(self, seq_len: int) -> int:
         """Text sequences per forward pass: ``max_sequences``, or what the memory budget holds."""
@@ -270,7 +292,7 @@ class ClipEngine:
         contexts = contexts.to(self.device)
         n_cand, n_cls = contexts.shape[0], len(part.classnames)
         x, eot = self._sequences(contexts.float(), part, full=False)
-        with self._autocast():
+        with self._text_arithmetic():
             out = self._encode_embeddings(x, eot).float()
         return F.normalize(out, dim=-1).reshape(n_cand, n_cls, -1)
 

@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 import torch
 
-from benchmark.engine import PRECISIONS
+from benchmark.engine import ATTENTION_KERNELS, PRECISIONS
 from benchmark.errors import UserError
 from benchmark.perf_measure import (
     SEEDS, agreement, amortised, cma_seconds, dataset_shapes, device_name, measure_eval, measure_loop, measure_raw, padded_classnames,
@@ -82,6 +82,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "other modes: fast_compiled_<mode>, e.g. reduce-overhead, whose CUDA graphs launch a "
                         "pass's kernels in one call on a GPU)"),
     p.add_argument("--no-official", action="store_true", help="skip the official-style path")
+    p.add_argument("--attention", choices=ATTENTION_KERNELS, default="auto",
+                   help="the fast paths' attention kernel (auto: torch's choice; python -m benchmarks.attention_backends "
+                        "times each)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="the fast paths' arithmetic on a GPU: auto or bf16 (bf16 autocast), fp32 (CPUs: always fp32)")
     p.add_argument("--sweep", choices=("auto", "measure", "scale", "off"), default="auto",
@@ -145,7 +148,8 @@ def run(args: argparse.Namespace) -> int:
     paths.append(QueryPath("fast", "fast", False))
     if args.compile:
         paths += [QueryPath(compiled_path_name(mode), "fast", mode) for mode in compile_modes]
-    engines = {p.name: ClipEngine(loaded, device, mode=p.mode, compile=p.compile, precision=args.precision)
+    engines = {p.name: ClipEngine(loaded, device, mode=p.mode, compile=p.compile, precision=args.precision,
+                                  attention=args.attention if p.mode == "fast" else "auto")
                for p in paths}
     ref = engines["fast"]
     p0 = ref.embed_words("a photo of a")
@@ -166,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
         "context_tokens": p0.shape[0], "prompt_tokens": 1 + p0.shape[0] + part.max_len + 1,
         "official_prompt_tokens": ref.context_length, "prefix_shared": ref.prefix_shared,
         "compile_mode": ",".join(compile_modes) if args.compile else None,
-        "fast_precision": "bf16" if engines["fast"].bf16 else "fp32",
+        "fast_precision": "bf16" if engines["fast"].bf16 else "fp32", "fast_attention": args.attention,
         "image_features": IMAGE_NOTE, "paths": {},
     }
     save = _saver(args.json, result)

@@ -8,8 +8,9 @@ On the H100 (docs/throughput.md, run D1) cuDNN's flash attention took 36% of a c
 device time: 21 calls a pass, each over prompts of about 20 tokens, whose tiles (64 x 128) it fills
 a few percent, for well under 1% of the pass's arithmetic. This measures a pass (Caltech101's
 shapes, prompts of 20 tokens, one generation's 40 candidates) with the kernel torch picks
-(``auto``) and with each backend forced (``torch.nn.attention.sdpa_kernel``): ``math`` (matmul,
-softmax, matmul), ``efficient`` (memory-efficient), ``cudnn`` and ``flash``. A backend that cannot
+(``auto``) and with each backend forced (``ClipEngine(attention=...)``, through
+``torch.nn.attention.sdpa_kernel``): ``math`` (matmul, softmax, matmul), ``efficient``
+(memory-efficient), ``cudnn`` and ``flash``. A backend that cannot
 run a call (flash takes no mask) is reported with its error. Per backend: the pass's wall time,
 the device's busy time and its attention kernels' share of it (``torch.profiler``), sequences/s,
 and how far its features are from ``auto``'s. Eager engines: a compiled pass calls the same
@@ -19,50 +20,35 @@ attention kernels. On a CPU only ``math`` and ``flash`` exist (and no device tim
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import time
 
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from benchmark.engine import ClipEngine
+from benchmark.engine import ATTENTION_KERNELS, ClipEngine
 from benchmark.models import load_model
 from benchmark.perf_measure import dataset_shapes, padded_classnames, sync
 from benchmark.perf_profile import profile_pass
 
-BACKENDS = {
-    "auto": None,
-    "math": SDPBackend.MATH,
-    "efficient": SDPBackend.EFFICIENT_ATTENTION,
-    "cudnn": SDPBackend.CUDNN_ATTENTION,
-    "flash": SDPBackend.FLASH_ATTENTION,
-}
-ATTENTION_KERNELS = ("sdpa", "attention", "fmha", "flash", "softmax", "bmm", "gemm")
+ATTENTION_NAMES = ("sdpa", "attention", "fmha", "flash", "softmax", "bmm", "gemm")  # in device kernels' names
 
 
-def _under(backend: SDPBackend | None):
-    return sdpa_kernel(backend) if backend is not None else contextlib.nullcontext()
-
-
-def _call(engine: ClipEngine, classnames: list[str], contexts: torch.Tensor, backend: SDPBackend | None) -> tuple[float, torch.Tensor]:
-    with _under(backend):
-        t0 = time.perf_counter()
-        feats = engine.text_features(contexts, engine.class_part(classnames))
-        sync(engine.device)
+def _call(engine: ClipEngine, classnames: list[str], contexts: torch.Tensor) -> tuple[float, torch.Tensor]:
+    t0 = time.perf_counter()
+    feats = engine.text_features(contexts, engine.class_part(classnames))
+    sync(engine.device)
     return time.perf_counter() - t0, feats
 
 
-def measure(engine: ClipEngine, classnames: list[str], contexts: torch.Tensor, backends: dict[str, SDPBackend | None],
-            repeats: int) -> dict[str, dict]:
+def measure(engines: dict[str, ClipEngine], classnames: list[str], contexts: torch.Tensor, repeats: int) -> dict[str, dict]:
     """Each backend's pass: the median wall time of ``repeats`` calls, the backends' calls
     alternating (a change of load hits all alike), then a profile of each; features against the
     first backend's."""
     out: dict[str, dict] = {}
     live, ref = [], None
-    for name, backend in backends.items():
+    for name, engine in engines.items():
         try:
-            _, feats = _call(engine, classnames, contexts, backend)  # warm, and the features to compare
+            _, feats = _call(engine, classnames, contexts)  # warm, and the features to compare
         except Exception as exc:  # noqa: BLE001 - a backend that cannot run these calls
             out[name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
             continue
@@ -71,17 +57,16 @@ def measure(engine: ClipEngine, classnames: list[str], contexts: torch.Tensor, b
         live.append(name)
     for r in range(repeats):
         for name in live if r % 2 == 0 else live[::-1]:
-            out[name]["times"].append(_call(engine, classnames, contexts, backends[name])[0])
+            out[name]["times"].append(_call(engines[name], classnames, contexts)[0])
     for name in live:
         row = out[name]
         times = sorted(row.pop("times"))
         row["seconds"] = times[len(times) // 2]
         row["sequences_per_s"] = contexts.shape[0] * len(classnames) / row["seconds"]
-        with _under(backends[name]):
-            prof = profile_pass(engine, classnames, contexts)
+        prof = profile_pass(engines[name], classnames, contexts)
         row |= {k: prof[k] for k in ("device_busy_s", "device_ops", "host_ops") if k in prof}
         top = prof.get("device_top") or []
-        row["attention_share"] = sum(t["share"] for t in top if any(a in t["name"].lower() for a in ATTENTION_KERNELS))
+        row["attention_share"] = sum(t["share"] for t in top if any(a in t["name"].lower() for a in ATTENTION_NAMES))
         row["device_top"] = top[:6]
     return out
 
@@ -95,18 +80,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--candidates", type=int, default=40)
     p.add_argument("--prompt-tokens", type=int, default=20)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--backends", default=",".join(BACKENDS), help=f"comma-separated, of {', '.join(BACKENDS)}")
+    p.add_argument("--backends", default=",".join(ATTENTION_KERNELS), help=f"comma-separated, of {', '.join(ATTENTION_KERNELS)}")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     names = [b.strip() for b in args.backends.split(",") if b.strip()]
-    unknown = [b for b in names if b not in BACKENDS]
+    unknown = [b for b in names if b not in ATTENTION_KERNELS]
     if unknown or not names:
-        p.error(f"--backends: unknown {unknown}; choose from {', '.join(BACKENDS)}")
+        p.error(f"--backends: unknown {unknown}; choose from {', '.join(ATTENTION_KERNELS)}")
 
     device = torch.device(args.device)
     weights = args.weights or ("builtin" if args.backbone == "craft-tiny" else "random")
     loaded = load_model(args.backbone, weights, device)
-    engine = ClipEngine(loaded, device)
+    engines = {name: ClipEngine(loaded, device, attention=name) for name in names}
+    engine = engines[names[0]]
     shapes = dataset_shapes(args.dataset)
     p0 = engine.embed_words("a photo of a")
     classnames = padded_classnames(loaded.tokenizer, shapes.classes, args.prompt_tokens, p0.shape[0], engine.context_length)
@@ -114,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"backbone": args.backbone, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "torch": torch.__version__, "dataset": shapes.key, "classes": shapes.classes, "candidates": args.candidates,
               "prompt_tokens": args.prompt_tokens, "fast_precision": "bf16" if engine.bf16 else "fp32", "backends": {}}
-    result["backends"] = measure(engine, classnames, contexts, {n: BACKENDS[n] for n in names}, args.repeats)
+    result["backends"] = measure(engines, classnames, contexts, args.repeats)
     for name, row in result["backends"].items():
         if "error" in row:
             print(f"{name:>10}: error: {row['error']}")

@@ -191,3 +191,16 @@ def test_merged_queries_of_different_context_lengths_go_one_pass_each(tiny):
     out, _ = backend.logits_many([long.expand(3, -1, -1), short.unsqueeze(0)], "train")
     assert [t.shape for t in out] == [(3, 6, 3), (1, 6, 3)]
     assert torch.equal(out[1], backend.logits(short.unsqueeze(0), "train")[0])
+
+
+def test_the_attention_kernel_can_be_held_to_one_backend(tiny):
+    ctx = torch.randn(3, 4, 64) * 0.2
+    auto, math = ClipEngine(tiny), ClipEngine(tiny, attention="math")
+    torch.testing.assert_close(math.text_features(ctx, math.class_part(NAMES)), auto.text_features(ctx, auto.class_part(NAMES)),
+                               rtol=1e-5, atol=1e-6)
+    held = ClipEngine(tiny, attention="efficient")  # a GPU kernel: held to it, a CPU has no way to run the call
+    with pytest.raises(RuntimeError, match="No viable backend"):
+        held.text_features(ctx, held.class_part(NAMES))
+    held.encode_images([torch.zeros(3, 32, 32)], transform=lambda x: x, loader=lambda x: x)  # the image tower is not held
+    with pytest.raises(ValueError, match="attention must be one of auto, math, efficient, cudnn, flash, got 'fastest'"):
+        ClipEngine(tiny, attention="fastest")
