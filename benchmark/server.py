@@ -55,15 +55,18 @@ class ModelServer:
         batching: bool | None = None,
         precision: str = "auto",
         interleave: bool | None = None,
+        attention: str = "auto",
     ) -> None:
         """``batching``: merge concurrent callers' queries (None: on a GPU only, where it pays);
         ``interleave``: step concurrent colocated runs in turn in one thread, their CMA-ES in worker
         processes (None: on a GPU only, where one run's CPU work hides behind another's pass; on a
         CPU they compute in parallel);
-        ``precision``: the engine's (``auto``/``bf16``: bf16 autocast on a GPU; ``fp32``)."""
+        ``precision``: the engine's (``auto``/``bf16``: bf16 autocast on a GPU; ``fp32``);
+        ``attention``: the kernel the engine's text attention is held to (``auto``: torch's choice)."""
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.engine = ClipEngine(
-            load_model(backbone, weights, device), device, mode=mode, compile=compile, precision=precision
+            load_model(backbone, weights, device), device, mode=mode, compile=compile, precision=precision,
+            attention=attention,
         )
         self.cache = FeatureCache(cache_dir) if cache_dir != "" else None
         if batching is None:
@@ -85,6 +88,7 @@ class ModelServer:
         return {
             "backbone": self.engine.loaded.backbone, "device": str(self.engine.device), "tasks": len(self._tasks),
             "precision": self.engine.precision, "bf16": self.engine.bf16, "compile": self.engine.compile_mode,
+            "attention": self.engine.attention,
             "pid": os.getpid(), "served": self._served,
             "batched_passes": batcher.passes if batcher else None, "batched_requests": batcher.requests if batcher else None,
             "colocated_live_max": self._interleaver.live_max if self._interleaver else None,

@@ -59,6 +59,8 @@ def test_compile_defaults_to_false_and_is_read() -> None:
     assert config_from_dict(BASE).compile is False
     assert config_from_dict({**BASE, "compile": True}).compile is True
     assert config_from_dict({**BASE, "compile": "reduce-overhead"}).compile == "reduce-overhead"
+    assert config_from_dict(BASE).attention == "auto"
+    assert config_from_dict({**BASE, "attention": "efficient"}).attention == "efficient"
 
 
 def test_datasets_and_suite_replace_each_other_across_includes(tmp_path: Path) -> None:
@@ -91,6 +93,7 @@ def test_datasets_and_suite_replace_each_other_across_includes(tmp_path: Path) -
         ({"precision": "fp16"}, ["precision must be one of auto, bf16, fp32", "'fp16'"]),
         ({"compile": "yes"}, ["compile must be true, false or a torch.compile mode", "reduce-overhead", "'yes'"]),
         ({"compile": 1}, ["compile must be true, false or a torch.compile mode", "got 1"]),
+        ({"attention": "fastest"}, ["attention must be one of auto, math, efficient, cudnn, flash", "'fastest'"]),
         ({"eval_datasets": {"dtd": ["imagenet_a"]}}, ["eval_datasets.dtd[0]", "not scored in dtd's label space"]),
         ({"include": ["official_craf"]}, ["include 'official_craf'", "official_craft"]),
     ],

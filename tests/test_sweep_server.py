@@ -130,11 +130,12 @@ def test_runs_survive_a_dead_server_and_a_restarted_one(cache) -> None:
 
         # On a GPU (declared), CBBT's runs get an fp32 server and the others a bf16 one, sharing it.
         tiny = [Cell(m, "digits_rotate", 2, 1, "craft-tiny", "builtin") for m in ("craft", "cbbt")]
-        pool = start_servers(tiny, runs_per_server=1, gpus=1, compile="reduce-overhead")
+        pool = start_servers(tiny, runs_per_server=1, gpus=1, compile="reduce-overhead", attention="math")
         pings = {k: ray.get(g[0].ping.remote()) for k, g in pool.groups.items()}
         assert {k: p["precision"] for k, p in pings.items()} == {
             ("craft-tiny", "builtin", "bf16"): "bf16", ("craft-tiny", "builtin", "fp32"): "fp32"}
         assert {p["compile"] for p in pings.values()} == {"reduce-overhead"}  # the sweep's compile key reaches them
+        assert {p["attention"] for p in pings.values()} == {"math"}  # and its attention key
         assert pool.group(tiny[1]) == pool.groups[("craft-tiny", "builtin", "fp32")]
         stop_servers(pool)
 

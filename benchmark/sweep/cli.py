@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     summary = run_sweep(
         cells, cfg.out, runs_per_server=cfg.runs_per_server, rerun_failed=args.rerun_failed,
         progress=not args.no_progress, gpus=args.gpus, precision=cfg.precision, colocate=cfg.colocate,
-        compile=cfg.compile,
+        compile=cfg.compile, attention=cfg.attention,
     )
     print(
         f"{summary.done} cells done, {summary.skipped} already done or failed before (skipped), "

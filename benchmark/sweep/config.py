@@ -39,6 +39,7 @@ KEYS = {
     "runs_per_server": "runs served at once by one model server",
     "precision": "model servers' arithmetic on a GPU: auto (bf16, CBBT fp32), bf16 or fp32 for all (CPUs: fp32)",
     "colocate": "true: CraFT and BBT runs execute in their model server's process, logits on its GPU (default false)",
+    "attention": "the kernel the servers' text attention is held to: auto (torch's choice, default), math, efficient, cudnn or flash (python -m benchmarks.attention_backends times them)",
     "compile": "true (or a torch.compile mode, e.g. reduce-overhead: CUDA graphs on a GPU): model servers run the text tower under torch.compile, one graph each, compiled in its first query (default false)",
 }
 DEFAULT_RUNS_PER_SERVER = 4
@@ -62,6 +63,7 @@ class SweepConfig:
     precision: str = "auto"
     colocate: bool = False
     compile: bool | str = False
+    attention: str = "auto"
     includes: tuple[str, ...] = ()
 
     def hparams_for(self, method: str, dataset: str) -> dict[str, Any]:
@@ -262,6 +264,11 @@ def _check_layer(raw: dict[str, Any], where: str) -> None:
         raise UserError(f"{where}: colocate must be true or false, got {raw['colocate']!r}")
     if "compile" in raw and not isinstance(raw["compile"], bool):
         _check_compile_mode(raw["compile"], where)
+    if "attention" in raw:
+        from benchmark.engine import ATTENTION_KERNELS
+
+        if raw["attention"] not in ATTENTION_KERNELS:
+            raise UserError(f"{where}: attention must be one of {', '.join(ATTENTION_KERNELS)}, got {raw['attention']!r}")
     if "eval_datasets" in raw:
         _check_eval_datasets(raw["eval_datasets"], where)
     if "hparams" in raw:
@@ -391,6 +398,7 @@ def _finish(raw: dict[str, Any], where: str, includes: tuple[str, ...]) -> Sweep
         precision=raw.get("precision", "auto"),
         colocate=raw.get("colocate", False),
         compile=raw.get("compile", False),
+        attention=raw.get("attention", "auto"),
         includes=includes,
     )
 

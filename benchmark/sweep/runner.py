@@ -157,12 +157,14 @@ def start_servers(
     batching: bool | None = None,
     precision: str = "auto",
     compile: bool | str = False,
+    attention: str = "auto",
 ) -> ServerPool:
     """Start the servers that ``cells`` need, spread over GPUs and nodes; wait until they answer.
 
     ``gpus``: the GPUs to place servers on (default: those the cluster has now; more make an
     autoscaling cluster add GPU nodes); ``precision``: the sweep's (``auto``, ``bf16``, ``fp32``;
-    see :func:`arithmetic`); ``compile``: the servers' text tower under ``torch.compile``.
+    see :func:`arithmetic`); ``compile``: the servers' text tower under ``torch.compile``;
+    ``attention``: the kernel its attention is held to (``ClipEngine(attention=...)``).
     """
     import ray
 
@@ -182,7 +184,7 @@ def start_servers(
             pool.groups[(backbone, weights, arith)].append(
                 actor_cls.options(**options).remote(
                     backbone, weights, mode=mode, compile=compile, cache_dir=cache_dir, batching=batching,
-                    precision=arith,
+                    precision=arith, attention=attention,
                 )
             )
     for (backbone, weights, _), group in pool.groups.items():  # fail fast: weights missing, unknown backbone
@@ -276,12 +278,13 @@ def run_sweep(
     precision: str = "auto",
     colocate: bool = False,
     compile: bool | str = False,
+    attention: str = "auto",
 ) -> SweepSummary:
     """Run every cell not yet done under ``out``; write each (log and rows) as it finishes.
 
     ``colocate``: CraFT and BBT runs execute in their model server's process, their logits on its
     device (:mod:`benchmark.colocate`); their run task only waits. ``compile``: the model servers
-    run their text tower under ``torch.compile``.
+    run their text tower under ``torch.compile``; ``attention``: with that attention kernel.
     """
     import ray
 
@@ -295,7 +298,7 @@ def run_sweep(
 
     init_ray(address, num_cpus, dashboard=dashboard)
     servers = start_servers(todo, runs_per_server, cache_dir=cache_dir, gpus=gpus, batching=batching,
-                            precision=precision, compile=compile)
+                            precision=precision, compile=compile, attention=attention)
     try:  # nothing is written before the servers are up
         check_writable(out)
         clean_temporaries(out)
