@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 import torch
 
-from benchmark.engine import ATTENTION_KERNELS, PRECISIONS
+from benchmark.engine import ATTENTION_KERNELS, PRECISIONS, uses_cuda_graphs
 from benchmark.errors import UserError
 from benchmark.perf_measure import (
     SEEDS, agreement, amortised, cma_seconds, dataset_shapes, device_name, measure_eval, measure_loop, measure_raw, padded_classnames,
@@ -256,6 +256,10 @@ def run(args: argparse.Namespace) -> int:
                 seq_per_gen, loaded.tokenizer, p0.shape[0], users[0], partial))
         except Exception as exc:  # noqa: BLE001 - keep the figures measured so far
             result["sweep_estimate"] = {"error": f"{type(exc).__name__}: {exc}"}
+    if any(uses_cuda_graphs(p.compile or None) for p in paths):
+        from torch._dynamo.utils import counters
+
+        result["cudagraph_skips"] = int(counters["inductor"]["cudagraph_skips"])  # TORCH_LOGS=cudagraphs says why
     result["targets"] = _targets(result, device)
     save()
     print(render(result))
@@ -653,5 +657,9 @@ def render(result: dict[str, Any]) -> str:
     elif sweep:
         lines.append(f"sweep estimate: error: {sweep['error']}")
     t = result.get("targets", {})
+    if "cudagraph_skips" in result:
+        lines.append(f"CUDA graphs skipped: {result['cudagraph_skips']} compiled graph(s) ran without them"
+                     + (" (a CPU has none)" if result.get("device_type") == "cpu" else
+                        " (TORCH_LOGS=cudagraphs says why)" if result["cudagraph_skips"] else ""))
     lines.append(f"targets met: {t.get('met')} ({', '.join(f'{k}={_fmt(v)}' for k, v in t.items() if k != 'met')})")
     return "\n".join(lines)
