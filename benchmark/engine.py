@@ -241,7 +241,14 @@ class ClipEngine:
         if len(self.model.transformer.resblocks) < 2:
             return None
         if n_ctx not in part.states:
-            part.states[n_ctx] = text_tower.class_state(self.model, self._suffix(part, n_ctx))
+            state = text_tower.class_state(self.model, self._suffix(part, n_ctx))
+            if self.compile_mode:
+                # Contiguous, so that a chunk of classes has strides that do not depend on the class
+                # count: the compiled graph otherwise guarded on a stride equal to the first call's
+                # classes x suffix length x width, and a later chunk of fewer classes compiled again.
+                # (Eager, the layout stays as computed: the CPU results do not move.)
+                state = tuple(t.contiguous() for t in state)
+            part.states[n_ctx] = state
         return part.states[n_ctx]
 
     def _prefix_features(
@@ -265,12 +272,14 @@ class ClipEngine:
         limit = self.chunk_sequences(1 + n_ctx + suffix.shape[1])
         cand_step, cls_step = max(1, limit // n_cls), min(n_cls, limit)
         if self.compile_mode:
-            # No chunk of one candidate: its size-1 dimension would make a graph of its own. A
-            # last chunk of one gets a copy of its candidate (dropped after), as does a lone one.
+            # No chunk of one candidate or one class: its size-1 dimension would make a graph of
+            # its own. A last chunk of one candidate gets a copy of its candidate (dropped after),
+            # as does a lone one; classes are cut so that no chunk holds one.
             if cand_step == 1:
                 cand_step, cls_step = 2, max(1, cls_step // 2)
             if n_cand % cand_step == 1:
                 prefix = torch.cat([prefix, prefix[-1:]])
+            cls_step = _step_without_ones(n_cls, cls_step)
         out = []
         for b in range(0, prefix.shape[0], cand_step):
             p = prefix[b : b + cand_step]
@@ -324,6 +333,17 @@ class ClipEngine:
         if text_features.dim() == 2:
             return self.logit_scale * image_features @ text_features.T
         return self.logit_scale * torch.einsum("ne,bce->bnc", image_features, text_features)
+
+
+def _step_without_ones(n: int, step: int) -> int:
+    """A chunk size for ``n`` items near ``step`` that leaves no chunk of one item: the largest not
+    above ``step`` that does, else the smallest above it (``n`` itself at most)."""
+    if n <= step:
+        return n
+    for s in range(step, 1, -1):
+        if n % s != 1:
+            return s
+    return next(s for s in range(step + 1, n + 1) if n % s != 1)
 
 
 def uses_cuda_graphs(mode: str | None) -> bool:

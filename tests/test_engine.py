@@ -72,6 +72,22 @@ def test_compiled_path_is_one_graph_for_every_chunk_and_class_list(tiny):
     assert counters["stats"]["unique_graphs"] == 1
 
 
+def test_compiled_passes_of_few_sequences_cut_no_chunk_of_one_class(tiny):
+    """4 sequences a pass: 2 candidates x 2 classes, so 3 classes would leave a chunk of one class
+    (a size-1 dimension, a graph of its own); the classes are cut 3 (and 5 as 3 + 2) instead."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    compiled, plain = ClipEngine(tiny, compile=True, max_sequences=4), ClipEngine(tiny, max_sequences=4)
+    ctx = torch.randn(5, 4, compiled.width, generator=torch.Generator().manual_seed(1)) * 0.2
+    for names in (NAMES, ["cat", "dog", "eel", "fox", "gnu"]):
+        for n in (5, 1, 2):
+            got = compiled.text_features(ctx[:n], compiled.class_part(names))
+            torch.testing.assert_close(got, plain.text_features(ctx[:n], plain.class_part(names)), rtol=1e-5, atol=1e-6)
+    assert counters["stats"]["unique_graphs"] == 1
+
+
 def test_compiled_calls_run_without_duck_sizing_and_matmul_padding():
     """The settings that keep one graph: inductor's matmul padding guards on sizes on CUDA in bf16
     only (so the CPU test above cannot see it; tests/test_gpu.py counts the graphs there)."""
