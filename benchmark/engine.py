@@ -19,7 +19,6 @@ Two query paths compute the same features:
 from __future__ import annotations
 
 import contextlib
-
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -33,8 +32,9 @@ from craft.waits import blocked
 
 
 PRECISIONS = ("auto", "bf16", "fp32")  # of the fast path on a GPU; see ClipEngine
-# Attention kernels the fast path may be held to (torch.nn.attention.SDPBackend); auto: torch's choice.
-ATTENTION_KERNELS = ("auto", "math", "efficient", "cudnn", "flash")
+# Attention kernels the fast path may be held to, by their torch.nn.attention.SDPBackend names.
+_SDP_BACKENDS = {"math": "MATH", "efficient": "EFFICIENT_ATTENTION", "cudnn": "CUDNN_ATTENTION", "flash": "FLASH_ATTENTION"}
+ATTENTION_KERNELS = ("auto", *_SDP_BACKENDS)  # auto: torch's choice
 
 
 @dataclass
@@ -215,8 +215,7 @@ class ClipEngine:
         if self.attention != "auto":
             from torch.nn.attention import SDPBackend, sdpa_kernel
 
-            names = {"math": "MATH", "efficient": "EFFICIENT_ATTENTION", "cudnn": "CUDNN_ATTENTION", "flash": "FLASH_ATTENTION"}
-            stack.enter_context(sdpa_kernel(getattr(SDPBackend, names[self.attention])))
+            stack.enter_context(sdpa_kernel(getattr(SDPBackend, _SDP_BACKENDS[self.attention])))
         return stack
 
     def chunk_sequences(self, seq_len: int) -> int:

@@ -315,8 +315,6 @@ def _parse_runs(text: str, option: str = "--runs") -> list[int]:
 
 def _parse_compile_modes(text: str | None, compile: bool) -> list[str]:
     """``--compile-mode``'s modes, checked against torch's before any model loads."""
-    from benchmark.engine import uses_cuda_graphs
-
     if text is not None and not compile:
         raise UserError(f"--compile-mode {text} chooses how --compile compiles: add --compile")
     modes = list(dict.fromkeys(m.strip() for m in (text or "default").split(",") if m.strip()))

@@ -423,7 +423,7 @@ def sweep_summary(
     where the measured runs did their own work; ``interleaved_runs``: runs per measured loop (rows
     then hold one run's amortised share)."""
     serial = SEEDS * sum(r["run_seconds"] for r in rows)
-    sequences = SEEDS * sum(r.get("sequences", 0) for r in rows)
+    sequences = SEEDS * sum(r["sequences"] for r in rows)
     busy = SEEDS * sum(r["query_run_seconds"] for r in rows)
     together = (f" Each dataset's loop interleaved {interleaved_runs} runs in one thread, as a GPU model server "
                 f"runs colocated runs (sweep keys colocate: true, runs_per_server: {interleaved_runs}); its seconds "

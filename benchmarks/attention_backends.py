@@ -21,53 +21,40 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
+import statistics
 
 import torch
 
 from benchmark.engine import ATTENTION_KERNELS, ClipEngine
 from benchmark.models import load_model
-from benchmark.perf_measure import dataset_shapes, padded_classnames, sync
+from benchmark.perf_measure import dataset_shapes, measure_raw, padded_classnames
 from benchmark.perf_profile import profile_pass
 
 ATTENTION_NAMES = ("sdpa", "attention", "fmha", "flash", "softmax", "bmm", "gemm")  # in device kernels' names
 
 
-def _call(engine: ClipEngine, classnames: list[str], contexts: torch.Tensor) -> tuple[float, torch.Tensor]:
-    t0 = time.perf_counter()
-    feats = engine.text_features(contexts, engine.class_part(classnames))
-    sync(engine.device)
-    return time.perf_counter() - t0, feats
-
-
 def measure(engines: dict[str, ClipEngine], classnames: list[str], contexts: torch.Tensor, repeats: int) -> dict[str, dict]:
-    """Each backend's pass: the median wall time of ``repeats`` calls, the backends' calls
-    alternating (a change of load hits all alike), then a profile of each; features against the
-    first backend's."""
+    """Each backend's pass: its raw throughput (:func:`benchmark.perf_measure.measure_raw`: the
+    backends' calls alternating, so that a change of load hits all alike), then a profile of each;
+    features against the first backend's that runs."""
+    raw = measure_raw(engines, classnames, contexts, {name: 1 for name in engines}, repeats)
     out: dict[str, dict] = {}
-    live, ref = [], None
-    for name, engine in engines.items():
-        try:
-            _, feats = _call(engine, classnames, contexts)  # warm, and the features to compare
-        except Exception as exc:  # noqa: BLE001 - a backend that cannot run these calls
-            out[name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
+    ref = None
+    for name, r in raw.items():
+        if "error" in r:  # a backend that cannot run these calls
+            out[name] = {"error": r["error"].splitlines()[0][:200]}
             continue
+        engine = engines[name]
+        feats = engine.text_features(contexts, engine.class_part(classnames)).float()
         ref = feats if ref is None else ref
-        out[name] = {"features_vs_first": float((feats.float() - ref.float()).norm() / ref.float().norm()), "times": []}
-        live.append(name)
-    for r in range(repeats):
-        for name in live if r % 2 == 0 else live[::-1]:
-            out[name]["times"].append(_call(engines[name], classnames, contexts)[0])
-    for name in live:
-        row = out[name]
-        times = sorted(row.pop("times"))
-        row["seconds"] = times[len(times) // 2]
-        row["sequences_per_s"] = contexts.shape[0] * len(classnames) / row["seconds"]
-        prof = profile_pass(engines[name], classnames, contexts)
+        row = {"features_vs_first": float((feats - ref).norm() / ref.norm()),
+               "seconds": statistics.median(r["seconds"]), "sequences_per_s": r["sequences_per_s"]}
+        prof = profile_pass(engine, classnames, contexts)
         row |= {k: prof[k] for k in ("device_busy_s", "device_ops", "host_ops") if k in prof}
         top = prof.get("device_top") or []
         row["attention_share"] = sum(t["share"] for t in top if any(a in t["name"].lower() for a in ATTENTION_NAMES))
         row["device_top"] = top[:6]
+        out[name] = row
     return out
 
 

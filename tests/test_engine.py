@@ -53,36 +53,23 @@ def test_fast_and_official_paths_agree_on_random_contexts(tiny):
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_compiled_path_is_one_graph_for_every_chunk_and_class_list(tiny):
+@pytest.mark.parametrize("max_sequences, n_cand, seed", [(12, 9, 0), (4, 5, 1)])
+def test_compiled_path_is_one_graph_for_every_chunk_and_class_list(tiny, max_sequences, n_cand, seed):
+    """12 sequences a pass: 3 classes go in chunks of 4, 4 and 1 candidates, 5 classes with shorter
+    names in chunks of 2 and 1. 4 sequences a pass: 2 candidates x 2 classes, so 3 classes would
+    leave a chunk of one class (a size-1 dimension, a graph of its own); the classes are cut 3
+    (and 5 as 3 + 2) instead. Chunks of other sizes, class counts and name lengths, and single
+    candidates (padded to 2) reuse the first graph instead of compiling again."""
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
     counters.clear()
-    compiled = ClipEngine(tiny, compile=True, max_sequences=12)
-    plain = ClipEngine(tiny, max_sequences=12)
+    compiled = ClipEngine(tiny, compile=True, max_sequences=max_sequences)
+    plain = ClipEngine(tiny, max_sequences=max_sequences)
     assert compiled.prefix_shared
-    ctx = torch.randn(9, 4, compiled.width, generator=torch.Generator().manual_seed(0)) * 0.2
-    # 3 classes: chunks of 4, 4 and 1 candidates; 5 classes with shorter names: chunks of 2 and 1.
+    ctx = torch.randn(n_cand, 4, compiled.width, generator=torch.Generator().manual_seed(seed)) * 0.2
     for names in (NAMES, ["cat", "dog", "eel", "fox", "gnu"]):
-        for n in (9, 1, 2):
-            got = compiled.text_features(ctx[:n], compiled.class_part(names))
-            torch.testing.assert_close(got, plain.text_features(ctx[:n], plain.class_part(names)), rtol=1e-5, atol=1e-6)
-    # Chunks of other sizes, class counts and name lengths, and single candidates (padded to 2)
-    # reuse the first graph instead of compiling again.
-    assert counters["stats"]["unique_graphs"] == 1
-
-
-def test_compiled_passes_of_few_sequences_cut_no_chunk_of_one_class(tiny):
-    """4 sequences a pass: 2 candidates x 2 classes, so 3 classes would leave a chunk of one class
-    (a size-1 dimension, a graph of its own); the classes are cut 3 (and 5 as 3 + 2) instead."""
-    from torch._dynamo.utils import counters
-
-    torch._dynamo.reset()
-    counters.clear()
-    compiled, plain = ClipEngine(tiny, compile=True, max_sequences=4), ClipEngine(tiny, max_sequences=4)
-    ctx = torch.randn(5, 4, compiled.width, generator=torch.Generator().manual_seed(1)) * 0.2
-    for names in (NAMES, ["cat", "dog", "eel", "fox", "gnu"]):
-        for n in (5, 1, 2):
+        for n in (n_cand, 1, 2):
             got = compiled.text_features(ctx[:n], compiled.class_part(names))
             torch.testing.assert_close(got, plain.text_features(ctx[:n], plain.class_part(names)), rtol=1e-5, atol=1e-6)
     assert counters["stats"]["unique_graphs"] == 1

@@ -278,12 +278,12 @@ def _check_layer(raw: dict[str, Any], where: str) -> None:
 def _check_compile_mode(value: Any, where: str) -> None:
     from benchmark.engine import uses_cuda_graphs
 
-    try:
-        if isinstance(value, str):
+    if isinstance(value, str):
+        try:
             uses_cuda_graphs(value)
             return
-    except RuntimeError:
-        pass
+        except RuntimeError:  # a mode torch does not know
+            pass
     raise UserError(f"{where}: compile must be true, false or a torch.compile mode (default, reduce-overhead, "
                     f"max-autotune, max-autotune-no-cudagraphs), got {value!r}")
 
