@@ -19,9 +19,9 @@
 # 2. One device call (the run tool):
 #        command: bash scripts/device_perf.sh      carry: [".whl"]      timeout_s: 590
 #    (PERF_TIMEOUT, default 300 s, caps the measurement; the tests are cut off at 180 s, the
-#    attention benchmark at 60 s; at most 9.6 minutes with the setup. On an
-#    H100 the setup took 37 s and 12 tests 75 s; the tests now compile 4 times on the built-in
-#    model, 13 to 28 s each.)
+#    attention benchmark at 60 s; at most 9.6 minutes with the setup. On an H100: the setup,
+#    the 4 compiling GPU tests (79 s; the other 11 took 20 s) and the attention benchmark 138 s,
+#    then craft perf 228 s (with 3 timed generations a loop then): 6.1 minutes.)
 #
 # Extra arguments after the script name replace the default `craft perf` arguments, e.g.
 #     bash scripts/device_perf.sh --backbone ViT-B-32 --weights random --device cuda --compile
@@ -88,9 +88,12 @@ else
     # One run and 4 interleaved (craft.interleave) with their work on the GPU, the 4 with their CMA-ES
     # in worker processes (on an H100 that was faster than in the loop's thread in all 4 pairs
     # measured), on the fast path and two compiled ones: torch.compile's default mode, and
-    # reduce-overhead, which replays a pass's kernels as CUDA graphs (each compiles for about 75 s).
+    # reduce-overhead, which replays a pass's kernels as CUDA graphs (each compiles for 45 to 75 s).
     # Launching the default compiled pass's kernels cost the loop's thread 10 ms a generation, and
-    # interleaved loops were bound by that thread (docs/throughput.md). --max-generation-s 2 leaves
+    # interleaved loops were bound by that thread; CUDA graphs took 4 runs from 128,445-137,664 to
+    # 153,026-168,197 sequences/s (docs/throughput.md). 20 timed generations a run (after 2 of warm-up
+    # on CUDA graphs: perf.warmup_for): about 2 s for 4 interleaved compiled runs on the H100, 18 s for
+    # the official run. --max-generation-s 2 leaves
     # out 4 official runs (20 generations at 0.85 s, bound by its passes): ratios use its one run.
     # The sweep estimate with each dataset's 3 seeds interleaved, CMA-ES in workers, on the compiled
     # path fastest in the loop (one graph for every dataset), its compilation counted once.
@@ -101,7 +104,7 @@ else
     # run processes (--server-runs 6) is left out: 34,644 sequences/s on an H100, a quarter of
     # colocated interleaved runs (docs/measurements/h100_caltech101_pad_mm_guards.json).
     ARGS=(--backbone ViT-B-16 --weights random --device cuda --compile --compile-mode default,reduce-overhead
-          --runs 1,4 --cma-workers on --user-device engine --max-generation-s 2 --profile
+          --runs 1,4 --cma-workers on --user-device engine --max-generation-s 2 --generations 20 --profile
           --profile-traces "$OUT" --sweep-seconds 45)
 fi
 if python3 -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then

@@ -15,6 +15,7 @@ from benchmark.models import load_model
 from benchmark.engine import uses_cuda_graphs
 from benchmark.perf import (
     _compile_seconds, _parse_compile_modes, _parse_runs, _ratios, _sweep_path, _targets, _user_devices, compiled_path_name,
+    warmup_for,
 )
 from benchmark.perf_measure import (
     SEEDS, _generations, amortised, dataset_shapes, device_name, padded_classnames, peak_memory, sweep_datasets, sweep_row,
@@ -159,6 +160,17 @@ def test_compile_modes_are_checked_before_any_work_and_name_their_paths():
         _parse_compile_modes("reduce-overhead", False)
     assert uses_cuda_graphs("reduce-overhead") and uses_cuda_graphs("max-autotune")
     assert not uses_cuda_graphs("default") and not uses_cuda_graphs("max-autotune-no-cudagraphs") and not uses_cuda_graphs(None)
+
+
+def test_paths_on_cuda_graphs_warm_up_until_their_passes_replay():
+    from types import SimpleNamespace as NS
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert warmup_for(NS(device=cuda, compile_mode="reduce-overhead"), 1) == 2  # run once, record, then replay
+    assert warmup_for(NS(device=cuda, compile_mode="reduce-overhead"), 5) == 5
+    assert warmup_for(NS(device=cuda, compile_mode="default"), 1) == 1
+    assert warmup_for(NS(device=cuda, compile_mode=None), 0) == 0
+    assert warmup_for(NS(device=cpu, compile_mode="reduce-overhead"), 1) == 1  # no CUDA graphs on a CPU
 
 
 def test_the_sweep_estimate_on_a_compiled_path_pays_its_compilation_once():
