@@ -37,7 +37,7 @@ from benchmark.engine import ATTENTION_KERNELS, PRECISIONS, uses_cuda_graphs
 from benchmark.errors import UserError
 from benchmark.perf_measure import (
     SEEDS, agreement, amortised, cma_seconds, dataset_shapes, device_name, measure_eval, measure_loop, measure_raw, padded_classnames,
-    sweep_datasets, sweep_row, sweep_rows_scaled, sweep_summary, synthetic_task,
+    sweep_datasets, sweep_row, sweep_rows_scaled, sweep_summary, synthetic_task, warmup_for,
 )
 
 IMAGE_NOTE = "random unit vectors of the dataset's sizes: query speed does not depend on their values"
@@ -187,8 +187,7 @@ def run(args: argparse.Namespace) -> int:
     repeats = args.repeats or (5 if probe_s is None else 7 if probe_s * n_cand < 1.0 else 2)
     _log(f"raw: {n_cand} candidates x {shapes.classes} classes, paths {', '.join(engines)}")
     # Compiled paths compile in their first call; on CPU the official path has nothing to warm.
-    warm = {p.name: warmup_for(engines[p.name], max(args.warmup if (p.mode == "fast" or device.type == "cuda") else 0,
-                                                    1 if p.compile else 0))
+    warm = {p.name: max(args.warmup if (p.mode == "fast" or device.type == "cuda") else 0, 1 if p.compile else 0)
             for p in paths}
     raw = measure_raw(engines, classnames, contexts_all[:n_cand], warm, repeats)
     for p in paths:
@@ -375,14 +374,6 @@ def _cma_settings(choice: str, runs: int, mode: str) -> list[bool]:
     return {"off": [False], "on": [True], "both": [False, True]}[choice]
 
 
-def warmup_for(engine, warmup: int) -> int:
-    """Untimed calls (or generations) before timing ``engine``: ``warmup``, and at least 2 where it
-    replays CUDA graphs, since torch runs each new pass size once as compiled code, records it as a
-    graph in its second call and replays it from the third."""
-    graphs = engine.device.type == "cuda" and uses_cuda_graphs(engine.compile_mode)
-    return max(warmup, 2) if graphs else warmup
-
-
 def _loop(engine, data, task, args, runs: int, predicted_s: float, name: str, user: torch.device,
           cma_workers: bool = False) -> dict[str, Any]:
     """One loop measurement, or why it was skipped (too slow) or failed."""
@@ -394,8 +385,8 @@ def _loop(engine, data, task, args, runs: int, predicted_s: float, name: str, us
     _log(f"loop {name}: {runs} run(s){' interleaved' if runs > 1 else ''}{', CMA-ES in workers' if cma_workers else ''}, "
          f"user side on {user}")
     try:
-        return measure_loop(engine, data, task, args.popsize, args.intrinsic_dim, args.generations,
-                            warmup_for(engine, args.warmup), runs, user, cma_workers)
+        return measure_loop(engine, data, task, args.popsize, args.intrinsic_dim, args.generations, args.warmup, runs, user,
+                            cma_workers)
     except Exception as exc:  # noqa: BLE001 - one path failing must not lose the others
         return {**head, "error": f"{type(exc).__name__}: {exc}"}
 
@@ -527,6 +518,7 @@ def _sweep_measured(engine, args, cma_s, tokenizer, n_ctx, speedup, user, partia
     runs = args.sweep_runs or (SEEDS if user.type == "cuda" else 1)
     workers = runs > 1 and args.cma_workers != "off"
     order = sorted(sweep_datasets(), key=lambda d: d.classes * d.train)
+    warmup = warmup_for(engine, 1)  # generations measure_loop runs untimed first
     deadline = time.perf_counter() + args.sweep_seconds
     measured: dict[str, dict[str, Any]] = {}
     base = None  # (shapes, loop, eval seconds) of the largest dataset measured so far
@@ -534,13 +526,13 @@ def _sweep_measured(engine, args, cma_s, tokenizer, n_ctx, speedup, user, partia
         if base is not None:  # predict this dataset's loop (warmup, timed, final generation) from base's
             scaled = sweep_rows_scaled(*base, cma_s, args.popsize, str(user))
             predicted = runs * next(r for r in scaled if r["dataset"] == d.key)["seconds_per_generation"]
-            if time.perf_counter() + predicted * (warmup_for(engine, 1) + args.sweep_generations + 1) > deadline:
+            if time.perf_counter() + predicted * (warmup + args.sweep_generations + 1) > deadline:
                 break
         names = padded_classnames(tokenizer, d.classes, args.prompt_tokens, n_ctx, engine.context_length)
         d_data, d_task = synthetic_task(engine, d, names, args.seed)
         _log(f"sweep {d.key}" + (f", {runs} runs interleaved" if runs > 1 else ""))
         loop = amortised(measure_loop(engine, d_data, d_task, args.popsize, args.intrinsic_dim,
-                                      args.sweep_generations, warmup_for(engine, 1), runs, user, workers))
+                                      args.sweep_generations, 1, runs, user, workers))
         ev = measure_eval(engine, d_data, d_task, args.intrinsic_dim, user)
         measured[d.key] = sweep_row(d, args.popsize, loop["seconds_per_generation"], loop["query_seconds_per_generation"], ev)
         base = (d, loop, ev)

@@ -40,7 +40,7 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from benchmark.perf_measure import _craft_config, measure_raw, sync
+from benchmark.perf_measure import _craft_config, measure_raw, sync, warmup_for
 
 TOP = 12  # operations listed per profile
 
@@ -92,7 +92,8 @@ def summarise(prof: profile, device: torch.device, wall_s: float, units: int, to
 def profile_pass(engine, classnames: list[str], contexts: torch.Tensor, calls: int = 3) -> dict[str, Any]:
     """``calls`` raw calls of a warm engine, profiled; figures per call."""
     part = engine.class_part(classnames)
-    engine.text_features(contexts, part)  # warm (a compiled engine compiled in an earlier call)
+    for _ in range(warmup_for(engine, 1)):  # warm (a compiled engine compiled in an earlier call)
+        engine.text_features(contexts, part)
     sync(engine.device)
     with profile(activities=_activities(engine.device)) as prof:
         t0 = time.perf_counter()
@@ -112,6 +113,7 @@ def profile_generations(engine, data, task, popsize: int, intrinsic_dim: int, us
     from craft.blackbox import MeteredBlackBox
     from craft.methods import get_method
 
+    warmup = warmup_for(engine, warmup)
     total = warmup + generations + 1  # the last evaluates: outside the window
     cfg = _craft_config(popsize, intrinsic_dim, len(task.classnames), total)
     box = MeteredBlackBox(EngineBackend(engine, data, user), popsize * total)

@@ -92,7 +92,7 @@ else
     # Launching the default compiled pass's kernels cost the loop's thread 10 ms a generation, and
     # interleaved loops were bound by that thread; CUDA graphs took 4 runs from 128,445-137,664 to
     # 153,026-168,197 sequences/s (docs/throughput.md). 20 timed generations a run (after 2 of warm-up
-    # on CUDA graphs: perf.warmup_for): about 2 s for 4 interleaved compiled runs on the H100, 18 s for
+    # on CUDA graphs: perf_measure.warmup_for): about 2 s for 4 interleaved compiled runs on the H100, 18 s for
     # the official run. --max-generation-s 2 leaves
     # out 4 official runs (20 generations at 0.85 s, bound by its passes): ratios use its one run.
     # The sweep estimate with each dataset's 3 seeds interleaved, CMA-ES in workers, on the compiled

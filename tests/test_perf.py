@@ -15,11 +15,10 @@ from benchmark.models import load_model
 from benchmark.engine import uses_cuda_graphs
 from benchmark.perf import (
     _compile_seconds, _parse_compile_modes, _parse_runs, _ratios, _sweep_path, _targets, _user_devices, compiled_path_name,
-    warmup_for,
 )
 from benchmark.perf_measure import (
     SEEDS, _generations, amortised, dataset_shapes, device_name, padded_classnames, peak_memory, sweep_datasets, sweep_row,
-    sweep_rows_scaled, sweep_summary,
+    sweep_rows_scaled, sweep_summary, warmup_for,
 )
 
 
