@@ -13,9 +13,10 @@ logits in, queries counted and capped, as in a run of its own.
 On a GPU the server's colocated runs are interleaved in one thread (:class:`Interleaver`, see
 :mod:`craft.interleave`): while one run's text-tower pass runs, the next run's CMA-ES step
 runs on the CPU, and each run's CMA-ES runs in a worker process of its own. On one H100
-(ViT-B-16, Caltech101's shapes, compiled) four runs so made 130,249 to 142,451 sequences/s
-together against 106,664 to 107,240 for one run alone; as threads of their own (the server's
-concurrent callers, before) four made 44,563 against 67,283 (docs/throughput.md).
+(ViT-B-16, Caltech101's shapes, compiled with CUDA graphs) four runs so made 168,197 sequences/s
+together against 110,605 for one run alone (compiled without CUDA graphs: 130,249 to 142,451);
+as threads of their own (the server's concurrent callers, before) four made 44,563 against 67,283
+(docs/throughput.md).
 """
 
 from __future__ import annotations
