@@ -77,15 +77,14 @@ class QueryBatcher:
 
     def logits(
         self, backend: EngineBackend, contexts: torch.Tensor, split: str, indices: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, float]:
-        """Logits as :meth:`EngineBackend.logits`, with the text features from a merged pass."""
+    ) -> tuple[torch.Tensor, int, float]:
+        """Logits and images encoded as :meth:`EngineBackend.logits`, with the text features from a
+        merged pass; and this call's share of the busy seconds."""
         text, share_s = self.text_features(contexts, backend.part)
         start = time.perf_counter()
-        images = backend.task.features[split]
-        if indices is not None:
-            images = images[indices.to(images.device)]
+        images, encoded = backend.images(split, indices)
         out = self.engine.logits(images, text).cpu()
-        return out, share_s + time.perf_counter() - start
+        return out, encoded, share_s + time.perf_counter() - start
 
     def _take(self) -> list[_Request]:
         """The oldest waiting request and the others with its key, within ``max_sequences``."""

@@ -19,6 +19,7 @@ Two query paths compute the same features:
 from __future__ import annotations
 
 import contextlib
+import threading
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 
 from benchmark import text_tower
 from benchmark.models import LoadedModel
-from craft.blackbox import BackendInfo, OutputFeatures
+from craft.blackbox import BackendInfo, OutputFeatures, parse_view_split
 from craft.waits import blocked
 
 
@@ -313,9 +314,10 @@ class ClipEngine:
     # ----------------------------------------------------------------- images
     @torch.no_grad()
     def encode_images(
-        self, images: Sequence, transform: Callable, batch_size: int = 256, loader: Callable | None = None
+        self, images: Sequence, transform: Callable, batch_size: int = 256, loader: Callable | None = None,
+        normalize: bool = True,
     ) -> torch.Tensor:
-        """Normalised image features (``N x embed``, fp32, on the engine's device)."""
+        """Image features (``N x embed``, fp32, on the engine's device), normalised unless ``normalize`` is False."""
         if loader is None:
             from benchmark.datasets.images import load_image as loader
         feats = []
@@ -325,7 +327,8 @@ class ClipEngine:
                 feats.append(self.model.encode_image(batch.to(self.device)).float())
         if not feats:
             return torch.zeros(0, self.model.text_projection.shape[-1] if self.model.text_projection is not None else self.width, device=self.device)
-        return F.normalize(torch.cat(feats), dim=-1)
+        out = torch.cat(feats)
+        return F.normalize(out, dim=-1) if normalize else out
 
     def logits(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
         """``logit_scale * cos``: ``candidates x images x classes`` (or ``images x classes``)."""
@@ -397,6 +400,35 @@ def _chunk_budget_bytes(device: torch.device) -> int:
     return 64 * 2**20
 
 
+class TrainViews:
+    """Augmented views of the training images (:func:`craft.blackbox.view_split`), encoded on demand.
+
+    ``encode(view)`` returns view ``view``'s raw image features (not normalised) and the number of
+    images it encoded (0 when read from the feature cache). With a deterministic training transform
+    every view is view 0. The last ``keep`` views stay in memory: the runs sharing a task on a model
+    server ask for the same views, generation after generation.
+    """
+
+    def __init__(self, encode: Callable[[int], tuple[torch.Tensor, int]], varies: bool, keep: int = 4) -> None:
+        self._encode = encode
+        self.varies = varies
+        self._keep = keep
+        self._held: dict[int, torch.Tensor] = {}
+        self._lock = threading.Lock()
+
+    def get(self, view: int) -> tuple[torch.Tensor, int]:
+        """View ``view``'s raw features and the images encoded to make them."""
+        view = view if self.varies else 0
+        with self._lock:
+            if view in self._held:
+                return self._held[view], 0
+            feats, encoded = self._encode(view)
+            self._held[view] = feats
+            while len(self._held) > self._keep:
+                self._held.pop(next(iter(self._held)))
+            return feats, encoded
+
+
 @dataclass
 class TaskData:
     """Everything a run's black box needs about its data: classes and cached image features."""
@@ -405,6 +437,17 @@ class TaskData:
     template: str
     features: dict[str, torch.Tensor]  # split -> N x embed, normalised
     class_subset: list[int] | None = None  # restrict logits to these classes (ImageNet-A/R)
+    train_views: TrainViews | None = None
+
+    def images(self, split: str) -> tuple[torch.Tensor, int]:
+        """An image set's features and the images encoded to answer (views are encoded on demand)."""
+        view = parse_view_split(split)
+        if view is None:
+            return self.features[split], 0
+        if self.train_views is None:
+            raise ValueError(f"image set {split!r}: this task has no augmented views of its training images")
+        feats, encoded = self.train_views.get(view[0])
+        return (feats if view[1] else F.normalize(feats, dim=-1)), encoded
 
 
 class EngineBackend:
@@ -430,20 +473,23 @@ class EngineBackend:
             n_classes=len(self.task.classnames),
             split_sizes={k: int(v.shape[0]) for k, v in self.task.features.items()},
             device=str(self.output_device),
+            train_views=self.task.train_views is not None,
         )
 
     def embed_words(self, text: str) -> torch.Tensor:
         return self.engine.embed_words(text)
 
-    def _images(self, split: str, indices: torch.Tensor | None) -> torch.Tensor:
-        feats = self.task.features[split]
-        return feats if indices is None else feats[indices.to(feats.device)]
+    def images(self, split: str, indices: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+        """The image features of ``split`` (rows ``indices``) and the images encoded to get them."""
+        feats, encoded = self.task.images(split)
+        return (feats if indices is None else feats[indices.to(feats.device)]), encoded
 
     def logits(self, contexts: torch.Tensor, split: str, indices: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
         text = self.engine.text_features(contexts, self.part)
-        return self._out(self.engine.logits(self._images(split, indices), text)), 0
+        images, encoded = self.images(split, indices)
+        return self._out(self.engine.logits(images, text)), encoded
 
-    def logits_many(self, contexts: list[torch.Tensor], split: str) -> tuple[list[torch.Tensor], int]:
+    def logits_many(self, contexts: list[torch.Tensor], split: str | Sequence[str]) -> tuple[list[torch.Tensor], int]:
         """Logits of several queries (:meth:`craft.blackbox.MeteredBlackBox.logits_many`), their text
         features from one pass where ``merge_queries``.
 
@@ -454,21 +500,28 @@ class EngineBackend:
         kernels for few rows (one candidate of a few classes) round differently from those for many,
         so a merged query's logits could differ in their last bits from its own call's, and a run's
         results from those it had before (tests/test_engine.py)."""
+        splits = [split] * len(contexts) if isinstance(split, str) else list(split)
         if not self.merge_queries or len({tuple(c.shape[1:]) for c in contexts}) > 1:  # one pass: one context length
-            return [self.logits(c, split)[0] for c in contexts], 0
+            answers = [self.logits(c, s) for c, s in zip(contexts, splits)]
+            return [out for out, _ in answers], sum(n for _, n in answers)
         text = self.engine.text_features(torch.cat(list(contexts)), self.part)
-        images = self._images(split, None)
         parts = text.split([c.shape[0] for c in contexts])
-        return [self._out(self.engine.logits(images, t)) for t in parts], 0
+        outs, encoded = [], 0
+        for t, s in zip(parts, splits):
+            images, n = self.images(s)
+            outs.append(self._out(self.engine.logits(images, t)))
+            encoded += n
+        return outs, encoded
 
     def features(self, contexts: torch.Tensor, split: str, indices: torch.Tensor | None = None) -> tuple[OutputFeatures, int]:
         text = self.engine.text_features(contexts, self.part)
-        image = self._images(split, indices)
-        return OutputFeatures(self._out(text), self._out(image.float()), self.engine.logit_scale), 0
+        image, encoded = self.images(split, indices)
+        return OutputFeatures(self._out(text), self._out(image.float()), self.engine.logit_scale), encoded
 
     def template_logits(self, template: str, split: str) -> tuple[torch.Tensor, int]:
         text = self.engine.template_features(template, self.task.classnames)
-        return self._out(self.engine.logits(self._images(split, None), text)), 0
+        images, encoded = self.images(split)
+        return self._out(self.engine.logits(images, text)), encoded
 
     def _out(self, t: torch.Tensor) -> torch.Tensor:
         """``t`` on the output device. A GPU's result copied to the host waits for the GPU: that wait

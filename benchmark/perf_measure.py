@@ -106,7 +106,7 @@ def padded_classnames(tokenizer, n_classes: int, prompt_tokens: int, n_ctx: int,
 
 def synthetic_task(engine, shapes: Shapes, classnames: list[str], seed: int):
     """(TaskData with random unit image features on the engine's device, craft Task with labels)."""
-    from benchmark.engine import TaskData
+    from benchmark.engine import TaskData, TrainViews
     from craft.methods import Task
 
     g = torch.Generator().manual_seed(seed)
@@ -119,7 +119,12 @@ def synthetic_task(engine, shapes: Shapes, classnames: list[str], seed: int):
     }
     feats = {k: F.normalize(torch.randn(len(v), embed, generator=g), dim=-1).to(engine.device) for k, v in labels.items()}
     task = Task(shapes.key, classnames, "a photo of a {}.", labels, shots=SHOTS)
-    return TaskData(classnames, "a photo of a {}.", feats), task
+
+    def view(v: int) -> tuple[torch.Tensor, int]:  # random raw features: the text side is what is measured
+        gv = torch.Generator().manual_seed(seed * 1_000_003 + v)
+        return torch.randn(len(labels["train"]), embed, generator=gv).to(engine.device), 0
+
+    return TaskData(classnames, "a photo of a {}.", feats, train_views=TrainViews(view, varies=True)), task
 
 
 def warmup_for(engine, warmup: int) -> int:

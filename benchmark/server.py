@@ -140,10 +140,10 @@ class ModelServer:
         idx = None if indices is None else torch.as_tensor(indices)
         backend = self._backend(tid)
         if self._batcher is not None:
-            out, share_s = self._batcher.logits(backend, torch.as_tensor(contexts), split, idx)
+            out, encoded, share_s = self._batcher.logits(backend, torch.as_tensor(contexts), split, idx)
             self._busy_s[tid] += share_s
             self._served += 1
-            return out.numpy(), 0
+            return out.numpy(), encoded
         return self._timed(tid, backend.logits, torch.as_tensor(contexts), split, idx)
 
     def template_logits(self, tid: str, template: str, split: str) -> tuple[np.ndarray, int]:

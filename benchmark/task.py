@@ -2,7 +2,9 @@
 
 The few-shot training set is encoded once with the official training augmentation (one
 augmented pass, seeded by the run's seed), validation and test with open_clip's own
-preprocessing. Features go through the disk cache, keyed by everything that decides them.
+preprocessing. Further augmented views of the training set (the official refinement module's
+data, a fresh one each generation) are encoded when a run first asks for them
+(:class:`benchmark.engine.TrainViews`), seeded by the run's seed and the view's number. Features go through the disk cache, keyed by everything that decides them.
 Evaluation-only datasets (the ImageNet variants) are added as image sets named
 ``test:<key>``, scored in the training dataset's label space.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from dataclasses import dataclass, field
 
 import torch
@@ -18,9 +21,9 @@ import torch
 from benchmark.datasets.check import require_images
 from benchmark.datasets.fewshot import few_shot_splits
 from benchmark.datasets.registry import get_spec, load_dataset
-from benchmark.datasets.transforms import train_transform
+from benchmark.datasets.transforms import aug_varies, train_transform
 from benchmark.datasets.types import DatasetSplits, Item
-from benchmark.engine import ClipEngine, TaskData
+from benchmark.engine import ClipEngine, TaskData, TrainViews
 from benchmark.errors import UserError
 from benchmark.features import FeatureCache
 from benchmark.task_spec import TaskSpec
@@ -52,6 +55,17 @@ def weights_id(engine: ClipEngine) -> str | None:
         st = os.stat(w)
         return f"{os.path.abspath(w)}:{st.st_size}:{int(st.st_mtime)}"
     return w
+
+
+# torch's global random state drives torchvision's augmentations: one seeded pass at a time.
+_SEEDED_PASS = threading.Lock()
+
+
+def view_seed(seed: int, view: int) -> int:
+    """The augmentation seed of view ``view`` of a run's training images; view 0 is the run's seed."""
+    if view == 0:
+        return seed
+    return int.from_bytes(hashlib.sha256(f"{seed}:{view}".encode()).digest()[:7], "big")
 
 
 def _file_digest(path: os.PathLike[str] | str) -> str:
@@ -100,39 +114,56 @@ def prepare_task(engine: ClipEngine, spec: TaskSpec, cache: FeatureCache | None 
         base["precision"] = "bf16"
     encoded = 0
 
-    def encode(items: list[Item], ds: DatasetSplits, transform, fields: dict, seed: int | None) -> torch.Tensor:
-        nonlocal encoded
+    def encode(items: list[Item], ds: DatasetSplits, transform, fields: dict, seed: int | None,
+               normalize: bool = True) -> tuple[torch.Tensor, int]:
+        """Features of ``items`` (from the cache if there) and the number of images encoded."""
         paths = [ds.abspath(it) for it in items]
+        newly = 0
 
         def compute() -> torch.Tensor:
-            nonlocal encoded
-            encoded += len(paths)
-            if seed is not None:
-                torch.manual_seed(seed)  # the augmented pass is a function of the run's seed
-            return engine.encode_images(paths, transform)
+            nonlocal newly
+            newly = len(paths)
+            with _SEEDED_PASS:
+                if seed is not None:
+                    torch.manual_seed(seed)  # the augmented pass is a function of the run's seed
+                return engine.encode_images(paths, transform, normalize=normalize)
 
         fields = {**base, **fields, "n": len(items), "items": _items_digest(items)}
+        if not normalize:
+            fields["raw"] = True
         feats = cache.get_or_compute(fields, compute) if cache is not None else compute()
-        return feats.to(engine.device)
+        return feats.to(engine.device), newly
+
+    def encode_counted(*args) -> torch.Tensor:
+        nonlocal encoded
+        feats, newly = encode(*args)
+        encoded += newly
+        return feats
 
     mean, std = engine.loaded.mean_std
     aug = ds_spec.train_aug or "rrc_flip"
     preprocess = engine.loaded.preprocess
+    train_aug = train_transform(aug, engine.loaded.image_size, mean, std)
+    train_fields = {"split": "train", "shots": spec.shots, "seed": spec.seed, "aug": aug}
     features = {
-        "train": encode(fs.train, fs, train_transform(aug, engine.loaded.image_size, mean, std),
-                        {"split": "train", "shots": spec.shots, "seed": spec.seed, "aug": aug}, spec.seed),
-        "val": encode(fs.val, fs, preprocess, {"split": "val", "shots": spec.shots, "seed": spec.seed, "aug": "test"}, None),
+        "train": encode_counted(fs.train, fs, train_aug, train_fields, spec.seed),
+        "val": encode_counted(fs.val, fs, preprocess, {"split": "val", "shots": spec.shots, "seed": spec.seed, "aug": "test"}, None),
     }
+
+    def encode_view(view: int) -> tuple[torch.Tensor, int]:
+        return encode(fs.train, fs, train_aug, {**train_fields, "view": view}, view_seed(spec.seed, view), False)
+
     labels = {s: torch.tensor([it.label for it in fs.split(s)]) for s in ("train", "val")}
     subsets: dict[str, list[int]] = {}
     if spec.eval_test:
-        features["test"] = encode(fs.test, fs, preprocess, {"split": "test", "aug": "test"}, None)
+        features["test"] = encode_counted(fs.test, fs, preprocess, {"split": "test", "aug": "test"}, None)
         labels["test"] = torch.tensor([it.label for it in fs.test])
     for ds in extra:
         name = f"test:{ds.key}"
-        features[name] = encode(ds.test, ds, preprocess, {"dataset": ds.key, "split": "test", "aug": "test"}, None)
+        features[name] = encode_counted(ds.test, ds, preprocess, {"dataset": ds.key, "split": "test", "aug": "test"}, None)
         labels[name] = torch.tensor([it.label for it in ds.test])
         if ds.class_subset is not None:
             subsets[name] = list(ds.class_subset)
-    data = TaskData(classnames=list(fs.classnames), template=fs.template, features=features)
+    views = TrainViews(encode_view, varies=aug_varies(aug))
+    data = TaskData(classnames=list(fs.classnames), template=fs.template, features=features, train_views=views)
     return PreparedTask(data, labels, subsets, encoded)

@@ -13,6 +13,12 @@ every call:
   capped by the budget; a call that would pass the cap is refused before any compute.
 * model calls: every text sequence and image encoded, budgeted or not (refinement
   epochs and evaluations call the model too, and the cost table reports them).
+
+Besides the registered image sets, a backend that says so (``BackendInfo.train_views``) answers
+on augmented views of the training images (:func:`view_split`): view ``v`` is a fresh random
+augmentation of every training image, the same for every run of the same data, encoded when first
+asked for. View 0 is the augmented pass that ``train`` holds. The official CraFT code trains its
+refinement module on a fresh view each generation, with image features not normalised.
 """
 
 from __future__ import annotations
@@ -24,6 +30,26 @@ import torch
 
 TRAIN = "train"
 SPLITS = ("train", "val", "test")
+_VIEW_PREFIX = TRAIN + "@"
+_RAW_SUFFIX = "/raw"
+
+
+def view_split(view: int, raw: bool = False) -> str:
+    """The image set of augmented view ``view`` of the training images; ``raw``: image features
+    not normalised (logits ``logit_scale * image @ text.T`` scale with each image feature's norm)."""
+    if view < 0:
+        raise ValueError(f"view must be >= 0, got {view}")
+    return f"{_VIEW_PREFIX}{view}{_RAW_SUFFIX if raw else ''}"
+
+
+def parse_view_split(split: str) -> tuple[int, bool] | None:
+    """``(view, raw)`` of a :func:`view_split` name; None for any other image set."""
+    if not split.startswith(_VIEW_PREFIX):
+        return None
+    body = split[len(_VIEW_PREFIX):]
+    raw = body.endswith(_RAW_SUFFIX)
+    digits = body[: -len(_RAW_SUFFIX)] if raw else body
+    return (int(digits), raw) if digits.isdigit() else None
 
 
 class BudgetExceeded(RuntimeError):
@@ -56,6 +82,8 @@ class BackendInfo:
     # refinement module) runs: "cpu" for a remote model, the GPU when the run shares the
     # engine's GPU (see benchmark.engine.EngineBackend's output_device).
     device: str = "cpu"
+    # Whether the backend answers on augmented views of the training images (view_split).
+    train_views: bool = False
 
 
 class OutputFeatures(NamedTuple):
@@ -122,7 +150,9 @@ class BlackBox(Protocol):
         budgeted: bool = True,
     ) -> OutputFeatures: ...
 
-    def logits_many(self, queries: Sequence[tuple[torch.Tensor, bool]], split: str = TRAIN) -> list[torch.Tensor]: ...
+    def logits_many(
+        self, queries: Sequence[tuple[torch.Tensor, bool]], split: str | Sequence[str] = TRAIN
+    ) -> list[torch.Tensor]: ...
 
     def template_logits(self, template: str, split: str) -> torch.Tensor: ...
 
@@ -169,26 +199,32 @@ class MeteredBlackBox:
         self._record(contexts.shape[0], budgeted=budgeted, images_encoded=images_encoded)
         return out
 
-    def logits_many(self, queries: Sequence[tuple[torch.Tensor, bool]], split: str = TRAIN) -> list[torch.Tensor]:
-        """Several queries ``(contexts, budgeted)`` on one image set: the logits, the counting and the
-        refusals of as many :meth:`logits` calls, made in that order (a query past the budget refuses
-        them all, before any compute). A backend with ``logits_many`` answers them in one call (an
-        engine: one text-tower pass for all, :class:`benchmark.engine.EngineBackend`); others one call each."""
+    def logits_many(
+        self, queries: Sequence[tuple[torch.Tensor, bool]], split: str | Sequence[str] = TRAIN
+    ) -> list[torch.Tensor]:
+        """Several queries ``(contexts, budgeted)``: the logits, the counting and the refusals of as
+        many :meth:`logits` calls, made in that order (a query past the budget refuses them all,
+        before any compute). ``split``: one image set for all, or one per query. A backend with
+        ``logits_many`` answers them in one call (an engine: one text-tower pass for all,
+        :class:`benchmark.engine.EngineBackend`); others one call each."""
+        splits = [split] * len(queries) if isinstance(split, str) else list(split)
+        if len(splits) != len(queries):
+            raise ValueError(f"{len(queries)} queries but {len(splits)} image sets")
         admitted, budgeted_so_far = [], 0
-        for contexts, budgeted in queries:
-            admitted.append((self._admit(contexts, split, budgeted, already=budgeted_so_far), budgeted))
+        for (contexts, budgeted), s in zip(queries, splits):
+            admitted.append((self._admit(contexts, s, budgeted, already=budgeted_so_far), budgeted))
             budgeted_so_far += admitted[-1][0].shape[0] if budgeted else 0
         if not admitted:
             return []
         many = getattr(self._backend, "logits_many", None)
         if many is None:  # one call each, each counted once answered, as separate calls are
             outs = []
-            for contexts, budgeted in admitted:
-                out, images_encoded = self._backend.logits(contexts, split)
+            for (contexts, budgeted), s in zip(admitted, splits):
+                out, images_encoded = self._backend.logits(contexts, s)
                 self._record(contexts.shape[0], budgeted=budgeted, images_encoded=images_encoded)
                 outs.append(out)
             return outs
-        outs, images_encoded = many([c for c, _ in admitted], split)
+        outs, images_encoded = many([c for c, _ in admitted], split if isinstance(split, str) else splits)
         for i, (contexts, budgeted) in enumerate(admitted):  # each query counted as a call of its own
             self._record(contexts.shape[0], budgeted=budgeted, images_encoded=images_encoded if i == 0 else 0)
         return outs
@@ -234,8 +270,16 @@ class MeteredBlackBox:
         return out
 
     def _check_split(self, split: str) -> None:
-        if split not in self._info.split_sizes:
-            raise ValueError(f"unknown image set {split!r}; registered: {sorted(self._info.split_sizes)}")
+        if split in self._info.split_sizes:
+            return
+        if parse_view_split(split) is not None:
+            if self._info.train_views:
+                return
+            raise ValueError(
+                f"image set {split!r} is an augmented view of the training images, which this black box "
+                "does not serve (a method's refine_views: cached uses the training pass instead)"
+            )
+        raise ValueError(f"unknown image set {split!r}; registered: {sorted(self._info.split_sizes)}")
 
     def _record(self, n_cand: int, *, budgeted: bool, images_encoded: int) -> None:
         if budgeted:

@@ -6,6 +6,10 @@
 ask while the caller does other work (steps other interleaved runs, :mod:`craft.interleave`);
 ``ask`` then takes the candidates. Both give a run the candidates it has alone in its own
 process, bit for bit.
+
+Both follow one cycle: the constructor asks the first population; ``ask`` hands out the
+candidates pending; ``tell`` gives their fitness, after which the strategy computes the prompt in
+use (:attr:`prompt_z`, by :func:`tell_and_ask`) and asks the next candidates.
 """
 
 from __future__ import annotations
@@ -24,12 +28,32 @@ import numpy as np
 from craft.waits import blocked
 
 
-def cma_strategy(dim: int, sigma: float, popsize: int, bound: float, seed: int, eigen_gap: float, maxiter: int | None = None):
+# The step-size rules a run may pin. The official code ran with pycma's default of its time, CSA;
+# pycma 4.5 made TPA the default at dimension >= 300, so the rule is always named, never left to
+# the installed version.
+STEP_RULES = {"csa": "CMAAdaptSigmaCSA", "tpa": "CMAAdaptSigmaTPA"}
+
+# Where the prompt in use comes from after each tell (see tell_and_ask).
+PROMPT_SOURCES = ("mean", "candidates", "xbest")
+
+
+def pycma_seed(seed: int) -> int:
+    """The run's seed as pycma's ``seed`` option: the same number, as the official code passes it,
+    except 0, which pycma reads as "seed from the clock"."""
+    return seed if seed != 0 else 2**31
+
+
+def cma_strategy(dim: int, sigma: float, popsize: int, bound: float, seed: int, eigen_gap: float,
+                 maxiter: int | None = None, step_rule: str = "csa"):
     """pycma's CMA-ES as BBT and CraFT run it: ``x0 = 0``, box bounds ``+-bound`` when ``bound > 0``,
-    and the eigendecomposition interval scaled by ``eigen_gap`` (see :class:`craft.methods.BBTConfig`)."""
+    the step-size rule ``step_rule`` (:data:`STEP_RULES`), and the eigendecomposition interval scaled
+    by ``eigen_gap`` (see :class:`craft.methods.BBTConfig`)."""
     import cma  # here, not at the top: it imports scipy.stats and matplotlib (a second), which a sweep's driver never needs
 
-    opts = {"popsize": popsize, "seed": seed, "verbose": -9}
+    if step_rule not in STEP_RULES:
+        raise ValueError(f"unknown CMA-ES step-size rule {step_rule!r}; expected one of {', '.join(STEP_RULES)}")
+    opts = {"popsize": popsize, "seed": pycma_seed(seed), "verbose": -9,
+            "AdaptSigma": getattr(cma.sigma_adaptation, STEP_RULES[step_rule])}
     if maxiter is not None:
         opts["maxiter"] = maxiter
     if bound > 0:
@@ -37,6 +61,29 @@ def cma_strategy(dim: int, sigma: float, popsize: int, bound: float, seed: int, 
     es = cma.CMAEvolutionStrategy(np.zeros(dim), sigma, opts)
     es.sm.lazy_update_gap *= eigen_gap  # pycma's interval, from c1, c_mu and N, scaled
     return es
+
+
+def tell_and_ask(es: Any, solutions: list[np.ndarray], values: list[float], prompt_from: str) -> tuple[list[np.ndarray], np.ndarray]:
+    """Tell ``es`` the candidates' fitness; return the next candidates and the ``z`` of the prompt in use.
+
+    ``prompt_from``: ``mean``, the mean of a freshly asked population, asked before the next
+    candidates (the official loop: two asks per tell, which only CSA allows); ``candidates``, the
+    mean of the next candidates (one ask per tell); ``xbest``, the best candidate evaluated so far
+    (the official ImageNet scripts).
+    """
+    es.tell(solutions, values)
+    if prompt_from == "mean":
+        prompt = np.mean(es.ask(), axis=0)
+        following = es.ask()
+    elif prompt_from == "candidates":
+        following = es.ask()
+        prompt = np.mean(following, axis=0)
+    elif prompt_from == "xbest":
+        following = es.ask()
+        prompt = np.array(es.result.xbest, copy=True)
+    else:
+        raise ValueError(f"unknown prompt source {prompt_from!r}; expected one of {', '.join(PROMPT_SOURCES)}")
+    return following, prompt
 
 
 class RunCMA:
@@ -52,11 +99,14 @@ class RunCMA:
     remote = False
     _lock = threading.Lock()
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        """The arguments of :func:`cma_strategy`."""
+    def __init__(self, prompt_from: str, *args: Any, **kwargs: Any) -> None:
+        """``prompt_from`` (see :func:`tell_and_ask`), then the arguments of :func:`cma_strategy`."""
         self._state: tuple | None = None  # the run's own; pycma seeds it in its constructor
+        self.prompt_from = prompt_from
+        self.prompt_z: np.ndarray | None = None  # the prompt in use, after the first tell
         with self._own_random_state():
             self.es = cma_strategy(*args, **kwargs)
+            self._pending = self.es.ask()
 
     @contextmanager
     def _own_random_state(self) -> Iterator[None]:
@@ -71,12 +121,13 @@ class RunCMA:
                 np.random.set_state(outside)
 
     def ask(self) -> list[np.ndarray]:
-        with self._own_random_state():
-            return self.es.ask()
+        """The candidates to score next."""
+        return self._pending
 
     def tell(self, solutions: list[np.ndarray], values: list[float]) -> None:
+        """Fitness of the last :meth:`ask`'s candidates; computes :attr:`prompt_z` and the next candidates."""
         with self._own_random_state():
-            self.es.tell(solutions, values)
+            self._pending, self.prompt_z = tell_and_ask(self.es, solutions, values, self.prompt_from)
 
     def close(self) -> None:
         pass
@@ -89,7 +140,8 @@ def _serve(inp: BinaryIO, out: BinaryIO) -> None:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)
-    es = last = None
+    es = last = prompt_from = None
+    prompt = None
     while True:
         try:
             msg = pickle.load(inp)
@@ -98,13 +150,13 @@ def _serve(inp: BinaryIO, out: BinaryIO) -> None:
         if msg is None:
             return
         try:
-            if msg[0] == "new":
-                es = cma_strategy(*msg[1], **msg[2])  # seeds this process's global random state
-                last = es.ask()
+            if msg[0] == "new":  # ("new", prompt_from, args, kwargs)
+                prompt_from = msg[1]
+                es = cma_strategy(*msg[2], **msg[3])  # seeds this process's global random state
+                last, prompt = es.ask(), None
             else:  # ("step", values): the candidates asked last, told their fitness
-                es.tell(last, msg[1])
-                last = es.ask()
-            answer = ("ok", np.asarray(last))
+                last, prompt = tell_and_ask(es, last, msg[1], prompt_from)
+            answer = ("ok", (np.asarray(last), prompt))
         except Exception as exc:  # noqa: BLE001 - raised in the run that sent the message
             answer = ("error", f"{type(exc).__name__}: {exc}")
         pickle.dump(answer, out, protocol=pickle.HIGHEST_PROTOCOL)
@@ -189,15 +241,17 @@ class CMAWorkers:
 
 class RemoteCMA:
     """:func:`cma_strategy` in a worker of ``workers``: :meth:`tell` sends and returns at once,
-    :meth:`ask` waits for the worker's tell and next ask. Calls alternate: ask, tell, ask, ..."""
+    :meth:`ask` waits for the worker's tell and next ask (and :attr:`prompt_z`). Calls alternate:
+    ask, tell, ask, ..."""
 
     remote = True
 
-    def __init__(self, workers: CMAWorkers, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, workers: CMAWorkers, prompt_from: str, *args: Any, **kwargs: Any) -> None:
         self._workers = workers
         self._worker: _Worker | None = workers.checkout()
-        self._worker.send(("new", args, kwargs))
+        self._worker.send(("new", prompt_from, args, kwargs))
         self._pending = True  # an answer on its way
+        self.prompt_z: np.ndarray | None = None
 
     def ask(self) -> list[np.ndarray]:
         assert self._worker is not None, "closed"
@@ -206,7 +260,10 @@ class RemoteCMA:
         self._pending = False
         if status != "ok":
             raise RuntimeError(f"CMA-ES worker: {value}")
-        return list(value)
+        candidates, prompt = value
+        if prompt is not None:
+            self.prompt_z = prompt
+        return list(candidates)
 
     def tell(self, solutions: list[np.ndarray], values: list[float]) -> None:
         """``solutions`` must be those of the last :meth:`ask` (the worker tells its own copy)."""
@@ -228,8 +285,8 @@ WORKERS: ContextVar[CMAWorkers | None] = ContextVar("cma_workers", default=None)
 
 
 def new_cma(*args: Any, **kwargs: Any) -> RunCMA | RemoteCMA:
-    """A run's CMA-ES (the arguments of :func:`cma_strategy`): in a worker of the context's pool
-    (:data:`WORKERS`) if there is one, else in this process."""
+    """A run's CMA-ES (``prompt_from``, then the arguments of :func:`cma_strategy`): in a worker of
+    the context's pool (:data:`WORKERS`) if there is one, else in this process."""
     workers = WORKERS.get()
     return RemoteCMA(workers, *args, **kwargs) if workers is not None else RunCMA(*args, **kwargs)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -69,7 +71,8 @@ class ManyBackend(LinearBackend):
     """A LinearBackend that answers several queries in one call, as the engine does."""
 
     def logits_many(self, contexts, split):
-        out = [LinearBackend.logits(self, c, split)[0] for c in contexts]
+        splits = [split] * len(contexts) if isinstance(split, str) else split
+        out = [LinearBackend.logits(self, c, s)[0] for c, s in zip(contexts, splits)]
         del self.calls[-len(contexts):]
         self.calls.append((sum(c.shape[0] for c in contexts), split))
         return out, 0
@@ -111,3 +114,49 @@ def test_logits_many_counts_the_queries_answered_before_a_backend_failure():
     with pytest.raises(RuntimeError, match="backend down"):
         box.logits_many([(torch.zeros(2, 2, 8), True), (torch.zeros(3, 2, 8), True)], "train")
     assert box.usage.queries == 2 and box.usage.calls == 1  # as two separate calls, the first answered
+
+
+def test_view_split_names_round_trip_and_nothing_else_parses():
+    from craft.blackbox import parse_view_split, view_split
+
+    assert parse_view_split(view_split(0)) == (0, False)
+    assert parse_view_split(view_split(17, raw=True)) == (17, True)
+    for other in ("train", "val", "test:imagenet_a", "train@", "train@x/raw", "train@-1"):
+        assert parse_view_split(other) is None, other
+    with pytest.raises(ValueError):
+        view_split(-1)
+
+
+def test_views_are_answered_only_where_the_backend_serves_them_and_never_budgeted():
+    from craft.blackbox import view_split
+
+    class NoViews(LinearBackend):
+        def info(self):
+            return dataclasses.replace(super().info(), train_views=False)
+
+    ctx = torch.zeros(1, 4, 8)
+    with pytest.raises(ValueError, match="augmented view of the training images, which this black box does not serve"):
+        MeteredBlackBox(NoViews(), 10).logits(ctx, view_split(3), budgeted=False)
+    box = MeteredBlackBox(LinearBackend(), 10)
+    with pytest.raises(ValueError, match="budgeted queries score training images only"):
+        box.logits(ctx, view_split(3))
+    fresh, raw = box.logits(ctx, view_split(3), budgeted=False), box.logits(ctx, view_split(3, raw=True), budgeted=False)
+    assert not torch.equal(fresh, box.logits(ctx, "train", budgeted=False))
+    assert box.usage.queries == 0 and box.usage.unbudgeted_queries == 3
+    assert raw.shape == fresh.shape
+
+
+@pytest.mark.parametrize("backend_cls", [LinearBackend, ManyBackend])
+def test_logits_many_takes_one_image_set_per_query(backend_cls):
+    from craft.blackbox import view_split
+
+    ctx = torch.randn(3, 4, 8)
+    box = MeteredBlackBox(backend_cls(), 10)
+    splits = [view_split(2, raw=True), "train"]
+    got = box.logits_many([(ctx[:1], False), (ctx[1:], True)], splits)
+    alone = MeteredBlackBox(LinearBackend(), 10)
+    assert torch.equal(got[0], alone.logits(ctx[:1], splits[0], budgeted=False))
+    assert torch.equal(got[1], alone.logits(ctx[1:], "train"))
+    assert box.usage.queries == 2 and box.usage.unbudgeted_queries == 1
+    with pytest.raises(ValueError, match="2 queries but 1 image sets"):
+        box.logits_many([(ctx[:1], False), (ctx[1:], True)], ["train"])

@@ -153,17 +153,20 @@ def workers():
         yield pool
 
 
-def test_cma_in_a_worker_process_asks_what_it_asks_in_the_run(workers):
+@pytest.mark.parametrize("prompt_from", ["mean", "candidates", "xbest"])
+def test_cma_in_a_worker_process_asks_what_it_asks_in_the_run(workers, prompt_from):
     import numpy as np
 
     from craft.cma_es import RemoteCMA, RunCMA
 
-    args = (16, 1.0, 6, 5.0, 7, 10.0)
+    args = (prompt_from, 16, 1.0, 6, 5.0, 7, 10.0)
     here, there = RunCMA(*args), RemoteCMA(workers, *args)
     try:
         for g in range(8):  # past pycma's first consistency checks (from its 4th tell)
             a, b = here.ask(), there.ask()
             assert np.array_equal(np.array(a), np.array(b)), g
+            if g:
+                assert np.array_equal(here.prompt_z, there.prompt_z), g
             values = [float(np.sum(x**2)) for x in a]
             here.tell(a, values)
             there.tell(b, values)
@@ -222,7 +225,7 @@ def test_waits_for_workers_are_recorded_where_a_measurement_asks_for_them(worker
 def test_a_worker_reports_pycmas_error_in_the_run(workers):
     from craft.cma_es import RemoteCMA
 
-    cma = RemoteCMA(workers, 0, 1.0, 6, 5.0, 7, 10.0)  # dimension 0
+    cma = RemoteCMA(workers, "mean", 0, 1.0, 6, 5.0, 7, 10.0)  # dimension 0
     with pytest.raises(RuntimeError, match="CMA-ES worker: "):
         cma.ask()
     cma.close()

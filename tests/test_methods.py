@@ -110,7 +110,8 @@ class _WatchedBackend(LinearBackend):
 
 class _WatchedManyBackend(_WatchedBackend):
     def logits_many(self, contexts, split):  # as the engine on a GPU: several queries in one call
-        return [self.logits(c, split)[0] for c in contexts], 0
+        splits = [split] * len(contexts) if isinstance(split, str) else split
+        return [self.logits(c, s)[0] for c, s in zip(contexts, splits)], 0
 
 
 @pytest.mark.parametrize("backend_cls", [_WatchedBackend, _WatchedManyBackend])

@@ -36,3 +36,8 @@ def train_transform(
         steps.append(T.RandomHorizontalFlip(p=0.5))
     steps += [T.ToTensor(), T.Normalize(mean=list(mean), std=list(std))]
     return T.Compose(steps)
+
+
+def aug_varies(kind: str) -> bool:
+    """Whether two passes of the augmentation ``kind`` over the same images can differ."""
+    return kind != "none"

@@ -1,13 +1,16 @@
 """CraFT (collaborative fine-tuning) and BBT, faithful to the official CraFT code.
 
-Per CMA-ES generation: ask ``popsize`` candidates ``z``, score each prompt ``p0 + A z`` on
-the whole few-shot training set (``popsize`` queries) with the prediction-consistent
-fitness, tell CMA-ES, set the prompt in use to the mean of ``A z`` over a freshly asked
-population (then scored as the next generation), train the refinement MLP for one epoch on that prompt's logits, evaluate.
-BBT is the same search without the refinement module (fitness: cross-entropy only).
+Per CMA-ES generation: score the ``popsize`` candidates ``z`` asked last, each prompt
+``p0 + A z`` on the whole few-shot training set (``popsize`` queries), with the
+prediction-consistent fitness; tell CMA-ES; set the prompt in use (by default the mean of
+``A z`` over a freshly asked population, asked before the next candidates, as the official
+loop); train the refinement MLP for one epoch on that prompt's logits over a fresh augmented
+view of the training images; evaluate. BBT is the same search without the refinement module
+(fitness: cross-entropy only).
 
-One setting differs from pycma's defaults: how often CMA-ES eigendecomposes its covariance
-(``cma_eigen_gap``, see :class:`BBTConfig`).
+Every difference from the official code is a field of :class:`BBTConfig` or :class:`CraFTConfig`
+whose default is the official behaviour, except ``cma_eigen_gap``; docs/fidelity.md lists them
+with their measured effect.
 """
 
 from __future__ import annotations
@@ -18,14 +21,17 @@ from typing import Generator
 import numpy as np
 import torch
 
-from craft.blackbox import BlackBox
+from craft.blackbox import TRAIN, BlackBox, view_split
 from craft.budget import default_budget
-from craft.cma_es import new_cma
+from craft.cma_es import PROMPT_SOURCES, STEP_RULES, new_cma
 from craft.losses import prompt_fitness, refinement_loss
 from craft.methods.base import RunResult, Steps, Task, Timer, drive, evaluate, evaluate_async, reject_invalid
-from craft.prompt import PromptGenerator
+from craft.prompt import PROJECTION_INITS, PromptGenerator
 from craft.refine import RefinementMLP, refinement_optimizer
 from craft.transfer import HostCopy, to_device
+
+REFINE_VIEWS = ("fresh", "cached")
+REFINE_FEATURES = ("raw", "normalized")
 
 
 @dataclass
@@ -40,14 +46,21 @@ class BBTConfig:
     ctx_init: str = "a photo of a"
     budget: int | None = None  # None: by shots, as the official scripts
     eval_every: int = 10
-    # Generations between CMA-ES's eigendecompositions of its covariance C, in units of pycma's
-    # own interval 1 / (10 N (c1 + c_mu)) (1: pycma's default). C moves by a fraction
-    # (c1 + c_mu) per generation, so at 10 it moves by 1/N of itself between decompositions
-    # instead of 1/(10 N). At N = 512, popsize 40 that is every 24 generations instead of 2.4,
-    # and pycma's time per generation falls from 19.0 to 8.2 ms, the largest part of a run's
-    # CPU time (python -m benchmarks.cma_cost). Accuracy on the built-in suite stays within
-    # seed noise (python -m benchmarks.cma_cost --accuracy).
+    # Generations between CMA-ES's eigendecompositions of its covariance, in units of pycma's own
+    # interval 1 / (10 N (c1 + c_mu)) (1: pycma's default, the official code's). At 10 it falls
+    # from every 2.4 to every 24 generations at N = 512, popsize 40: the largest part of a run's
+    # CPU time (python -m benchmarks.cma_cost), with accuracy within seed noise (docs/fidelity.md).
     cma_eigen_gap: float = 10.0
+    # CMA-ES's step-size rule, pinned whatever pycma is installed: csa (the official code's) or tpa
+    # (pycma 4.5's default at dimension >= 300, which refuses a second ask per tell).
+    cma_step_rule: str = "csa"
+    # The prompt in use after each tell: mean (of a freshly asked population, the official loop),
+    # candidates (the mean of the next candidates: one ask per tell), xbest (the best candidate
+    # so far: the official ImageNet scripts).
+    prompt_from: str = "mean"
+    # The projection A: normal, N(0, std^2) (the official code); uniform, torch's default Linear
+    # init U(-1/sqrt(intrinsic_dim), 1/sqrt(intrinsic_dim)) (the official ImageNet scripts; std unused).
+    projection_init: str = "normal"
 
     def __post_init__(self) -> None:  # bad values fail where the config is read, not mid-sweep
         _validate(self)
@@ -69,6 +82,12 @@ class CraFTConfig(BBTConfig):
     lr: float = 0.001
     batch_size: int = 256
     hidden: int = 256
+    # The refinement module's training images each generation: fresh (a new augmented view, as the
+    # official loop re-augments and re-encodes them) or cached (the fitness's augmented pass).
+    refine_views: str = "fresh"
+    # Their image features: raw (not normalised, as the official loop: logits scale with each
+    # feature's norm) or normalized (as fitness and test use them).
+    refine_features: str = "raw"
 
 
 def _validate(cfg: BBTConfig) -> None:
@@ -80,11 +99,35 @@ def _validate(cfg: BBTConfig) -> None:
         "intrinsic_dim": cfg.intrinsic_dim >= 1,
         "eval_every": cfg.eval_every >= 1,
         "cma_eigen_gap": cfg.cma_eigen_gap > 0,
-        "budget": cfg.budget is None or cfg.budget >= 0,
+        "budget": cfg.budget is None or cfg.budget >= cfg.popsize,
+        "cma_step_rule": cfg.cma_step_rule in STEP_RULES,
+        "prompt_from": cfg.prompt_from in PROMPT_SOURCES,
+        "projection_init": cfg.projection_init in PROJECTION_INITS,
     }
+    expected = [
+        "budget: None (by shots) or at least popsize (one generation)",
+        f"cma_step_rule in {', '.join(STEP_RULES)}",
+        f"prompt_from in {', '.join(PROMPT_SOURCES)}",
+        f"projection_init in {', '.join(PROJECTION_INITS)}",
+    ]
     if isinstance(cfg, CraFTConfig):
-        checks.update(n=cfg.n >= 1, lr=cfg.lr > 0, batch_size=cfg.batch_size >= 1, hidden=cfg.hidden >= 1)
-    reject_invalid(cfg, checks)
+        checks.update(n=cfg.n >= 1, lr=cfg.lr > 0, batch_size=cfg.batch_size >= 1, hidden=cfg.hidden >= 1,
+                      refine_views=cfg.refine_views in REFINE_VIEWS, refine_features=cfg.refine_features in REFINE_FEATURES)
+        expected += [f"refine_views in {', '.join(REFINE_VIEWS)}", f"refine_features in {', '.join(REFINE_FEATURES)}"]
+    reject_invalid(cfg, checks, "; ".join(expected))
+    if cfg.prompt_from == "mean" and cfg.cma_step_rule == "tpa":
+        raise ValueError(
+            "prompt_from='mean' asks CMA-ES twice per tell, which cma_step_rule='tpa' refuses; "
+            "use cma_step_rule='csa' (the official code's) or prompt_from='candidates'"
+        )
+
+
+def refinement_split(cfg: CraFTConfig, generation: int) -> str:
+    """The image set the refinement module trains on in ``generation`` (see :class:`CraFTConfig`)."""
+    raw = cfg.refine_features == "raw"
+    if cfg.refine_views == "fresh":
+        return view_split(generation, raw)
+    return view_split(0, raw) if raw else TRAIN
 
 
 def _search(box: BlackBox, task: Task, cfg: BBTConfig, seed: int, refine: bool) -> Generator[None, None, tuple]:
@@ -95,10 +138,10 @@ def _search(box: BlackBox, task: Task, cfg: BBTConfig, seed: int, refine: bool) 
     CMA-ES runs in a worker process (:func:`craft.cma_es.new_cma`), after sending it the fitness."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    budget = min(cfg.budget or default_budget(task.shots, task.dataset), box.remaining())
+    budget = min(default_budget(task.shots, task.dataset) if cfg.budget is None else cfg.budget, box.remaining())
     p0 = box.embed_words(cfg.ctx_init)
     device = torch.device(box.info.device)  # where the logits arrive: fitness and refinement run there
-    prompt = PromptGenerator(p0, cfg.intrinsic_dim, cfg.std, gen).to(device)
+    prompt = PromptGenerator(p0, cfg.intrinsic_dim, cfg.std, gen, cfg.projection_init).to(device)
     y = to_device(task.labels["train"], device)
     n_classes = len(task.classnames)
 
@@ -112,14 +155,15 @@ def _search(box: BlackBox, task: Task, cfg: BBTConfig, seed: int, refine: bool) 
         opt = refinement_optimizer(mlp, cfg.lr)
 
     generations = budget // cfg.popsize
-    es = new_cma(cfg.intrinsic_dim, cfg.sigma, cfg.popsize, cfg.bound, seed + 1, cfg.cma_eigen_gap, generations)
+    es = new_cma(cfg.prompt_from, cfg.intrinsic_dim, cfg.sigma, cfg.popsize, cfg.bound, seed, cfg.cma_eigen_gap,
+                 generations, cfg.cma_step_rule)
     trace: list[dict] = []
     losses_due: list[tuple[dict, HostCopy]] = []  # refinement losses (summed over the images) on their way to the host
     ctx = prompt(torch.zeros(cfg.intrinsic_dim, device=device))
     metrics: dict[str, float] = {}
     try:
         solutions = es.ask()
-        logits = box.logits(prompt(_z(solutions, device)), "train") if generations else None
+        logits = box.logits(prompt(_z(solutions, device)), TRAIN) if generations else None
         for g in range(1, generations + 1):
             with torch.no_grad():
                 fitness = HostCopy(prompt_fitness(logits, y, lambda_i, mlp))
@@ -130,10 +174,8 @@ def _search(box: BlackBox, task: Task, cfg: BBTConfig, seed: int, refine: bool) 
             es.tell(solutions, values)
             if es.remote:
                 yield  # its worker process tells and asks while other runs take their turn
-            # The prompt in use: the mean of a freshly asked population, which is also the next
-            # generation's candidates (pycma allows one ask per tell when its step-size rule injects samples).
             solutions = es.ask()
-            ctx = prompt(to_device(torch.as_tensor(np.array(solutions)).mean(0).float(), device))
+            ctx = prompt(to_device(torch.as_tensor(es.prompt_z, dtype=torch.float32), device))
 
             row = {"generation": g, "queries": box.usage.queries, "fitness": min(values)}
             # The next generation's candidates are queried with the prompt in use, in one call: one pass
@@ -143,7 +185,8 @@ def _search(box: BlackBox, task: Task, cfg: BBTConfig, seed: int, refine: bool) 
             following = [] if evaluating else [(prompt(_z(solutions, device)), True)]
             if mlp is not None:
                 assert isinstance(cfg, CraFTConfig) and opt is not None
-                train_logits, *following_logits = box.logits_many([(ctx, False), *following], "train")
+                splits = [refinement_split(cfg, g)] + [TRAIN] * len(following)
+                train_logits, *following_logits = box.logits_many([(ctx, False), *following], splits)
                 train_logits = train_logits[0]
                 kl_weight = lambda_o if row["queries"] <= budget / cfg.n else 0.0
                 order = to_device(torch.randperm(len(y), generator=gen), device)
@@ -160,7 +203,7 @@ def _search(box: BlackBox, task: Task, cfg: BBTConfig, seed: int, refine: bool) 
                 del train_logits
                 losses_due.append((row, HostCopy(torch.stack(losses).sum())))
             else:
-                following_logits = box.logits_many(following, "train")
+                following_logits = box.logits_many(following, TRAIN)
             logits = following_logits[0] if following_logits else None
             del following_logits  # else its list would hold the logits through the fitness's yield
             if evaluating:
@@ -172,7 +215,7 @@ def _search(box: BlackBox, task: Task, cfg: BBTConfig, seed: int, refine: bool) 
                 if task.on_eval is not None:
                     task.on_eval(row)
                 if g < generations:
-                    logits = box.logits(prompt(_z(solutions, device)), "train")
+                    logits = box.logits(prompt(_z(solutions, device)), TRAIN)
             trace.append(row)
         _settle(losses_due, len(y))
     finally:
