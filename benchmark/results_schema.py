@@ -10,7 +10,8 @@ ImageNet variants of the distribution-shift table). Accuracies are top-1 in perc
 | cell_id | stable hash of everything that defines the cell (see ``benchmark.sweep.plan``) |
 | status | ``ok`` or ``failed`` (then ``error`` says why, metrics are null) |
 | method, dataset, eval_dataset, backbone, weights, shots, seed | what was run |
-| hparams | the method's full hyperparameters, JSON |
+| hparams | the method's full hyperparameters, JSON (every fidelity switch among them: docs/fidelity.md) |
+| protocol, train_aug | the sweep's protocol (harness or official) and the training augmentation used (null in older folders) |
 | budget, queries | query budget and queries used (one query: one prompt scored on the training images) |
 | unbudgeted_queries, text_sequences, images_encoded, model_calls | every model call, counted |
 | top1_val, top1_test | few-shot validation and test accuracy (%) |
@@ -72,6 +73,8 @@ SCHEMA = pa.schema(
         ("host", pa.string()),
         ("started_at", pa.timestamp("s", tz="UTC")),
         ("finished_at", pa.timestamp("s", tz="UTC")),
+        ("protocol", pa.string()),
+        ("train_aug", pa.string()),
     ]
 )
 

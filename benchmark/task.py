@@ -141,7 +141,7 @@ def prepare_task(engine: ClipEngine, spec: TaskSpec, cache: FeatureCache | None 
         return feats
 
     mean, std = engine.loaded.mean_std
-    aug = ds_spec.train_aug or "rrc_flip"
+    aug = spec.train_aug or ds_spec.train_aug or "rrc_flip"
     preprocess = engine.loaded.preprocess
     train_aug = train_transform(aug, engine.loaded.image_size, mean, std)
     train_fields = {"split": "train", "shots": spec.shots, "seed": spec.seed, "aug": aug}

@@ -16,3 +16,4 @@ class TaskSpec:
     root: str | None = None
     eval_datasets: tuple[str, ...] = ()
     eval_test: bool = True  # False during a hyperparameter search: no test image is read
+    train_aug: str | None = None  # a training augmentation in place of the dataset's own (a protocol's)

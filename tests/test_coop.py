@@ -83,3 +83,20 @@ def test_peak_memory_sees_an_allocation_inside_the_block():
         x = torch.ones(64 * 2**20 // 4)  # 64 MiB
         del x
     assert peak.mb is not None and 64 <= peak.mb < 64 + 60, peak
+
+
+def test_coop_trains_each_epoch_on_a_fresh_view_as_dassl_reaugments(server):
+    """Under the official protocol the digits get Dassl's crop and flip: each epoch's view is new images;
+    ``train_views: cached`` trains on the task's one pass instead (no view encoded)."""
+    import dataclasses
+
+    cell = dataclasses.replace(_cell("coop", {"n_ctx": 4, "epochs": 3, "eval_every": 3}), protocol="official")
+    assert cell.train_aug == "rrc_flip_imagenet"
+    [fresh] = run_cell(cell, server)
+    cached_cell = dataclasses.replace(cell, hparams={**cell.hparams, "train_views": "cached"})
+    [cached] = run_cell(cached_cell, server)
+    n_train = 16 * 10
+    assert fresh["images_encoded"] - cached["images_encoded"] == 3 * n_train  # one view per epoch, encoded on the server
+    assert fresh["trace"][0]["train_loss"] != cached["trace"][0]["train_loss"]
+    with pytest.raises(ValueError, match="train_views"):
+        make_config("coop", {"train_views": "sometimes"})

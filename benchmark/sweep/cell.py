@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from benchmark.datasets.registry import get_spec
+from benchmark.sweep.protocol import HARNESS, protocol_train_aug
 from craft.budget import default_budget
 from craft.methods import get_method, make_config
 
@@ -25,11 +26,21 @@ class Cell:
     hparams: dict[str, Any] = field(default_factory=dict, hash=False)
     eval_datasets: tuple[str, ...] = ()
     root: str | None = field(default=None, compare=False)
+    protocol: str = HARNESS  # benchmark.sweep.protocol; its method hparams are already in ``hparams``
+
+    @property
+    def train_aug(self) -> str | None:
+        """The training augmentation in place of the dataset's own (None: the dataset's)."""
+        return protocol_train_aug(self.protocol, self.dataset, self.method)
 
     @property
     def cell_id(self) -> str:
         d = asdict(self)
         d.pop("root")
+        if self.protocol == HARNESS:  # ids from before protocols existed stay as they were
+            d.pop("protocol")
+        if self.train_aug is not None:
+            d["train_aug"] = self.train_aug
         d["hparams"] = self.full_hparams()
         d["eval_datasets"] = list(self.eval_datasets)
         text = json.dumps(d, sort_keys=True, separators=(",", ":"))

@@ -36,6 +36,7 @@ KEYS = {
     "seeds": "few-shot seeds, e.g. [1, 2, 3]",
     "backbones": "backbones as [name:weights, ...] or {name: weights}",
     "hparams": "method -> dataset ('*' = every dataset) -> hyperparameter: value",
+    "protocol": "harness (default: every method's defaults) or official (every fidelity switch on the official code's side; docs/fidelity.md)",
     "runs_per_server": "runs served at once by one model server",
     "precision": "model servers' arithmetic on a GPU: auto (bf16, CBBT fp32), bf16 or fp32 for all (CPUs: fp32)",
     "colocate": "true: CraFT and BBT runs execute in their model server's process, logits on its GPU (default false)",
@@ -64,6 +65,7 @@ class SweepConfig:
     colocate: bool = False
     compile: bool | str = False
     attention: str = "auto"
+    protocol: str = "harness"
     includes: tuple[str, ...] = ()
 
     def hparams_for(self, method: str, dataset: str) -> dict[str, Any]:
@@ -273,6 +275,11 @@ def _check_layer(raw: dict[str, Any], where: str) -> None:
         _check_eval_datasets(raw["eval_datasets"], where)
     if "hparams" in raw:
         _check_hparams(raw["hparams"], where)
+    if "protocol" in raw:
+        from benchmark.sweep.protocol import PROTOCOLS
+
+        if raw["protocol"] not in PROTOCOLS:
+            raise UserError(f"{where}: protocol must be one of {', '.join(PROTOCOLS)}, got {raw['protocol']!r}")
 
 
 def _check_compile_mode(value: Any, where: str) -> None:
@@ -382,7 +389,8 @@ def _finish(raw: dict[str, Any], where: str, includes: tuple[str, ...]) -> Sweep
     stray = sorted(set(eval_datasets) - set(datasets))
     if stray:
         raise UserError(f"{where}: eval_datasets.{stray[0]}: {stray[0]} is not one of the sweep's datasets")
-    _check_combined_hparams(raw.get("hparams") or {}, datasets, where)
+    protocol = raw.get("protocol", "harness")
+    _check_combined_hparams(raw.get("hparams") or {}, datasets, where, protocol)
     return SweepConfig(
         path=where,
         out=raw["out"],
@@ -399,6 +407,7 @@ def _finish(raw: dict[str, Any], where: str, includes: tuple[str, ...]) -> Sweep
         colocate=raw.get("colocate", False),
         compile=raw.get("compile", False),
         attention=raw.get("attention", "auto"),
+        protocol=protocol,
         includes=includes,
     )
 
@@ -416,13 +425,14 @@ def _normalise(method: str, values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _check_combined_hparams(hparams: dict[str, Any], datasets: list[str], where: str) -> None:
-    """Every (method, dataset) setting, '*' and the dataset's own merged, builds a config."""
+def _check_combined_hparams(hparams: dict[str, Any], datasets: list[str], where: str, protocol: str) -> None:
+    """Every (method, dataset) setting, the protocol's beneath '*' and the dataset's own, builds a config."""
+    from benchmark.sweep.protocol import protocol_hparams
     from craft.methods import make_config
 
     for method, by_ds in hparams.items():
         for ds in datasets:
-            values = {**by_ds.get("*", {}), **by_ds.get(ds, {})}
+            values = {**protocol_hparams(protocol, method), **by_ds.get("*", {}), **by_ds.get(ds, {})}
             try:
                 make_config(method, values, f"hparams.{method} for {ds}")
             except (ValueError, TypeError) as exc:

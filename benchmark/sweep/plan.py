@@ -15,6 +15,7 @@ from pathlib import Path
 from benchmark.errors import UserError
 from benchmark.results_io import cell_status
 from benchmark.sweep.cell import Cell
+from benchmark.sweep.protocol import protocol_hparams
 from benchmark.sweep.config import SweepConfig
 
 ZERO_SHOT = "zero_shot_clip"
@@ -31,8 +32,8 @@ def expand(cfg: SweepConfig) -> list[Cell]:
                     for method in cfg.methods:
                         if method == ZERO_SHOT and shots != max(cfg.shots):
                             continue
-                        cells.append(Cell(method, ds, shots, seed, backbone, weights,
-                                          cfg.hparams_for(method, ds), extra, cfg.root))
+                        hparams = {**protocol_hparams(cfg.protocol, method), **cfg.hparams_for(method, ds)}
+                        cells.append(Cell(method, ds, shots, seed, backbone, weights, hparams, extra, cfg.root, cfg.protocol))
     return list({c.cell_id: c for c in cells}.values())
 
 

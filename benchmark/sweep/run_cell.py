@@ -10,6 +10,7 @@ from typing import Any, Callable
 import torch
 from threadpoolctl import threadpool_limits
 
+from benchmark.datasets.registry import get_spec
 from benchmark.provenance import code_version, package_versions
 from benchmark.remote import RemoteBackend
 from benchmark.sweep.cell import Cell
@@ -19,7 +20,7 @@ from craft.methods import RunResult, Task, get_method, make_config
 
 
 def task_spec(cell: Cell, eval_test: bool = True) -> TaskSpec:
-    return TaskSpec(cell.dataset, cell.shots, cell.seed, cell.root, tuple(cell.eval_datasets), eval_test)
+    return TaskSpec(cell.dataset, cell.shots, cell.seed, cell.root, tuple(cell.eval_datasets), eval_test, cell.train_aug)
 
 
 def run_cell(
@@ -68,6 +69,8 @@ def run_cell(
         "shots": cell.shots,
         "seed": cell.seed,
         "hparams": result.hparams,
+        "protocol": cell.protocol,
+        "train_aug": cell.train_aug or get_spec(cell.dataset).train_aug or "rrc_flip",
         "budget": box.budget,
         "queries": usage["queries"],
         "unbudgeted_queries": usage["unbudgeted_queries"],
@@ -100,7 +103,7 @@ def failed_row(cell: Cell, error: str) -> dict[str, Any]:
         "cell_id": cell.cell_id, "status": "failed", "error": error[-4000:], "method": cell.method,
         "dataset": cell.dataset, "eval_dataset": cell.dataset, "backbone": cell.backbone,
         "weights": cell.weights, "shots": cell.shots, "seed": cell.seed, "hparams": cell.full_hparams(),
-        "budget": cell.budget(), "code_version": code_version(), "host": socket.gethostname(),
+        "protocol": cell.protocol, "budget": cell.budget(), "code_version": code_version(), "host": socket.gethostname(),
         "started_at": now, "finished_at": now,
     }
 

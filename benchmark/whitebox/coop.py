@@ -3,8 +3,9 @@
 As CoOp (Zhou et al., IJCV 2022): one context shared by all classes (``[SOS] ctx "classname."
 [EOS]``, the engine's prompt assembly), cross-entropy on ``logit_scale * cos``, SGD with
 momentum, one constant warm-up epoch then cosine, batch 32. Only the text side is learned, so
-the image features come from the task's cache (one augmented pass, as for the black-box
-methods; CoOp itself re-augments every epoch). Training memory is measured for the cost table.
+the image features are encoded without gradients: each epoch a fresh augmented view of the
+training images, as Dassl re-augments every epoch (``train_views: fresh``), or the task's one
+augmented pass (``cached``). Training memory is measured for the cost table.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 
 from benchmark.engine import ClipEngine, TaskData
 from benchmark.whitebox.memory import peak_memory
-from craft.blackbox import Usage
+from craft.blackbox import Usage, view_split
 from craft.methods.base import RunResult, Timer, _restrict, accuracy
 from craft.methods.whitebox import CoOpConfig, coop_epochs
 from craft.schedule import steps_per_epoch, warmup_cosine
@@ -94,6 +95,10 @@ def train_coop(
         for epoch in range(epochs):
             for group in opt.param_groups:
                 group["lr"] = warmup_cosine(epoch, epochs, cfg.lr, cfg.warmup_epochs, cfg.warmup_lr)
+            if cfg.train_views == "fresh":
+                images, encoded = data.images(view_split(epoch + 1))
+                images = images.to(device)
+                usage.images_encoded += encoded
             order = torch.randperm(n_train, generator=gen).to(device)
             losses = []
             for step in range(n_steps):

@@ -26,7 +26,9 @@ class CoOpConfig:
     ``ctx_init=""``: ``n_ctx`` (default 16) vectors drawn from N(0, 0.02^2), as CoOp's few-shot
     runs; else the embedded words, and ``n_ctx`` (if given) must be their token count.
     ``epochs=None``: by shots, as CoOp's scripts. SGD with momentum, Dassl's weight decay,
-    one warm-up epoch at ``warmup_lr``, then cosine.
+    one warm-up epoch at ``warmup_lr``, then cosine. ``train_views``: ``fresh`` trains each epoch
+    on a new augmented view of the training images, as Dassl re-augments every epoch; ``cached``
+    on the one augmented pass the black-box methods score.
     """
 
     n_ctx: int | None = None
@@ -39,6 +41,7 @@ class CoOpConfig:
     warmup_epochs: int = 1
     warmup_lr: float = 1e-5
     eval_every: int = 10
+    train_views: str = "fresh"
 
     def __post_init__(self) -> None:  # bad values fail where the config is read, not mid-sweep
         validate_coop(self)
@@ -66,8 +69,10 @@ def validate_coop(cfg: CoOpConfig) -> None:
         "warmup_epochs": cfg.warmup_epochs >= 0,
         "warmup_lr": cfg.warmup_lr > 0,
         "eval_every": cfg.eval_every >= 1,
+        "train_views": cfg.train_views in ("fresh", "cached"),
     }
-    reject_invalid(cfg, checks, "n_ctx/batch_size/epochs/eval_every >= 1, lr/warmup_lr > 0, 0 <= momentum < 1")
+    reject_invalid(cfg, checks, "n_ctx/batch_size/epochs/eval_every >= 1, lr/warmup_lr > 0, 0 <= momentum < 1, "
+                                "train_views fresh or cached")
 
 
 class CoOp:
