@@ -17,8 +17,10 @@ METHODS = ("zero_shot_clip", "bbt", "craft")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="results/demo", help="results folder or URI (default: results/demo)")
-    parser.add_argument("--shots", type=int, default=16)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--shots", type=int, default=16, help="shots per class (default: 16)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="few-shot seeds (default: 1 2 3)")
+    parser.add_argument("--protocol", default="harness", choices=("harness", "official"),
+                        help="harness (default) or official: every fidelity switch on the official code's side (docs/fidelity.md)")
     parser.add_argument("--datasets", nargs="+", default=None, help="built-in datasets (default: all)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray runtime")
@@ -27,14 +29,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def demo_config(
     out: str = "results/demo", datasets: Sequence[str] | None = None, methods: Sequence[str] = METHODS,
-    shots: int = 16, seeds: Sequence[int] = (1, 2, 3),
+    shots: int = 16, seeds: Sequence[int] = (1, 2, 3), protocol: str = "harness",
 ) -> SweepConfig:
     """The sweep of ``configs/demo.yaml``, with the flags' changes."""
     from benchmark.builtin_suite import BUILTIN_BACKBONE
     from benchmark.sweep.config import config_from_dict
 
     raw = {"out": out, "methods": list(methods), "shots": [shots], "seeds": list(seeds),
-           "backbones": [f"{BUILTIN_BACKBONE}:builtin"]}
+           "backbones": [f"{BUILTIN_BACKBONE}:builtin"], "protocol": protocol}
     raw.update({"datasets": list(datasets)} if datasets else {"suite": "builtin"})
     return config_from_dict(raw, "craft demo")
 
@@ -45,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from benchmark.sweep.plan import check_inputs, expand
     from benchmark.sweep.runner import run_sweep
 
-    cfg = demo_config(args.out, args.datasets, args.methods, args.shots, args.seeds)
+    cfg = demo_config(args.out, args.datasets, args.methods, args.shots, args.seeds, args.protocol)
     cells = expand(cfg)
     check_inputs(cfg)
     start = time.perf_counter()

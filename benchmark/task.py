@@ -4,7 +4,8 @@ The few-shot training set is encoded once with the official training augmentatio
 augmented pass, seeded by the run's seed), validation and test with open_clip's own
 preprocessing. Further augmented views of the training set (the official refinement module's
 data, a fresh one each generation) are encoded when a run first asks for them
-(:class:`benchmark.engine.TrainViews`), seeded by the run's seed and the view's number. Features go through the disk cache, keyed by everything that decides them.
+(:class:`benchmark.engine.TrainViews`), seeded by the run's seed and the view's number. Features
+go through the disk cache, keyed by everything that decides them.
 Evaluation-only datasets (the ImageNet variants) are added as image sets named
 ``test:<key>``, scored in the training dataset's label space.
 """

@@ -48,6 +48,12 @@ def test_harness_cell_ids_are_those_from_before_protocols():
     assert dataclasses.replace(cell, protocol="official").cell_id != cell.cell_id
 
 
+def test_official_protocol_serves_in_fp32_unless_told_otherwise():
+    assert config_from_dict(BASE).precision == "auto"
+    assert config_from_dict({**BASE, "protocol": "official"}).precision == "fp32"
+    assert config_from_dict({**BASE, "protocol": "official", "precision": "bf16"}).precision == "bf16"
+
+
 def test_a_bad_protocol_is_one_sentence():
     with pytest.raises(UserError, match="protocol must be one of harness, official, got 'paper'"):
         config_from_dict({**BASE, "protocol": "paper"})

@@ -38,7 +38,7 @@ KEYS = {
     "hparams": "method -> dataset ('*' = every dataset) -> hyperparameter: value",
     "protocol": "harness (default: every method's defaults) or official (every fidelity switch on the official code's side; docs/fidelity.md)",
     "runs_per_server": "runs served at once by one model server",
-    "precision": "model servers' arithmetic on a GPU: auto (bf16, CBBT fp32), bf16 or fp32 for all (CPUs: fp32)",
+    "precision": "model servers' arithmetic on a GPU: auto (bf16, CBBT fp32; the default), bf16 or fp32 for all (CPUs: fp32; protocol official: fp32)",
     "colocate": "true: CraFT and BBT runs execute in their model server's process, logits on its GPU (default false)",
     "attention": "the kernel the servers' text attention is held to: auto (torch's choice, default), math, efficient, cudnn or flash (python -m benchmarks.attention_backends times them)",
     "compile": "true (or a torch.compile mode, e.g. reduce-overhead: CUDA graphs on a GPU): model servers run the text tower under torch.compile, one graph each, compiled in its first query (default false)",
@@ -403,7 +403,7 @@ def _finish(raw: dict[str, Any], where: str, includes: tuple[str, ...]) -> Sweep
         eval_datasets=eval_datasets,
         hparams={m: {ds: _normalise(m, v) for ds, v in by_ds.items()} for m, by_ds in (raw.get("hparams") or {}).items()},
         runs_per_server=raw.get("runs_per_server", DEFAULT_RUNS_PER_SERVER),
-        precision=raw.get("precision", "auto"),
+        precision=raw.get("precision", official_precision(protocol)),
         colocate=raw.get("colocate", False),
         compile=raw.get("compile", False),
         attention=raw.get("attention", "auto"),
@@ -423,6 +423,14 @@ def _normalise(method: str, values: dict[str, Any]) -> dict[str, Any]:
         takes_float = float in kinds and int not in kinds
         out[k] = float(v) if takes_float and isinstance(v, int) and not isinstance(v, bool) else v
     return out
+
+
+def official_precision(protocol: str) -> str:
+    """The servers' precision when a config names none: fp32 under the official protocol (the
+    official code's text encoder runs in fp32), else auto."""
+    from benchmark.sweep.protocol import OFFICIAL
+
+    return "fp32" if protocol == OFFICIAL else "auto"
 
 
 def _check_combined_hparams(hparams: dict[str, Any], datasets: list[str], where: str, protocol: str) -> None:
