@@ -3,6 +3,8 @@
 A prompt for class ``c`` is ``[SOS] + ctx + embed("<classname>.") + [EOS]``: one shared
 context ``ctx`` (``n_ctx x width``) for all classes, the class part embedded once per class
 list and reused. The text feature of each prompt is gathered at its own end-of-text token.
+Every text reaches the tokenizer through :meth:`ClipEngine.tokenize`, which writes class names'
+underscores as spaces, as the official codes do (:func:`spoken`).
 
 Two query paths compute the same features:
 
@@ -36,6 +38,17 @@ PRECISIONS = ("auto", "bf16", "fp32")  # of the fast path on a GPU; see ClipEngi
 # Attention kernels the fast path may be held to, by their torch.nn.attention.SDPBackend names.
 _SDP_BACKENDS = {"math": "MATH", "efficient": "EFFICIENT_ATTENTION", "cudnn": "CUDNN_ATTENTION", "flash": "FLASH_ATTENTION"}
 ATTENTION_KERNELS = ("auto", *_SDP_BACKENDS)  # auto: torch's choice
+
+
+def spoken(text: str) -> str:
+    """``text`` with underscores as spaces: how the official codes put a class name into a prompt.
+
+    CoOp's split files name classes ``american_bulldog``, ``apple_pie``, ``Apply_Eye_Makeup``;
+    CraFT's prompt learner (``main_craft.py``), CoOp's (``trainers/coop.py``, ``zsclip.py``) and
+    CBBT's (``cooppara.py``) all ``replace("_", " ")`` before tokenizing, class names and
+    ``ctx_init`` alike. The datasets keep the split's names (tables show them); only text does not.
+    """
+    return text.replace("_", " ")
 
 
 @dataclass
@@ -119,9 +132,14 @@ class ClipEngine:
         self.sot_id, self.eot_id = int(tok[0]), int(tok[1])
 
     # ----------------------------------------------------------------- words and classes
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        """Token ids (``len(texts) x context_length``) of ``texts`` as :func:`spoken` writes them:
+        the one way text reaches the model (class parts, templates, initial words)."""
+        return self.loaded.tokenizer([spoken(t) for t in texts])
+
     def _tokens(self, text: str) -> torch.Tensor:
         """Token ids of ``text`` without SOS/EOS."""
-        ids = self.loaded.tokenizer([text])[0]
+        ids = self.tokenize([text])[0]
         end = int((ids == self.eot_id).nonzero()[0])
         return ids[1:end]
 
@@ -135,7 +153,7 @@ class ClipEngine:
         """The embedded ``"<classname>." [EOS]`` of each class, computed once per class list."""
         key = tuple(classnames)
         if key not in self._class_parts:
-            ids = self.loaded.tokenizer([f"{name}." for name in key])[:, 1:].to(self.device)
+            ids = self.tokenize([f"{name}." for name in key])[:, 1:].to(self.device)
             lengths = (ids == self.eot_id).int().argmax(dim=1)
             longest = int(lengths.max())
             trimmed = ids[:, : longest + 1]
@@ -308,7 +326,7 @@ class ClipEngine:
     @torch.no_grad()
     def template_features(self, template: str, classnames: Sequence[str]) -> torch.Tensor:
         """Normalised text features ``classes x embed`` of hand-written prompts (zero-shot CLIP)."""
-        tokens = self.loaded.tokenizer([template.format(name) for name in classnames]).to(self.device)
+        tokens = self.tokenize([template.format(name) for name in classnames]).to(self.device)
         return F.normalize(self.model.encode_text(tokens).float(), dim=-1)
 
     # ----------------------------------------------------------------- images

@@ -10,7 +10,7 @@ ImageNet variants of the distribution-shift table). Accuracies are top-1 in perc
 | cell_id | stable hash of everything that defines the cell (see ``benchmark.sweep.plan``) |
 | status | ``ok`` or ``failed`` (then ``error`` says why, metrics are null) |
 | method, dataset, eval_dataset, backbone, weights, shots, seed | what was run |
-| hparams | the method's full hyperparameters, JSON (every fidelity switch among them: docs/fidelity.md) |
+| hparams | the method's full hyperparameters, JSON (every fidelity switch among them: docs/fidelity.md); ``select: best_test`` (CBBT): accuracies of the epoch best on test (:func:`selected_on_test`) |
 | protocol, train_aug | the sweep's protocol (harness or official) and the training augmentation used (null in older folders) |
 | budget, queries | query budget and queries used (one query: one prompt scored on the training images) |
 | unbudgeted_queries, text_sequences, images_encoded, model_calls | every model call, counted |
@@ -79,6 +79,14 @@ SCHEMA = pa.schema(
 )
 
 _TRACE_FIELDS = [f.name for f in TRACE_TYPE.value_type]
+
+
+def selected_on_test(hparams: str | dict[str, Any] | None) -> bool:
+    """Whether a row's accuracies are those of the epoch that scored best on the test set (CBBT's
+    ``select: best_test``, the official code's choice) rather than the last epoch's: tables mark it."""
+    if isinstance(hparams, str):
+        hparams = json.loads(hparams)
+    return isinstance(hparams, dict) and hparams.get("select") == "best_test"
 
 
 def normalise_row(row: dict[str, Any]) -> dict[str, Any]:

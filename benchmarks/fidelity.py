@@ -2,7 +2,7 @@
 
 Run from the repository root:
 
-    python -m benchmarks.fidelity [--seeds 1 2 3] [--datasets ...] [--jobs 2] [--json OUT.jsonl]
+    python -m benchmarks.fidelity [--out results/fidelity] [--seeds 1 2 3] [--datasets ...] [--jobs 2]
 
 Each row flips one switch from the harness's defaults (``protocol: harness``) and runs the
 method in-process on the four built-in datasets (craft-tiny, 16 shots, the default budget) for
@@ -10,12 +10,14 @@ each seed; it prints top-1 on test averaged over the datasets, the mean over see
 change against the defaults with the spread of the per-seed paired differences. The switches
 that act on augmented views are measured under the official augmentation (crop and flip), where
 views differ; under the built-in suite's own (none) every view is the same.
+
+Runs are cells written to ``--out`` as a sweep writes them, and cells already there are not run
+again: ``craft demo``'s folder already holds the harness defaults' cells (``--out results/demo``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -60,33 +62,35 @@ VARIANTS = (
 )
 
 
-def _run(variant: Variant, dataset: str, seed: int) -> tuple[str, str, int, float, float]:
-    """One run in this process (a worker of the pool): (variant, dataset, seed, top-1 test, wall s)."""
-    import torch
-
-    from benchmark.server import ModelServer
+def _cell(variant: Variant, dataset: str, seed: int) -> Any:
     from benchmark.sweep.cell import Cell
     from benchmark.sweep.protocol import protocol_hparams
+
+    hparams = {**protocol_hparams(variant.protocol, variant.method), **variant.hparams}
+    return Cell(variant.method, dataset, 16, seed, "craft-tiny", "builtin", hparams, protocol=variant.protocol)
+
+
+def _run(cell: Any, out: str) -> float:
+    """Run one cell in this process (a worker of the pool), write its rows to ``out``; its wall seconds."""
+    import torch
+
+    from benchmark.results_io import write_cell
+    from benchmark.server import ModelServer
     from benchmark.sweep.run_cell import run_cell
 
     torch.set_num_threads(1)
     global _SERVER
     if "_SERVER" not in globals():
         _SERVER = ModelServer("craft-tiny", "builtin")
-    hparams = {**protocol_hparams(variant.protocol, variant.method), **variant.hparams}
-    cell = Cell(variant.method, dataset, 16, seed, "craft-tiny", "builtin", hparams, protocol=variant.protocol)
     start = time.perf_counter()
-    row = run_cell(cell, _SERVER)[0]
-    return variant.name, dataset, seed, float(row["top1_test"]), time.perf_counter() - start
+    write_cell(out, run_cell(cell, _SERVER))
+    return time.perf_counter() - start
 
 
-def table(results: list[tuple[str, str, int, float, float]], variants: tuple[Variant, ...], seeds: list[int]) -> str:
+def table(top1: dict[str, float], variants: tuple[Variant, ...], datasets: list[str], seeds: list[int]) -> str:
     """The Markdown table: per variant, mean over datasets per seed, then over seeds, and the paired change."""
-    per: dict[str, dict[int, list[float]]] = {}
-    for name, _, seed, top1, _ in results:
-        per.setdefault(name, {}).setdefault(seed, []).append(top1)
-    avg = {name: {s: statistics.mean(v) for s, v in by_seed.items()} for name, by_seed in per.items()}
-    lines = ["| switch | method | top-1 (mean of 4 datasets, over seeds) | change against | change (± std of paired seeds) |",
+    avg = {v.name: {s: statistics.mean(top1[_cell(v, ds, s).cell_id] for ds in datasets) for s in seeds} for v in variants}
+    lines = ["| switch | method | top-1 (mean of the datasets, ± std over seeds) | change against | change (± std of paired seeds) |",
              "|---|---|---:|---|---:|"]
     for v in variants:
         mine = [avg[v.name][s] for s in seeds]
@@ -102,13 +106,15 @@ def table(results: list[tuple[str, str, int, float, float]], variants: tuple[Var
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="results/fidelity", help="results folder: cells already there are not run again")
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--datasets", nargs="+", default=list(DATASETS))
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel, one process each")
     p.add_argument("--only", nargs="*", default=None, help="variant names (substrings) to run, with their baselines")
-    p.add_argument("--json", default=None, help="also write one JSON line per run here")
     args = p.parse_args()
     from benchmark.builtin_suite import ensure_builtin_suite
+    from benchmark.report.load import load_results
+    from benchmark.results_io import cell_status
 
     ensure_builtin_suite()
     variants = VARIANTS
@@ -116,16 +122,17 @@ def main() -> None:
         keep = {v.name for v in VARIANTS if any(o in v.name for o in args.only)}
         keep |= {v.baseline for v in VARIANTS if v.name in keep and v.baseline}
         variants = tuple(v for v in VARIANTS if v.name in keep)
-    jobs = [(v, ds, s) for v in variants for ds in args.datasets for s in args.seeds]
+    cells = list({c.cell_id: c for c in (_cell(v, ds, s) for v in variants for ds in args.datasets for s in args.seeds)}.values())
+    done = {k for k, status in cell_status(args.out).items() if status == "ok"}
+    todo = [c for c in cells if c.cell_id not in done]
     start = time.perf_counter()
     with ProcessPoolExecutor(args.jobs) as pool:
-        results = list(pool.map(_run, *zip(*jobs)))
-    if args.json:
-        with open(args.json, "w") as f:
-            for name, ds, seed, top1, wall in results:
-                f.write(json.dumps({"variant": name, "dataset": ds, "seed": seed, "top1_test": top1, "wall_s": wall}) + "\n")
-    print(table(results, variants, args.seeds))
-    print(f"\n{len(jobs)} runs in {time.perf_counter() - start:.0f} s ({args.jobs} processes)")
+        walls = list(pool.map(_run, todo, [args.out] * len(todo)))
+    rows = load_results(args.out)
+    top1 = dict(zip(rows["cell_id"], rows["top1_test"]))
+    print(table(top1, variants, args.datasets, args.seeds))
+    print(f"\n{len(todo)} runs in {time.perf_counter() - start:.0f} s ({args.jobs} processes, "
+          f"{sum(walls):.0f} s of runs), {len(cells) - len(todo)} already in {args.out}")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from benchmark.datasets.registry import DatasetSpec, list_datasets
+from benchmark.datasets.registry import DatasetSpec, get_spec, list_datasets
 
 PER_CLASS = {"train": 4, "val": 2, "test": 2}
 CLASSES = 3
@@ -25,9 +25,13 @@ def write_image(path: Path, seed: int = 0) -> None:
     Image.new("RGB", (8, 8), (seed * 37 % 256, seed * 91 % 256, 128)).save(path)
 
 
-def _coop_json(spec: DatasetSpec, folder: Path) -> dict:
+# Class names as CoOp's split files write them (OxfordPets, Food101, UCF101, SUN397): underscores.
+UNDERSCORED = ["american_bulldog", "apple_pie", "Apply_Eye_Makeup"]
+
+
+def _coop_json(spec: DatasetSpec, folder: Path, names: list[str] | None = None) -> dict:
     image_dir = folder / spec.image_dir
-    names = [f"{spec.key} class {c}" for c in range(CLASSES)]
+    names = names or [f"{spec.key} class {c}" for c in range(CLASSES)]
     split = {}
     for name, n in PER_CLASS.items():
         rows = []
@@ -98,3 +102,13 @@ def build_tree(root: Path, suite: str = "all15") -> dict[str, dict]:
         folder.mkdir(parents=True)
         expected[spec.key] = BUILDERS[spec.layout](spec, folder)
     return expected
+
+
+def build_coop_json(root: Path, key: str, classnames: list[str]) -> dict:
+    """Write one dataset of the ``coop_json`` layout under ``root`` with these ``CLASSES`` class names."""
+    spec = get_spec(key)
+    if spec.layout != "coop_json" or len(classnames) != CLASSES:
+        raise ValueError(f"{key}: need a coop_json dataset and {CLASSES} class names")
+    folder = root / spec.folder
+    folder.mkdir(parents=True)
+    return _coop_json(spec, folder, classnames)

@@ -227,3 +227,69 @@ def test_bad_values_and_unknown_keys_name_what_is_expected():
         _run({"q": 0, "adapter_on": "visual"})
     with pytest.raises(ValueError, match=r"unknown hyperparameter\(s\) n_dirs in method cbbt; CBBTConfig accepts: .*q"):
         make_config("cbbt", {"n_dirs": 8})
+
+
+def test_select_best_test_reports_the_first_best_epoch_on_test_and_last_the_last():
+    """The official code tests every epoch and keeps the first epoch of the highest test top-1
+    (Dassl's best_val with split='test'); the default reports the last epoch."""
+    hp = {"q": 4, "epochs": 12, "lr": 0.05, "eval_every": 5}
+    last, _, _ = _run(hp)
+    best, _, _ = _run({**hp, "select": "best_test"})
+    assert last.trace[-1]["generation"] == 12 and last.metrics == {k: last.trace[-1][k] for k in ("top1_val", "top1_test")}
+    assert [r["generation"] for r in last.trace if "top1_test" in r] == [5, 10, 12]
+    assert all("top1_test" in r for r in best.trace)  # every epoch tested
+    # The same run: its training never reads the evaluations.
+    assert [r["train_loss"] for r in best.trace] == [r["train_loss"] for r in last.trace]
+    tests = [r["top1_test"] for r in best.trace]
+    first_best = best.trace[tests.index(max(tests))]
+    assert best.metrics == {k: first_best[k] for k in ("top1_val", "top1_test")}
+    assert best.hparams["select"] == "best_test" and last.hparams["select"] == "last"
+
+
+def test_select_best_test_picks_the_best_when_the_last_is_worse():
+    """On a run whose test accuracy falls after its peak the two selections differ."""
+    for seed in range(1, 9):
+        hp = {"q": 4, "epochs": 12, "lr": 0.3, "eval_every": 1}
+        best, _, _ = _run({**hp, "select": "best_test"}, seed=seed)
+        tests = [r["top1_test"] for r in best.trace]
+        if max(tests) > tests[-1]:
+            assert best.metrics["top1_test"] == max(tests) > best.trace[-1]["top1_test"]
+            return
+    pytest.fail("no seed's test accuracy fell after its peak: the test cannot tell the selections apart")
+
+
+def test_select_best_test_needs_the_test_split_and_a_known_selection():
+    backend = LinearBackend()
+    task = Task("fake", list("abcde"), "{}", backend.labels, eval_splits=("val",))
+    cfg = make_config("cbbt", {"q": 2, "epochs": 1, "select": "best_test"})
+    with pytest.raises(ValueError, match="select='best_test' picks the epoch on the test set, and this run has none"):
+        get_method("cbbt").run(MeteredBlackBox(backend, 10**4), task, cfg, 1)
+    with pytest.raises(ValueError, match=r"select='best_val'.*select in \('last', 'best_test'\)"):
+        make_config("cbbt", {"select": "best_val"})
+
+
+def test_imagenet_epochs_follow_the_scripts_backbone_vit_b16_20_rn50_12():
+    """main_adapter.sh: ImageNet 12 epochs on RN50, 20 on ViT-B/16; the other datasets the same on both."""
+    from benchmark.sweep.cell import Cell
+    from craft.methods.cbbt import epochs_for
+
+    cfg = make_config("cbbt")
+    for backbone, epochs in [("RN50", 12), ("ViT-B-16", 20), ("ViT-B-16-quickgelu", 20), ("ViT-B/16", 20),
+                             ("RN101", 12), ("ViT-B-32", 12), ("", 12)]:
+        assert epochs_for(cfg, "imagenet", backbone) == epochs, backbone
+    assert [epochs_for(cfg, d, "ViT-B-16") for d in ("sun397", "stanford_cars", "dtd")] == [40, 80, 150]
+    assert epochs_for(make_config("cbbt", {"epochs": 3}), "imagenet", "ViT-B-16") == 3
+    # The cell's default budget is that schedule's cost: 16 x 1000 images, 500 steps of 257 queries.
+    assert Cell("cbbt", "imagenet", 16, 1, "ViT-B-16", "openai").budget() == 20 * 500 * 257
+    assert Cell("cbbt", "imagenet", 16, 1, "RN50", "openai").budget() == 12 * 500 * 257
+
+
+def test_the_tasks_backbone_sets_the_epochs_a_run_trains_and_records():
+    backend = LinearBackend()
+    runs = {}
+    for backbone in ("ViT-B-16", "RN50"):
+        task = Task("imagenet", list("abcde"), "{}", backend.labels, backbone=backbone)
+        cfg = make_config("cbbt", {"q": 1, "batch_size": 20, "adapter_ratio": 0})
+        runs[backbone] = get_method("cbbt").run(MeteredBlackBox(backend, 10**6), task, cfg, 1)
+    assert len(runs["ViT-B-16"].trace) == runs["ViT-B-16"].hparams["epochs"] == 20
+    assert len(runs["RN50"].trace) == runs["RN50"].hparams["epochs"] == 12

@@ -9,7 +9,7 @@ from benchmark.sweep.cell import Cell
 from benchmark.sweep.run_cell import run_cell
 from benchmark.whitebox.memory import peak_memory
 from craft.blackbox import MeteredBlackBox
-from craft.methods import Task, get_method, make_config
+from craft.methods import Task, cbbt, get_method, make_config
 from craft.methods.whitebox import coop_epochs
 from tests.fakes import LinearBackend
 
@@ -100,3 +100,13 @@ def test_coop_trains_each_epoch_on_a_fresh_view_as_dassl_reaugments(server):
     assert fresh["trace"][0]["train_loss"] != cached["trace"][0]["train_loss"]
     with pytest.raises(ValueError, match="train_views"):
         make_config("coop", {"train_views": "sometimes"})
+
+
+def test_a_cells_backbone_reaches_cbbt_its_schedule_and_budget(server, monkeypatch):
+    """The epochs the official scripts set per backbone (ImageNet's) reach the run and its budget:
+    here a made-up entry for the tiny model."""
+    monkeypatch.setitem(cbbt.OFFICIAL_EPOCHS_BY_BACKBONE, ("digits_shift", "craft-tiny"), 2)
+    cell = _cell("cbbt", {"q": 2, "adapter_ratio": 0}, "digits_shift")
+    [row] = run_cell(cell, server)
+    assert row["budget"] == cell.budget() == 2 * 5 * 3 == row["queries"]  # 2 epochs x 5 steps x (1 + 2)
+    assert [r["generation"] for r in row["trace"]] == [1, 2] and row["hparams"]["epochs"] == 2

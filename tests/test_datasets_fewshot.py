@@ -14,12 +14,9 @@ from benchmark.datasets.types import DatasetSplits, Item
 from benchmark.errors import UserError
 
 
-def coop_fewshot(
-    train: list[Item], val: list[Item], shots: int, seed: int, val_first: bool = False
-) -> tuple[list[Item], list[Item]]:
+def coop_fewshot(train: list[Item], val: list[Item], shots: int, seed: int) -> tuple[list[Item], list[Item]]:
     """An independent transcription of CoOp: set_random_seed, then DatasetBase.generate_fewshot_dataset
-    for train (num_shots) and val (min(num_shots, 4)), repeat=False; Tip-Adapter's datasets call
-    the same function for val first."""
+    for train (num_shots) and val (min(num_shots, 4)), repeat=False."""
 
     def generate_fewshot_dataset(data_source, num_shots):
         tracker = defaultdict(list)  # DatasetBase.split_dataset_by_label
@@ -35,9 +32,6 @@ def coop_fewshot(
         return dataset
 
     random.seed(seed)
-    if val_first:
-        val = generate_fewshot_dataset(val, num_shots=min(shots, 4))
-        return generate_fewshot_dataset(train, num_shots=shots), val
     return generate_fewshot_dataset(train, shots), generate_fewshot_dataset(val, min(shots, 4))
 
 
@@ -64,24 +58,22 @@ TOY = make_splits(shuffled_labels({0: 30, 1: 20, 2: 5, 3: 17}), shuffled_labels(
     val=st.lists(st.integers(0, 6), max_size=30),
     shots=st.sampled_from([1, 2, 4, 8, 16, 3]),
     seed=st.integers(-(2**40), 2**40),
-    protocol=st.sampled_from(["coop", "tip_adapter"]),
 )
 @settings(max_examples=80, deadline=None)
-def test_equals_coops_function(train, val, shots, seed, protocol):
+def test_equals_coops_function(train, val, shots, seed):
     ds = make_splits(train, val)
     state = random.getstate()
-    ours = few_shot_splits(ds, shots, seed, protocol) if train else None
+    ours = few_shot_splits(ds, shots, seed) if train else None
     assert random.getstate() == state  # the global random state is left alone
     if ours is not None:
-        val_first = protocol == "tip_adapter"
-        assert (ours.train, ours.val) == coop_fewshot(ds.train, ds.val, shots, seed, val_first)
+        assert (ours.train, ours.val) == coop_fewshot(ds.train, ds.val, shots, seed)
 
 
-def test_protocols_draw_different_train_items():
-    coop, tip = few_shot_splits(TOY, 4, 1), few_shot_splits(TOY, 4, 1, "tip_adapter")
-    assert coop.train != tip.train and Counter(i.label for i in coop.train) == Counter(i.label for i in tip.train)
-    with pytest.raises(UserError, match="unknown few-shot protocol 'dassl'"):
-        few_shot_splits(TOY, 4, 1, "dassl")
+def test_train_sample_is_crafts_which_samples_train_only():
+    """CraFT's official dataset classes call generate_fewshot_dataset on train alone, after
+    random.seed(seed): the same train items as ours, whatever the val split holds."""
+    for seed in (1, 2, 3):
+        assert few_shot_splits(TOY, 4, seed).train == coop_fewshot(TOY.train, [], 4, seed)[0]
 
 
 @pytest.mark.parametrize("shots", [1, 2, 4, 8, 16])
@@ -116,7 +108,6 @@ def test_val_from_train_leftovers_when_val_is_the_test_set():
     ds.val, ds.val_is_test = ds.test, True
     fs = few_shot_splits(ds, 2, seed=1)
     assert fs.train == coop_fewshot(ds.train, [], 2, 1)[0]  # CoOp's imagenet.py samples train only
-    assert few_shot_splits(ds, 2, seed=1, protocol="tip_adapter").train == fs.train  # so does Tip-Adapter's
     assert Counter(i.label for i in fs.val) == {0: 2, 1: 2, 2: 1}
     assert {i.path for i in fs.val} <= {i.path for i in ds.train} - {i.path for i in fs.train}
     assert not fs.val_is_test and fs.test == ds.test

@@ -102,3 +102,18 @@ def test_plot_cli(results: Path, tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert capsys.readouterr().out.strip() == str(tmp_path / "shots_RN50.png")
     assert main(["plot", "--kind", "optuna", "--out", str(tmp_path), "--storage", str(tmp_path / "none.log")]) == 2
     assert main(["plot", "--kind", "queries", "--out", str(tmp_path)]) == 2
+
+
+def test_shots_legend_says_when_a_method_was_selected_on_test(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    labels: list[str] = []
+    errorbar = matplotlib.axes.Axes.errorbar
+
+    def spy(self, *args, **kwargs):
+        labels.append(kwargs.get("label"))
+        return errorbar(self, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar", spy)
+    rows = [row("cbbt", "dtd", k, s, backbone="RN50", hparams={"select": "best_test"}) for k in (1, 16) for s in (1, 2)]
+    rows += [row("bbt", "dtd", k, s, backbone="RN50", hparams={"sigma": 1.0}) for k in (1, 16) for s in (1, 2)]
+    plot_shots(load_results(write_results(tmp_path / "results", rows)), tmp_path / "out")
+    assert set(labels) == {"CBBT (best on test)", "BBT"}

@@ -15,7 +15,7 @@ from benchmark.errors import UserError
 from benchmark.report.load import load_results
 from benchmark.report.published import PUBLISHED_SOURCE, published_results
 from benchmark.report.render import render, render_table
-from benchmark.report.tables import build_table
+from benchmark.report.tables import ON_TEST_NOTE, build_table
 from benchmark.results_schema import to_table
 
 DIGITS = ["digits_noise", "digits_invert", "digits_rotate", "digits_shift"]  # registry order
@@ -24,7 +24,7 @@ SHIFT = ["imagenet", "imagenet_v2", "imagenet_sketch", "imagenet_a", "imagenet_r
 
 def accuracy(method: str, dataset: str, shots: int, seed: int) -> float:
     """A made-up accuracy that differs by method, dataset, shots and seed."""
-    base = {"zero_shot_clip": 40.0, "bbt": 45.0, "craft": 50.0, "coop": 52.0}[method]
+    base = {"zero_shot_clip": 40.0, "bbt": 45.0, "cbbt": 47.0, "craft": 50.0, "coop": 52.0}[method]
     spread = 1 + DIGITS.index(dataset) % 2 if dataset in DIGITS else 1
     return base + 3.0 * (sum(map(ord, dataset)) % 7) + shots / 4 + 0.7 * seed * spread
 
@@ -153,6 +153,33 @@ def test_datasets_option_orders_and_validates(few_shot_dir: Path) -> None:
     assert [c.key for c in table.columns][2:] == [*DIGITS, "average"]
     with pytest.raises(UserError, match="unknown dataset"):
         build_table(df, "few-shot", datasets=["no_such_set"])
+
+
+def test_rows_selected_on_test_are_marked_with_a_note(tmp_path: Path) -> None:
+    """CBBT's select: best_test reports the epoch best on test: its rows carry a dagger and a note in
+    every table of accuracies; the default (last epoch) and other methods carry none."""
+    best, last = {"select": "best_test"}, {"select": "last"}
+    rows = [row("cbbt", d, 16, s, hparams=best) for d in DIGITS for s in (1, 2)]
+    rows += [row("cbbt", d, 1, s, hparams=last) for d in DIGITS for s in (1, 2)]
+    rows += [row("craft", d, 16, s, hparams={"sigma": 1.0}) for d in DIGITS for s in (1, 2)]
+    rows += [row("cbbt", "imagenet", 16, 1, eval_dataset=t, backbone="RN50", hparams=best) for t in SHIFT]
+    df = load_results(write_results(tmp_path, rows))
+    few = build_table(df, "few-shot", backbone="craft-tiny")
+    assert few.find(method="cbbt", shots=16)["method"].label == "CBBT†"
+    assert few.find(method="cbbt", shots=1)["method"].label == "CBBT"
+    assert few.find(method="craft", shots=16)["method"].label == "CraFT"
+    assert ON_TEST_NOTE in few.notes
+    md = render(few, "md")
+    assert md_cells(md, "16", "CBBT†") and md_cells(md, "1", "CBBT") and ON_TEST_NOTE in md
+    assert "16 & CBBT$^\\dagger$ &" in render(few, "latex")
+    assert list(csv.DictReader(io.StringIO(render(few, "csv"))))[0]["method"] in {"cbbt", "craft"}  # keys stay data
+    shift = build_table(df, "shift")
+    assert shift.find(method="cbbt")["method"].label == "CBBT†" and ON_TEST_NOTE in shift.notes
+    paper = build_table(df, "vs-paper")
+    assert paper.find(method="cbbt", eval_dataset="imagenet_r")["method"].label == "CBBT†"
+    assert paper.find(method="craft", eval_dataset="digits_noise")["method"].label == "CraFT"
+    unmarked = build_table(df, "few-shot", backbone="craft-tiny", shots=[1])
+    assert ON_TEST_NOTE not in unmarked.notes and "†" not in render(unmarked, "md")
 
 
 def shift_rows() -> list[dict]:

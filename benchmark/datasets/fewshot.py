@@ -6,13 +6,15 @@ split the same way with ``min(K, 4)``, continuing from the same random state. A 
 ``random.Random(seed)`` draws exactly what ``random.seed(seed)`` + ``random.sample`` draw, without
 touching the global state.
 
-Order: CoOp (and CBBT, built on it) samples train then val (``protocol="coop"``). Tip-Adapter's
-dataset classes, which CraFT's official code reuses, sample val first, then train
-(``protocol="tip_adapter"``): the same function, but other train items for the same seed.
+CoOp (and CBBT, built on it) samples train, then val. CraFT's official dataset classes
+(``datasets/*.py`` of mrflogs/CraFT) call the same function on train only: their train sample is
+the one drawn here, for the same seed (their val is the whole val split, which CraFT's reported
+numbers do not use).
 
 ImageNet's val split is its test set (CoOp); there the few-shot val is drawn, after train, from
 the train items the train sample left out, so that validation never sees test images. The train
-sample is then the one both code bases draw.
+sample is then CoOp's. (CraFT's ImageNet class samples its own way, ``random.sample`` per class of
+torchvision's ImageFolder, not compared here.)
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ from benchmark.errors import UserError
 PAPER_SHOTS = (1, 2, 4, 8, 16)
 PAPER_SEEDS = (1, 2, 3)
 MAX_VAL_SHOTS = 4
-PROTOCOLS = ("coop", "tip_adapter")
 
 
 def _sample_per_class(rng: random.Random, items: list[Item], shots: int) -> list[Item]:
@@ -40,16 +41,14 @@ def _sample_per_class(rng: random.Random, items: list[Item], shots: int) -> list
     return out
 
 
-def few_shot_splits(ds: DatasetSplits, shots: int, seed: int, protocol: str = "coop") -> DatasetSplits:
+def few_shot_splits(ds: DatasetSplits, shots: int, seed: int) -> DatasetSplits:
     """``ds`` with ``shots`` train items and ``min(shots, 4)`` val items per class; test unchanged.
 
     The paper uses shots in PAPER_SHOTS and seeds in PAPER_SEEDS; any positive shots and any int
-    seed are accepted. ``protocol`` is one of PROTOCOLS (see the module docstring).
+    seed are accepted.
     """
     if isinstance(shots, bool) or not isinstance(shots, int) or shots < 1:
         raise UserError(f"shots must be a positive integer (the paper uses {PAPER_SHOTS}), got {shots!r}")
-    if protocol not in PROTOCOLS:
-        raise UserError(f"unknown few-shot protocol {protocol!r}; valid protocols: {', '.join(PROTOCOLS)}")
     if not ds.train:
         raise UserError(f"dataset {ds.key} has no train split to sample shots from (it is test-only)")
     rng = random.Random(seed)
@@ -58,10 +57,7 @@ def few_shot_splits(ds: DatasetSplits, shots: int, seed: int, protocol: str = "c
         train = _sample_per_class(rng, ds.train, shots)
         chosen = set(map(id, train))
         val = _sample_per_class(rng, [item for item in ds.train if id(item) not in chosen], val_shots)
-    elif protocol == "coop":
-        train = _sample_per_class(rng, ds.train, shots)
-        val = _sample_per_class(rng, ds.val, val_shots)
     else:
-        val = _sample_per_class(rng, ds.val, val_shots)
         train = _sample_per_class(rng, ds.train, shots)
+        val = _sample_per_class(rng, ds.val, val_shots)
     return replace(ds, train=train, val=val, val_is_test=False)

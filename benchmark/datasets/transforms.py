@@ -10,9 +10,10 @@ from benchmark.errors import UserError
 
 # kind -> (RandomResizedCrop scale, horizontal flip)
 TRAIN_AUGMENTATIONS: dict[str, tuple[tuple[float, float], bool]] = {
-    # CraFT's and Tip-Adapter's train transform, used for every dataset, ImageNet included.
+    # CraFT's train transform (main_craft.py) for every dataset but ImageNet.
     "rrc_flip": ((0.5, 1.0), True),
-    # torchvision's and Dassl's default scale, the one CoOp's white-box training uses.
+    # ImageNet's: CraFT's datasets/imagenet.py crops at torchvision's default scale, (0.08, 1),
+    # which is also Dassl's, the one CoOp's white-box training uses.
     "rrc_flip_imagenet": ((0.08, 1.0), True),
     # Digits: flipping a digit changes it, so no flip.
     "rrc": ((0.5, 1.0), False),

@@ -11,15 +11,21 @@ from benchmark.datasets.registry import SUITES, list_datasets
 from benchmark.errors import UserError
 from benchmark.report.labels import ZERO_SHOT, backbone_key, dataset_key, paper_datasets
 from benchmark.report.published import normalise_backbone
+from benchmark.results_schema import selected_on_test
 
 RUN_KEYS = ["method", "backbone", "dataset", "eval_dataset", "shots", "seed"]
+ON_TEST = "on_test"  # the column :func:`prepare` adds: the row's accuracy is its best epoch's on test
 
 
 def prepare(df: pd.DataFrame, *, backbone: str | None = None, shots: Sequence[int] | None = None) -> pd.DataFrame:
-    """Keep ``ok`` rows, filter, check one run per cell, and put zero-shot rows at shots 0 (they learn nothing)."""
+    """Keep ``ok`` rows, filter, check one run per cell, and put zero-shot rows at shots 0 (they learn nothing).
+
+    Adds :data:`ON_TEST`: whether the row reports the epoch best on test (:func:`selected_on_test`).
+    """
     if "status" in df:
         df = df[df["status"] == "ok"]
-    df = df.assign(backbone=df["backbone"].map(normalise_backbone))
+    on_test = df["hparams"].map(selected_on_test).astype(bool) if "hparams" in df else False
+    df = df.assign(backbone=df["backbone"].map(normalise_backbone), **{ON_TEST: on_test})
     if backbone is not None:
         wanted = normalise_backbone(backbone)
         if wanted not in set(df["backbone"]):
@@ -110,3 +116,7 @@ def describe_run(method: str, dataset: str, shots: int, backbone: str | None = N
     """How a missing cell is listed: ``craft/dtd/16-shot`` (``RN50/craft/...`` when backbones differ)."""
     return f"{backbone + '/' if backbone else ''}{method}/{dataset}/{shots}-shot"
 
+
+def marked_on_test(rows: pd.DataFrame, keys: list[str]) -> set[tuple]:
+    """The groups of ``keys`` (from :func:`prepare`'d rows) holding a row selected on test."""
+    return set(rows.loc[rows[ON_TEST], keys].itertuples(index=False, name=None))

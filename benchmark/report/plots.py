@@ -22,6 +22,7 @@ from benchmark.errors import UserError
 from benchmark.report.aggregate import (
     average_over,
     fewshot_rows,
+    marked_on_test,
     prepare,
     seed_stats,
     select_datasets,
@@ -63,12 +64,14 @@ def plot_shots(
         pub = pd.concat([pub.rename(columns={"top1_test": "mean"}), pub_avg])
         xs = sorted({int(k) for k in pd.concat([stats["shots"], pub["shots"]]) if k > 0})
         methods = sorted(set(stats["method"]) | set(pub["method"]), key=method_key)
+        on_test = {m for (m,) in marked_on_test(ours, ["method"])}
         with _style():
             fig, axes = _grid(len(cols) + 1)
             for ax, d in zip(axes, [*cols, AVERAGE]):
                 for m in methods:
                     _shots_panel(ax, stats[(stats["dataset"] == d) & (stats["method"] == m)],
-                                 pub[(pub["dataset"] == d) & (pub["method"] == m)], xs, m, _color(m, methods))
+                                 pub[(pub["dataset"] == d) & (pub["method"] == m)], xs, m, _color(m, methods),
+                                 m in on_test)
                 ax.set_title(f"Average ({len(cols)} datasets)" if d == AVERAGE else dataset_label(d), fontsize=9)
                 ax.set_xticks(range(len(xs)), [str(x) for x in xs])
                 ax.set_xlabel("shots per class", fontsize=8)
@@ -77,7 +80,9 @@ def plot_shots(
     return written
 
 
-def _shots_panel(ax, ours: pd.DataFrame, pub: pd.DataFrame, xs: list[int], method: str, color) -> None:
+def _shots_panel(ax, ours: pd.DataFrame, pub: pd.DataFrame, xs: list[int], method: str, color,
+                 on_test: bool = False) -> None:
+    """``on_test``: some of ours report the epoch best on test (CBBT's ``select: best_test``): the label says so."""
     label = method_label(method)
     if method == ZERO_SHOT:
         for mean in ours["mean"]:
@@ -89,7 +94,7 @@ def _shots_panel(ax, ours: pd.DataFrame, pub: pd.DataFrame, xs: list[int], metho
     ours = ours.sort_values("shots")
     if not ours.empty:
         ax.errorbar([xs.index(k) for k in ours["shots"]], ours["mean"], yerr=ours["std"].fillna(0), color=color,
-                    marker="o", markersize=3, capsize=2, linewidth=1.2, label=label)
+                    marker="o", markersize=3, capsize=2, linewidth=1.2, label=label + (" (best on test)" if on_test else ""))
     pub = pub.sort_values("shots")
     if not pub.empty:
         ax.plot([xs.index(k) for k in pub["shots"]], pub["mean"], linestyle="none", marker="D", mfc="none", mec=color,

@@ -19,6 +19,7 @@ from benchmark.report.aggregate import (
     average_over,
     describe_run,
     fewshot_rows,
+    marked_on_test,
     prepare,
     seed_stats,
     select_datasets,
@@ -30,6 +31,11 @@ from benchmark.report.published import PUBLISHED_SOURCE, published_results
 KINDS = ("few-shot", "shift", "vs-paper", "cost")
 SHIFT_SOURCE = "imagenet"
 COL = "{col}"  # placeholder for the column's key in a row's name, for the missing list
+ON_TEST_MARK = "†"
+ON_TEST_NOTE = (
+    "†: the best epoch on the test set (CBBT's official selection, select: best_test), not the last: "
+    "a number chosen on test"
+)
 
 
 @dataclass(frozen=True)
@@ -118,6 +124,7 @@ def few_shot_table(df: pd.DataFrame, datasets: Sequence[str] | None = None) -> T
     keys = ["backbone", "method", "shots"]
     stats = _lookup(seed_stats(rows, [*keys, "dataset"]))
     avg = _lookup(average_over(rows, keys, cols, "dataset"), ("mean", "std"))
+    on_test = marked_on_test(rows, keys)
     backbones = sorted_backbones(rows)
     multi = len(backbones) > 1
     blocks, fewer = [], []
@@ -131,7 +138,8 @@ def few_shot_table(df: pd.DataFrame, datasets: Sequence[str] | None = None) -> T
                     values["average"] = avg[(b, m, k)]
                 name = describe_run(m, COL, k, b if multi else None)
                 fewer += _fewer_seeds(name, {d: stats[(b, m, k, d)][2] for d in cols if (b, m, k, d) in stats})
-                block.append(_Row(([Cell(b)] if multi else []) + [Cell(int(k)), _method_cell(m)], values, name))
+                block.append(_Row(([Cell(b)] if multi else []) + [Cell(int(k)), _method_cell(m, (b, m, k) in on_test)],
+                                  values, name))
             blocks.append(block)
     key_columns = ([Column("backbone", "Backbone", False)] if multi else []) + [
         Column("shots", "Shots", False),
@@ -144,7 +152,8 @@ def few_shot_table(df: pd.DataFrame, datasets: Sequence[str] | None = None) -> T
         f"Average over the {len(cols)} datasets; bold: best per column at equal shots"
     )
     return _assemble(
-        title, key_columns, value_columns, blocks, bold=True, listed=set(cols), notes=_seeds_note(fewer)
+        title, key_columns, value_columns, blocks, bold=True, listed=set(cols),
+        notes=_seeds_note(fewer) + _on_test_note(on_test),
     )
 
 
@@ -160,6 +169,7 @@ def shift_table(df: pd.DataFrame) -> Table:
     keys = ["backbone", "method", "shots"]
     stats = _lookup(seed_stats(rows, [*keys, "eval_dataset"]))
     avg = _lookup(average_over(rows, keys, variants, "eval_dataset"), ("mean", "std"))
+    on_test = marked_on_test(rows, keys)
     show_shots = rows.loc[rows["shots"] > 0, "shots"].nunique() > 1
     blocks, fewer = [], []
     for b in sorted_backbones(rows):
@@ -171,7 +181,8 @@ def shift_table(df: pd.DataFrame) -> Table:
                 values["average"] = avg[(b, m, k)]
             name = describe_run(m, COL, k, b)
             fewer += _fewer_seeds(name, {t: stats[(b, m, k, t)][2] for t in targets if (b, m, k, t) in stats})
-            block.append(_Row([Cell(b), _method_cell(m)] + ([Cell(int(k))] if show_shots else []), values, name))
+            keys_cells = [Cell(b), _method_cell(m, (b, m, k) in on_test)] + ([Cell(int(k))] if show_shots else [])
+            block.append(_Row(keys_cells, values, name))
         blocks.append(block)
     key_columns = [Column("backbone", "Backbone", False), Column("method", "Method", False)]
     key_columns += [Column("shots", "Shots", False)] if show_shots else []
@@ -181,7 +192,8 @@ def shift_table(df: pd.DataFrame) -> Table:
         f"Average over the {len(variants)} variants; bold: best per column and backbone"
     )
     return _assemble(
-        title, key_columns, value_columns, blocks, bold=True, listed=set(targets), notes=_seeds_note(fewer)
+        title, key_columns, value_columns, blocks, bold=True, listed=set(targets),
+        notes=_seeds_note(fewer) + _on_test_note(on_test),
     )
 
 
@@ -201,6 +213,7 @@ def vs_paper_table(df: pd.DataFrame, published: pd.DataFrame, datasets: Sequence
             raise UserError(f"no results on {', '.join(wanted)}")
     group = ["backbone", "method", "shots"]
     stats = _lookup(seed_stats(ours, [*group, "dataset", "eval_dataset"]))
+    on_test = marked_on_test(ours, group)
     paper = _lookup(pub[[*group, "dataset", "eval_dataset", "top1_test"]], ("top1_test",))
     blocks = []
     for b, m, k in sorted(
@@ -219,7 +232,8 @@ def vs_paper_table(df: pd.DataFrame, published: pd.DataFrame, datasets: Sequence
             if "ours" in values and "paper" in values:
                 values["delta"] = (values["ours"][0] - values["paper"][0], math.nan)
             name = describe_run(m, e, k, b)
-            block.append(_Row([Cell(b), _method_cell(m), Cell(int(k)), Cell(e, label=dataset_label(e))], values, name))
+            keys_cells = [Cell(b), _method_cell(m, (b, m, k) in on_test), Cell(int(k)), Cell(e, label=dataset_label(e))]
+            block.append(_Row(keys_cells, values, name))
         blocks.append(block)
     key_columns = [
         Column("backbone", "Backbone", False),
@@ -237,6 +251,7 @@ def vs_paper_table(df: pd.DataFrame, published: pd.DataFrame, datasets: Sequence
         "Δ: ours minus the paper; Paper is a dash where the paper reports no number; "
         "ImageNet variants: trained on ImageNet",
         PUBLISHED_SOURCE,
+        *_on_test_note(on_test),
     ]
     title = "Ours beside the published numbers: top-1 accuracy (%), ours as mean ± std over seeds"
     return _assemble(title, key_columns, value_columns, blocks, bold=False, listed={"ours"}, notes=notes)
@@ -320,8 +335,13 @@ def _has_std(stats: dict[tuple, tuple[float, ...]]) -> bool:
     return any(not math.isnan(v[1]) for v in stats.values())
 
 
-def _method_cell(method: str) -> Cell:
-    return Cell(method, label=method_label(method))
+def _method_cell(method: str, on_test: bool = False) -> Cell:
+    """A method's key cell; ``on_test``: its label carries :data:`ON_TEST_MARK` (see :data:`ON_TEST_NOTE`)."""
+    return Cell(method, label=method_label(method) + (ON_TEST_MARK if on_test else ""))
+
+
+def _on_test_note(marked: set[tuple]) -> list[str]:
+    return [ON_TEST_NOTE] if marked else []
 
 
 def _fewer_seeds(name: str, counts: dict[str, float]) -> list[str]:

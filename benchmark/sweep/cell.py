@@ -55,7 +55,7 @@ class Cell:
 
         The default is by shots as in the official CraFT scripts, except for methods with a
         ``default_budget`` of their own (CBBT: the query cost of its official schedule, which
-        depends on the number of training images, ``shots x classes``).
+        depends on the number of training images, ``shots x classes``, and on ImageNet on the backbone).
         """
         method = get_method(self.method)
         if self.method == "zero_shot_clip" or getattr(method, "whitebox", False):
@@ -64,7 +64,7 @@ class Cell:
         if getattr(config, "budget", None):
             return int(config.budget)
         if hasattr(method, "default_budget"):
-            return int(method.default_budget(config, self.shots * get_spec(self.dataset).classes, self.dataset))
+            return int(method.default_budget(config, self.shots * get_spec(self.dataset).classes, self.dataset, self.backbone))
         return default_budget(self.shots, self.dataset)
 
     def label(self) -> str:

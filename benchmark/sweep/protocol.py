@@ -20,6 +20,7 @@ PROTOCOLS = (HARNESS, OFFICIAL)
 _OFFICIAL_HPARAMS: dict[str, dict[str, Any]] = {
     "bbt": {"cma_eigen_gap": 1.0},
     "craft": {"cma_eigen_gap": 1.0},
+    "cbbt": {"select": "best_test"},
 }
 # CraFT's official training augmentation (main_craft.py), for the datasets whose own differs (the
 # built-in digits: flips and crops change a digit, so the harness does not augment them).

@@ -41,7 +41,8 @@ def run_cell(
     box = MeteredBlackBox(backend, cell.budget())
     labels = {k: torch.as_tensor(v) for k, v in prep["labels"].items()}
     eval_splits = tuple(s for s in labels if s != "train")
-    task = Task(cell.dataset, prep["classnames"], prep["template"], labels, cell.shots, eval_splits, prep["class_subsets"], on_eval)
+    task = Task(cell.dataset, prep["classnames"], prep["template"], labels, cell.shots, eval_splits, prep["class_subsets"],
+                on_eval, cell.backbone)
     whitebox_peak_mb = None
     on_server = colocate and getattr(method, "colocatable", False)
     if getattr(method, "whitebox", False) or on_server:

@@ -33,6 +33,9 @@ class Task:
     # Called with each evaluated trace row (queries used, accuracies): progress reports and
     # the pruning of a hyperparameter search. It may raise to stop the run.
     on_eval: Callable[[dict[str, float]], None] | None = None
+    # The model's name behind the black box (``ViT-B-16``), as the user of an API knows it: only
+    # defaults that the official scripts set per backbone read it (CBBT's ImageNet epochs).
+    backbone: str = ""
 
 
 @dataclass
