@@ -17,6 +17,7 @@ from benchmark.features import FeatureCache
 from benchmark.server import ModelServer
 from benchmark.sweep.cell import Cell
 from benchmark.sweep.run_cell import run_cell
+from benchmark.sweep.runner import _runtime_env
 
 BASE = {"backbone": "craft-tiny", "weights": "w", "dataset": "digits_rotate", "precision": "fp32", "split": "test"}
 
@@ -120,8 +121,10 @@ def test_content_fingerprint_sees_a_same_size_rewrite_that_kept_its_time(suite: 
 def test_fingerprint_comes_from_the_environment_and_is_checked(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("CRAFT_FEATURE_FINGERPRINT", raising=False)
     assert FeatureCache(tmp_path).fingerprint == "stat"
+    assert "CRAFT_FEATURE_FINGERPRINT" not in _runtime_env()["env_vars"]
     monkeypatch.setenv("CRAFT_FEATURE_FINGERPRINT", "content")
     assert FeatureCache(tmp_path).fingerprint == "content" and FeatureCache(tmp_path, "stat").fingerprint == "stat"
+    assert _runtime_env()["env_vars"]["CRAFT_FEATURE_FINGERPRINT"] == "content"  # Ray's workers key alike
     monkeypatch.setenv("CRAFT_FEATURE_FINGERPRINT", "sha1")
     with pytest.raises(UserError, match=r"^CRAFT_FEATURE_FINGERPRINT must be one of stat, content, got 'sha1'$"):
         FeatureCache(tmp_path)
