@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from benchmark.errors import UserError
+from benchmark.feature_keys import KEY_VERSION
 from benchmark.features import Entry, check_entry, default_cache_root, entries, remove_entry
 
 
@@ -36,6 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     clear = sub.add_parser("clear", parents=[where], help="remove entries: all of them, or those the filters select")
     clear.add_argument("--older-than", type=_days, metavar="DAYS", help="only entries last written more than DAYS days ago")
     clear.add_argument("--dataset", metavar="KEY", help="only entries of this dataset key (e.g. dtd, imagenet_a)")
+    clear.add_argument(
+        "--old-keys", action="store_true",
+        help="only entries made under an earlier key format, which are never read again",
+    )
 
 
 def _folder(arg: Path | None) -> Path | None:
@@ -83,7 +88,9 @@ def _list(root: Path | None) -> int:
         rows.append(row[:9] + [_age(e.mtime, now)] + row[9:])
     if len(rows) > 1:
         print(_table(rows))
-    print(f"{len(found)} entries, {_mb(sum(e.bytes for e in found))} in {root or default_cache_root()}")
+    old = sum(map(_old_key, found))
+    note = f"; {old} made under an earlier key format, never read again (clear --old-keys removes them)" if old else ""
+    print(f"{len(found)} entries, {_mb(sum(e.bytes for e in found))} in {root or default_cache_root()}{note}")
     return 0
 
 
@@ -99,7 +106,11 @@ def _verify(root: Path | None, fix: bool) -> int:
     return 1 if broken and not fix else 0
 
 
-def _clear(root: Path | None, older_than: float | None, dataset: str | None) -> int:
+def _old_key(e: Entry) -> bool:
+    return e.fields is not None and e.fields.get("key_version") != KEY_VERSION
+
+
+def _clear(root: Path | None, older_than: float | None, dataset: str | None, old_keys: bool) -> int:
     if dataset is not None:
         from benchmark.datasets.registry import get_spec
 
@@ -107,7 +118,7 @@ def _clear(root: Path | None, older_than: float | None, dataset: str | None) -> 
     found = entries(root) if root is not None else []
     cutoff = time.time() - older_than * 86400 if older_than is not None else None
     chosen = [e for e in found if (cutoff is None or e.mtime < cutoff)
-              and (dataset is None or (e.fields or {}).get("dataset") == dataset)]
+              and (dataset is None or (e.fields or {}).get("dataset") == dataset) and (not old_keys or _old_key(e))]
     for e in chosen:
         remove_entry(e)
     print(f"removed {len(chosen)} of {len(found)} entries ({_mb(sum(e.bytes for e in chosen))}) from "
@@ -117,8 +128,11 @@ def _clear(root: Path | None, older_than: float | None, dataset: str | None) -> 
 
 def run(args: argparse.Namespace) -> int:
     root = _folder(args.dir)
-    if args.action == "list":
-        return _list(root)
-    if args.action == "verify":
-        return _verify(root, args.fix)
-    return _clear(root, args.older_than, args.dataset)
+    try:
+        if args.action == "list":
+            return _list(root)
+        if args.action == "verify":
+            return _verify(root, args.fix)
+        return _clear(root, args.older_than, args.dataset, args.old_keys)
+    except PermissionError as exc:
+        raise UserError(f"cache folder {root} cannot be read or changed: {exc.strerror} ({exc.filename})") from None

@@ -117,20 +117,26 @@ def _read_fields(path: Path) -> dict[str, Any] | None:
 
 
 def entries(root: Path) -> list[Entry]:
-    """Every entry under ``root``, with leftovers: lone halves and writers' stale temporary files."""
-    groups: dict[str, dict[str, Path]] = {}
+    """Every entry under ``root``, with leftovers: lone halves and writers' stale temporary files.
+    A file that another process renames or removes meanwhile is left out."""
+    groups: dict[str, dict[str, tuple[Path, os.stat_result]]] = {}
     found = []
     now = time.time()
     for path in sorted(root.iterdir()):
-        if path.name.startswith(".") and path.name.endswith(".tmp"):
+        stray = path.name.startswith(".") and path.name.endswith(".tmp")
+        if not stray and path.suffix not in (SUFFIX, ".json"):
+            continue
+        try:
             st = path.stat()
-            if now - st.st_mtime > STRAY_TMP_S:  # younger ones are being written
-                found.append(Entry(path.name, None, path, None, st.st_size, st.st_mtime, stray=True))
-        elif path.suffix in (SUFFIX, ".json") and path.is_file():
-            groups.setdefault(path.stem, {})[path.suffix] = path
+        except FileNotFoundError:
+            continue
+        if stray and now - st.st_mtime > STRAY_TMP_S:  # younger ones are being written
+            found.append(Entry(path.name, None, path, None, st.st_size, st.st_mtime, stray=True))
+        elif not stray and path.is_file():
+            groups.setdefault(path.stem, {})[path.suffix] = (path, st)
     for key, halves in groups.items():
-        tensor, sidecar = halves.get(SUFFIX), halves.get(".json")
-        stats = [p.stat() for p in (tensor, sidecar) if p is not None]
+        tensor, sidecar = halves.get(SUFFIX, (None, None))[0], halves.get(".json", (None, None))[0]
+        stats = [st for _, st in halves.values()]
         fields = _read_fields(sidecar) if sidecar is not None else None
         found.append(Entry(key, tensor, sidecar, fields, sum(s.st_size for s in stats), max(s.st_mtime for s in stats)))
     return found

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from benchmark.cli import SUBCOMMANDS, main
+from benchmark.feature_keys import KEY_VERSION
 from benchmark.features import FeatureCache
 
 DAY = 86400
@@ -19,7 +20,7 @@ DAY = 86400
 
 def fields(dataset: str, split: str, n: int = 3) -> dict:
     return {"backbone": "craft-tiny", "weights": "w", "dataset": dataset, "precision": "fp32", "split": split,
-            "aug": "test", "shots": 16, "seed": 1, "root": f"/data/{dataset}", "n": n}
+            "aug": "test", "shots": 16, "seed": 1, "root": f"/data/{dataset}", "n": n, "key_version": KEY_VERSION}
 
 
 def fill(root: Path) -> FeatureCache:
@@ -100,6 +101,12 @@ def test_clear_by_dataset_by_age_and_all(tmp_path: Path, capsys: pytest.CaptureF
     fill(tmp_path)
     code, out, _ = craft(capsys, "clear", "--dir", str(tmp_path), "--dataset", "dtd")
     assert out.startswith("removed 2 of 4 entries") and cache.get(fields("eurosat", "test")) is not None
+    old = {k: v for k, v in fields("dtd", "test").items() if k != "key_version"}  # keyed before key_version 2
+    cache.get_or_compute(old, lambda: torch.ones(3, 4))
+    assert craft(capsys, "list", "--dir", str(tmp_path))[1].splitlines()[-1].endswith(
+        "; 1 made under an earlier key format, never read again (clear --old-keys removes them)")
+    code, out, _ = craft(capsys, "clear", "--dir", str(tmp_path), "--old-keys")
+    assert out.startswith("removed 1 of 3 entries") and cache.get(old) is None and cache.get(fields("eurosat", "test")) is not None
     code, out, _ = craft(capsys, "clear", "--dir", str(tmp_path))
     assert out.startswith("removed 2 of 2 entries") and list(tmp_path.iterdir()) == []
 
