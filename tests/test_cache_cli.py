@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -153,3 +155,13 @@ def test_every_flag_has_help() -> None:
         assert sub.description or [c.help for c in subs._choices_actions if c.dest == name][0]
         for action in sub._actions:
             assert action.help, f"craft cache {name} {action.option_strings} has no help"
+
+
+def test_list_imports_no_torch(tmp_path: Path) -> None:
+    """Listing reads sidecars only: it does not pay torch's import (seconds on a busy machine)."""
+    fill(tmp_path)
+    code = ("import sys; from benchmark.cli import main; "
+            f"rc = main(['cache', 'list', '--dir', {str(tmp_path)!r}]); print(rc, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.splitlines()[-1] == "0 False" and "4 entries" in out.stdout
