@@ -54,14 +54,16 @@ class FeatureCache:
         return self.root / f"{self.key(**fields)}{SUFFIX}"
 
     def get(self, fields: dict[str, Any]) -> torch.Tensor | None:
-        """The cached tensor, or None when absent or unreadable."""
+        """The cached tensor, or None when absent, unreadable or not of the ``n`` rows that ``fields`` record."""
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         try:
-            return load_file(self.path(fields))[TENSOR_NAME]
+            tensor = load_file(self.path(fields))[TENSOR_NAME]
         except (FileNotFoundError, SafetensorError, KeyError):
             return None
+        n = fields.get("n")
+        return None if isinstance(n, int) and (tensor.dim() == 0 or tensor.shape[0] != n) else tensor
 
     def get_or_compute(self, fields: dict[str, Any], compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         """The cached tensor for ``fields``, computing and storing it first on a miss."""
