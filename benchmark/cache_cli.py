@@ -71,21 +71,19 @@ def _table(rows: list[list[str]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
 
 
-def _describe(e: Entry) -> list[str]:
+def _row(e: Entry, now: float) -> list[str]:
     f = e.fields or {}
     get = lambda k: "" if f.get(k) is None else str(f[k])  # noqa: E731
     shots = f"{get('shots')}/{get('seed')}" if "shots" in f else ""
     return [e.key[:12], get("dataset"), get("split"), get("aug"), shots, get("backbone"), get("precision"),
-            get("n"), _mb(e.bytes), get("root")]
+            get("n"), _mb(e.bytes), _age(e.mtime, now), get("root")]
 
 
 def _list(root: Path | None) -> int:
     found = entries(root) if root is not None else []
     now = time.time()
     rows = [["key", "dataset", "split", "aug", "shots/seed", "backbone", "precision", "images", "size", "age", "root"]]
-    for e in sorted(found, key=lambda e: -e.mtime):
-        row = _describe(e)
-        rows.append(row[:9] + [_age(e.mtime, now)] + row[9:])
+    rows += [_row(e, now) for e in sorted(found, key=lambda e: -e.mtime)]
     if len(rows) > 1:
         print(_table(rows))
     old = sum(map(_old_key, found))
