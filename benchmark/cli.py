@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "plot": ("benchmark.report.plots_cli", "render result figures (PNG)"),
     "perf": ("benchmark.perf", "measure query throughput: official-style path versus fast path"),
     "datasets": ("benchmark.datasets.cli", "list the dataset registry or check a data root"),
+    "cache": ("benchmark.cache_cli", "list, verify or clear the image-feature cache"),
 }
 
 

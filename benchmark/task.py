@@ -5,7 +5,9 @@ augmented pass, seeded by the run's seed), validation and test with open_clip's 
 preprocessing. Further augmented views of the training set (the official refinement module's
 data, a fresh one each generation) are encoded when a run first asks for them
 (:class:`benchmark.engine.TrainViews`), seeded by the run's seed and the view's number. Features
-go through the disk cache, keyed by everything that decides them.
+go through the disk cache, keyed by everything that decides them
+(:func:`benchmark.feature_keys.image_set_key`: the model, precision, transform, data root and
+each image file's size and modification time; a view's number and whether it is raw).
 Evaluation-only datasets (the ImageNet variants) are added as image sets named
 ``test:<key>``, scored in the training dataset's label space.
 """
@@ -26,6 +28,7 @@ from benchmark.datasets.transforms import aug_varies, train_transform
 from benchmark.datasets.types import DatasetSplits, Item
 from benchmark.engine import ClipEngine, TaskData, TrainViews
 from benchmark.errors import UserError
+from benchmark.feature_keys import describe_transform, image_set_key
 from benchmark.features import FeatureCache
 from benchmark.task_spec import TaskSpec
 
@@ -54,7 +57,7 @@ def weights_id(engine: ClipEngine) -> str | None:
         return f"{BUILTIN}:{_file_digest(builtin_model_paths()[1])}"
     if os.path.isfile(w):
         st = os.stat(w)
-        return f"{os.path.abspath(w)}:{st.st_size}:{int(st.st_mtime)}"
+        return f"{os.path.realpath(w)}:{st.st_size}:{st.st_mtime_ns}"
     return w
 
 
@@ -74,13 +77,6 @@ def _file_digest(path: os.PathLike[str] | str) -> str:
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
-    return h.hexdigest()[:16]
-
-
-def _items_digest(items: list[Item]) -> str:
-    h = hashlib.sha256()
-    for it in items:
-        h.update(f"{it.path}\t{it.label}\n".encode())
     return h.hexdigest()[:16]
 
 
@@ -110,9 +106,9 @@ def prepare_task(engine: ClipEngine, spec: TaskSpec, cache: FeatureCache | None 
     ds_spec = get_spec(spec.dataset)
     wid = weights_id(engine)
     cache = cache if wid is not None else None
-    base = {"backbone": engine.loaded.backbone, "weights": wid, "dataset": spec.dataset}
-    if engine.bf16:  # features encoded under bf16 autocast are other features than fp32 ones
-        base["precision"] = "bf16"
+    # Features encoded under bf16 autocast are other features than fp32 ones.
+    base = {"backbone": engine.loaded.backbone, "weights": wid, "dataset": spec.dataset,
+            "precision": "bf16" if engine.bf16 else "fp32"}
     encoded = 0
 
     def encode(items: list[Item], ds: DatasetSplits, transform, fields: dict, seed: int | None,
@@ -129,9 +125,9 @@ def prepare_task(engine: ClipEngine, spec: TaskSpec, cache: FeatureCache | None 
                     torch.manual_seed(seed)  # the augmented pass is a function of the run's seed
                 return engine.encode_images(paths, transform, normalize=normalize)
 
-        fields = {**base, **fields, "n": len(items), "items": _items_digest(items)}
-        if not normalize:
-            fields["raw"] = True
+        if cache is not None:  # the key stats (or hashes) every image: not needed without a cache
+            fields = {**base, **fields, **({"raw": True} if not normalize else {})}
+            fields = image_set_key(ds, items, describe_transform(transform), fields, cache.fingerprint)
         feats = cache.get_or_compute(fields, compute) if cache is not None else compute()
         return feats.to(engine.device), newly
 

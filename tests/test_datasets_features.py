@@ -55,6 +55,15 @@ def test_unreadable_entry_is_recomputed(tmp_path):
     assert cache.get(FIELDS) is not None
 
 
+def test_entry_with_other_than_its_recorded_rows_is_recomputed(tmp_path):
+    cache, fields = FeatureCache(tmp_path), {**FIELDS, "n": 3}
+    cache.get_or_compute(fields, features)
+    cache.path(fields).rename(cache.path({**fields, "n": 4}))  # an entry that claims 4 images, holds 3
+    assert cache.get({**fields, "n": 4}) is None
+    assert cache.get_or_compute({**fields, "n": 4}, lambda: torch.zeros(4, 4)).shape == (4, 4)
+    assert cache.get({**fields, "n": 4}).shape == (4, 4)
+
+
 def _fill(root: str, barrier, results) -> None:
     def slow() -> torch.Tensor:
         time.sleep(0.2)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from benchmark.errors import UserError
+from benchmark.feature_keys import FINGERPRINT_ENV
 from benchmark.results_io import (
     cell_status, check_location, check_writable, clean_temporaries, write_cell, write_log,
 )
@@ -106,7 +107,10 @@ def _runtime_env() -> dict[str, Any]:
     if RAY_JOB_CONFIG_JSON_ENV_VAR in os.environ:
         job = json.loads(os.environ[RAY_JOB_CONFIG_JSON_ENV_VAR])
         job_env = (job.get("runtime_env") or {}).get("env_vars") or {}
-    return {"env_vars": {k: v for k, v in WORKER_ENV.items() if k not in job_env}}
+    env = dict(WORKER_ENV)
+    if os.environ.get(FINGERPRINT_ENV):  # the driver's choice of feature-cache keys holds on every node
+        env[FINGERPRINT_ENV] = os.environ[FINGERPRINT_ENV]
+    return {"env_vars": {k: v for k, v in env.items() if k not in job_env}}
 
 
 def init_ray(
