@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "tune": ("tuning.cli", "search hyperparameters with Optuna through Ray Tune"),
     "table": ("benchmark.report.tables_cli", "render result tables (Markdown, LaTeX, CSV)"),
     "plot": ("benchmark.report.plots_cli", "render result figures (PNG)"),
+    "results": ("benchmark.results_cli", "verify a results folder: cells done and failed, damaged files named"),
     "perf": ("benchmark.perf", "measure query throughput: official-style path versus fast path"),
     "datasets": ("benchmark.datasets.cli", "list the dataset registry or check a data root"),
 }

@@ -73,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
         f"{summary.done} cells done, {summary.skipped} already done or failed before (skipped), "
         f"{summary.failed} failed, in {summary.wall_s:.1f} s; results and per-cell logs in {cfg.out}"
     )
+    for line in summary.moved_aside:
+        print(f"damaged result file moved aside, its cell run again: {line}", file=sys.stderr)
     for line in summary.failures:
         print(f"failed: {line}", file=sys.stderr)
     if summary.failed:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmark.errors import UserError
-from benchmark.results_io import cell_status
+from benchmark.results_io import parse_cell_file, scan_cells
 from benchmark.sweep.cell import Cell
 from benchmark.sweep.config import SweepConfig
 
@@ -48,11 +48,11 @@ class Plan:
     """The cells of a sweep and what is already done under its ``out``."""
 
     cells: list[Cell]
-    status: dict[str, str]  # cell_id -> done | failed | todo
+    status: dict[str, str]  # cell_id -> done | failed | damaged | todo (damaged: its file does not verify)
     queries: dict[str, int]  # cell_id -> estimated queries
 
     def todo(self, rerun_failed: bool = False) -> list[Cell]:
-        wanted = {"todo", "failed"} if rerun_failed else {"todo"}
+        wanted = {"todo", "damaged", "failed"} if rerun_failed else {"todo", "damaged"}
         return [c for c in self.cells if self.status[c.cell_id] in wanted]
 
     def count(self, status: str) -> int:
@@ -60,9 +60,11 @@ class Plan:
 
 
 def make_plan(cells: list[Cell], out: str) -> Plan:
-    """Status of each cell under ``out`` (nothing there yet: all to do)."""
-    found = cell_status(out)
-    status = {c.cell_id: {"ok": "done", "failed": "failed"}.get(found.get(c.cell_id, ""), "todo") for c in cells}
+    """Status of each cell under ``out`` (nothing there yet: all to do; a damaged file: to run again)."""
+    found, damaged = scan_cells(out)
+    bad = {kind[0] for kind in (parse_cell_file(p.rsplit("/", 1)[-1]) for p in damaged) if kind}
+    status = {c.cell_id: {"ok": "done", "failed": "failed"}.get(found.get(c.cell_id, ""),
+                                                                  "damaged" if c.cell_id in bad else "todo") for c in cells}
     return Plan(cells, status, {c.cell_id: estimated_queries(c) for c in cells})
 
 
@@ -98,6 +100,7 @@ def format_plan(plan: Plan, cfg: SweepConfig, rerun_failed: bool = False) -> str
     lines = [
         f"sweep {cfg.path} -> {cfg.out}" + (f" (includes: {', '.join(cfg.includes)})" if cfg.includes else ""),
         f"{len(plan.cells)} cells: {plan.count('done')} done, {plan.count('failed')} failed, {len(todo_ids)} to run"
+        + (f" ({plan.count('damaged')} with a damaged result file, moved aside when run)" if plan.count("damaged") else "")
         + (" (failed ones included: --rerun-failed)" if rerun_failed and plan.count("failed") else "")
         + f"; estimated queries to run: {q_todo:,} of {q_total:,}",
     ]

@@ -27,7 +27,7 @@ from typing import Any
 
 from benchmark.errors import UserError
 from benchmark.results_io import (
-    cell_status, check_location, check_writable, clean_temporaries, write_cell, write_log,
+    DAMAGED_MARK, parse_cell_file, check_location, check_writable, clean_temporaries, move_aside, scan_cells, write_cell, write_log,
 )
 from benchmark.sweep.cell import Cell
 
@@ -75,6 +75,7 @@ class SweepSummary:
     queries: int = 0
     wall_s: float = 0.0
     failures: list[str] = field(default_factory=list)
+    moved_aside: list[str] = field(default_factory=list)  # "path: why" of damaged files whose cells ran again
 
 
 # ----------------------------------------------------------------------------- Ray
@@ -255,10 +256,22 @@ def _run_cell_task(cell: Cell, servers: list[Any], eval_test: bool, colocate: bo
 
 
 def pending_cells(cells: list[Cell], out: str, rerun_failed: bool) -> tuple[list[Cell], int]:
-    """The cells still to run under ``out`` and the number skipped (done, or failed unless rerun)."""
-    status = cell_status(out)
+    """The cells still to run under ``out`` and the number skipped (done, or failed unless rerun).
+
+    A cell whose result file is damaged (:func:`benchmark.results_io.verify_file`) is to run.
+    """
+    return _pending(cells, scan_cells(out)[0], rerun_failed)
+
+
+def _pending(cells: list[Cell], status: dict[str, str], rerun_failed: bool) -> tuple[list[Cell], int]:
     todo = [c for c in cells if status.get(c.cell_id) != "ok" and (rerun_failed or status.get(c.cell_id) != "failed")]
     return todo, len(cells) - len(todo)
+
+
+def _damaged_of(todo: list[Cell], damaged: dict[str, str]) -> dict[str, str]:
+    """The damaged files (path -> why) that belong to cells about to run (other sweeps' files are left alone)."""
+    ids = {c.cell_id for c in todo}
+    return {p: why for p, why in damaged.items() if (parse_cell_file(p.rsplit("/", 1)[-1]) or ("",))[0] in ids}
 
 
 def run_sweep(
@@ -291,7 +304,9 @@ def run_sweep(
     summary = SweepSummary()
     start = time.perf_counter()
     check_location(out)
-    todo, summary.skipped = pending_cells(cells, out, rerun_failed)
+    status, damaged = scan_cells(out)
+    todo, summary.skipped = _pending(cells, status, rerun_failed)
+    damaged = _damaged_of(todo, damaged)
     if not todo:
         summary.wall_s = time.perf_counter() - start
         return summary
@@ -301,6 +316,9 @@ def run_sweep(
                             precision=precision, compile=compile, attention=attention)
     try:  # nothing is written before the servers are up
         check_writable(out)
+        # Kept beside their cells under a name nothing reads; the rerun's result takes their place.
+        moved = move_aside(out, list(damaged))
+        summary.moved_aside = [f"{p} ({damaged[p.rsplit(DAMAGED_MARK, 1)[0]]})" for p in moved]
         clean_temporaries(out)
     except BaseException:
         stop_servers(servers)
