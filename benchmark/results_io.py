@@ -20,6 +20,8 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pyarrow as pa
@@ -27,6 +29,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from benchmark.errors import UserError
+from benchmark.locks import hold
 from benchmark.results_schema import to_table
 
 OK_SUFFIX = ".parquet"
@@ -60,6 +63,40 @@ def check_location(out: str) -> None:
         raise UserError(f"cannot write results to {out}: {path} is a file, not a folder")
     if not os.access(path, os.W_OK | os.X_OK):
         raise UserError(f"cannot write results to {out}: folder {path} is not writable")
+
+
+LOCK_NAME = ".craft-lock"
+
+
+@contextmanager
+def lock_results(out: str) -> Iterator[None]:
+    """Hold the results folder ``out`` for this process (:func:`benchmark.locks.hold`), or UserError naming its holder.
+
+    A local folder only: a URI (``s3://...``) has no lock, so give each driver its own prefix there.
+    Folders created for the lock are removed again if the block leaves them empty.
+    """
+    fs, base = resolve(out)
+    if not isinstance(fs, pafs.LocalFileSystem):
+        yield
+        return
+    created = []
+    p = base
+    while not os.path.isdir(p):
+        created.append(p)
+        p = os.path.dirname(p)
+    try:
+        os.makedirs(base, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot write results to {out}: {exc.strerror or exc}") from None
+    try:
+        with hold(f"{base}/{LOCK_NAME}", f"results folder {out}"):
+            yield
+    finally:
+        for folder in created:  # deepest first; stops at the first that holds something
+            try:
+                os.rmdir(folder)
+            except OSError:
+                break
 
 
 def check_writable(out: str) -> None:

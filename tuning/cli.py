@@ -24,7 +24,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import optuna
 
-    from benchmark.errors import UserError
     from tuning.config import load_config
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -34,6 +33,14 @@ def run(args: argparse.Namespace) -> int:
         return _export(cfg, args.export)
     if args.dry_run:
         return _dry_run(cfg)
+    from tuning.storage import lock_storage
+
+    with lock_storage(cfg.storage):  # a second search on this storage would fail the first's running trials
+        return _search(cfg, args)
+
+
+def _search(cfg, args) -> int:
+    from benchmark.errors import UserError
     from tuning.search import run_search
 
     statuses = run_search(cfg, address=args.address, num_cpus=args.num_cpus, progress=not args.no_progress)

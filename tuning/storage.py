@@ -9,6 +9,8 @@ one half-written last line (:func:`open_storage` cuts it) and trials marked RUNN
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,25 @@ from benchmark.errors import UserError
 DIRECTION = "maximize"
 INTERRUPTED = "interrupted"  # user attribute of a trial that a stopped driver left running
 WARM_START = "warm_start"  # user attribute naming the setting a warm-start trial was enqueued from
+
+
+@contextmanager
+def lock_storage(storage: str) -> Iterator[None]:
+    """Hold ``storage`` for this process (:func:`benchmark.locks.hold`), or UserError naming the search that has it.
+
+    A journal file or SQLite database is locked by a file beside it (``.<name>.craft-lock``);
+    a server database (PostgreSQL, MySQL) is not locked: give each search its own study names there.
+    """
+    from benchmark.locks import hold
+
+    path = storage[len("sqlite:///"):] if storage.startswith("sqlite:///") else storage
+    if "://" in path:
+        yield
+        return
+    folder, name = os.path.split(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    with hold(os.path.join(folder, f".{name}.craft-lock"), f"Optuna storage {storage}"):
+        yield
 
 
 def repair_journal(path: str) -> bool:

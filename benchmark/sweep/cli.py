@@ -50,25 +50,27 @@ def run(args: argparse.Namespace) -> int:
         return 0
     check_location(cfg.out)
 
+    from benchmark.results_io import lock_results
     from benchmark.sweep.runner import init_ray, pending_cells, run_sweep
 
-    todo, skipped = pending_cells(cells, cfg.out, args.rerun_failed)
-    if not todo:
-        print(f"nothing to run: all {skipped} cells of {args.config} are done or failed before "
-              f"(--rerun-failed retries failed ones); results in {cfg.out}")
-        return 0
-    init_ray(args.address, args.num_cpus, dashboard=args.dashboard)
-    if args.gpus and not (args.address or os.environ.get("RAY_ADDRESS")):
-        import ray
+    with lock_results(cfg.out):  # before Ray starts: a second driver on this folder is refused at once
+        todo, skipped = pending_cells(cells, cfg.out, args.rerun_failed)
+        if not todo:
+            print(f"nothing to run: all {skipped} cells of {args.config} are done or failed before "
+                  f"(--rerun-failed retries failed ones); results in {cfg.out}")
+            return 0
+        init_ray(args.address, args.num_cpus, dashboard=args.dashboard)
+        if args.gpus and not (args.address or os.environ.get("RAY_ADDRESS")):
+            import ray
 
-        have = int(ray.cluster_resources().get("GPU", 0))
-        if args.gpus > have:
-            raise UserError(f"--gpus {args.gpus}: this machine has {have} GPU(s) for Ray (an autoscaling cluster could add more)")
-    summary = run_sweep(
-        cells, cfg.out, runs_per_server=cfg.runs_per_server, rerun_failed=args.rerun_failed,
-        progress=not args.no_progress, gpus=args.gpus, precision=cfg.precision, colocate=cfg.colocate,
-        compile=cfg.compile, attention=cfg.attention,
-    )
+            have = int(ray.cluster_resources().get("GPU", 0))
+            if args.gpus > have:
+                raise UserError(f"--gpus {args.gpus}: this machine has {have} GPU(s) for Ray (an autoscaling cluster could add more)")
+        summary = run_sweep(
+            cells, cfg.out, runs_per_server=cfg.runs_per_server, rerun_failed=args.rerun_failed,
+            progress=not args.no_progress, gpus=args.gpus, precision=cfg.precision, colocate=cfg.colocate,
+            compile=cfg.compile, attention=cfg.attention,
+        )
     print(
         f"{summary.done} cells done, {summary.skipped} already done or failed before (skipped), "
         f"{summary.failed} failed, in {summary.wall_s:.1f} s; results and per-cell logs in {cfg.out}"

@@ -27,7 +27,7 @@ from typing import Any
 
 from benchmark.errors import UserError
 from benchmark.results_io import (
-    DAMAGED_MARK, parse_cell_file, check_location, check_writable, clean_temporaries, move_aside, scan_cells, write_cell, write_log,
+    DAMAGED_MARK, parse_cell_file, check_location, check_writable, clean_temporaries, lock_results, move_aside, scan_cells, write_cell, write_log,
 )
 from benchmark.sweep.cell import Cell
 
@@ -304,55 +304,56 @@ def run_sweep(
     summary = SweepSummary()
     start = time.perf_counter()
     check_location(out)
-    status, damaged = scan_cells(out)
-    todo, summary.skipped = _pending(cells, status, rerun_failed)
-    damaged = _damaged_of(todo, damaged)
-    if not todo:
+    with lock_results(out):  # one driver per results folder: the scan below and the writes are ours
+        status, damaged = scan_cells(out)
+        todo, summary.skipped = _pending(cells, status, rerun_failed)
+        damaged = _damaged_of(todo, damaged)
+        if not todo:
+            summary.wall_s = time.perf_counter() - start
+            return summary
+
+        init_ray(address, num_cpus, dashboard=dashboard)
+        servers = start_servers(todo, runs_per_server, cache_dir=cache_dir, gpus=gpus, batching=batching,
+                                precision=precision, compile=compile, attention=attention)
+        try:  # nothing is written before the servers are up
+            check_writable(out)
+            # Kept beside their cells under a name nothing reads; the rerun's result takes their place.
+            moved = move_aside(out, list(damaged))
+            summary.moved_aside = [f"{p} ({damaged[p.rsplit(DAMAGED_MARK, 1)[0]]})" for p in moved]
+            clean_temporaries(out)
+        except BaseException:
+            stop_servers(servers)
+            raise
+        remote_run = ray.remote(num_cpus=1, num_gpus=0, max_retries=RUN_RETRIES, retry_exceptions=False)(_run_cell_task)
+        display = Progress(len(todo), progress)
+        load: dict[tuple[str, str, str], list[int]] = {k: [0] * len(g) for k, g in servers.groups.items()}
+        pending: dict[Any, tuple[Cell, tuple[str, str, str], int]] = {}
+        queue = list(todo)
+        try:
+            while queue or pending:
+                slots = run_slots() - len(pending)
+                queue = _submit(queue, pending, servers, load, runs_per_server, remote_run, eval_test, slots, colocate)
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=2.0)
+                for ref in ready:
+                    cell, key, idx = pending.pop(ref)
+                    load[key][idx] -= 1
+                    rows, log_text = _collect(ref, cell)
+                    write_log(out, cell.method, cell.dataset, cell.cell_id, log_text)
+                    write_cell(out, rows)
+                    ok = rows[0]["status"] == "ok"
+                    if ok:
+                        summary.done += 1
+                        summary.queries += int(rows[0]["queries"] or 0)
+                    else:
+                        summary.failed += 1
+                        summary.failures.append(f"{cell.label()}: {rows[0]['error'].strip().splitlines()[-1]}")
+                    display.finished(cell, ok, summary, len(pending), time.perf_counter() - start)
+                display.tick(summary, len(pending), time.perf_counter() - start)
+        finally:
+            display.close()
+            stop_servers(servers)
         summary.wall_s = time.perf_counter() - start
         return summary
-
-    init_ray(address, num_cpus, dashboard=dashboard)
-    servers = start_servers(todo, runs_per_server, cache_dir=cache_dir, gpus=gpus, batching=batching,
-                            precision=precision, compile=compile, attention=attention)
-    try:  # nothing is written before the servers are up
-        check_writable(out)
-        # Kept beside their cells under a name nothing reads; the rerun's result takes their place.
-        moved = move_aside(out, list(damaged))
-        summary.moved_aside = [f"{p} ({damaged[p.rsplit(DAMAGED_MARK, 1)[0]]})" for p in moved]
-        clean_temporaries(out)
-    except BaseException:
-        stop_servers(servers)
-        raise
-    remote_run = ray.remote(num_cpus=1, num_gpus=0, max_retries=RUN_RETRIES, retry_exceptions=False)(_run_cell_task)
-    display = Progress(len(todo), progress)
-    load: dict[tuple[str, str, str], list[int]] = {k: [0] * len(g) for k, g in servers.groups.items()}
-    pending: dict[Any, tuple[Cell, tuple[str, str, str], int]] = {}
-    queue = list(todo)
-    try:
-        while queue or pending:
-            slots = run_slots() - len(pending)
-            queue = _submit(queue, pending, servers, load, runs_per_server, remote_run, eval_test, slots, colocate)
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=2.0)
-            for ref in ready:
-                cell, key, idx = pending.pop(ref)
-                load[key][idx] -= 1
-                rows, log_text = _collect(ref, cell)
-                write_log(out, cell.method, cell.dataset, cell.cell_id, log_text)
-                write_cell(out, rows)
-                ok = rows[0]["status"] == "ok"
-                if ok:
-                    summary.done += 1
-                    summary.queries += int(rows[0]["queries"] or 0)
-                else:
-                    summary.failed += 1
-                    summary.failures.append(f"{cell.label()}: {rows[0]['error'].strip().splitlines()[-1]}")
-                display.finished(cell, ok, summary, len(pending), time.perf_counter() - start)
-            display.tick(summary, len(pending), time.perf_counter() - start)
-    finally:
-        display.close()
-        stop_servers(servers)
-    summary.wall_s = time.perf_counter() - start
-    return summary
 
 
 def run_slots() -> int:
