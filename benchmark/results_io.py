@@ -16,6 +16,7 @@ so that nothing already written is lost.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import time
@@ -135,12 +136,20 @@ def _write_atomic(fs: pafs.FileSystem, path: str, write: Any) -> None:
         with fs.open_output_stream(tmp) as stream:
             write(stream)
         fs.move(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             fs.delete_file(tmp)
         except OSError:
             pass
+        if disk_full(exc):
+            raise UserError(f"no space left on the device to write {path} (nothing partial was left, and every "
+                            "file written before is whole): free space and run the same command again") from None
         raise
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says the disk is full (ENOSPC from Python, or pyarrow's IOError saying so)."""
+    return isinstance(exc, OSError) and (exc.errno == errno.ENOSPC or "No space left on device" in str(exc))
 
 
 def write_cell(out: str, rows: list[dict[str, Any]]) -> str:

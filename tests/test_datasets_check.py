@@ -84,3 +84,25 @@ def test_bad_input_exits_2_before_work(tmp_path, capsys):
     assert code == 2 and f"data root {tmp_path / 'nope'} does not exist" in out
     code, out = check(capsys, "--root", str(tmp_path), "caltech")
     assert code == 2 and "unknown dataset 'caltech'; valid keys: imagenet, caltech101" in out
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares ``width x height`` pixels and holds none: PIL refuses it as a decompression bomb on open."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def test_a_decompression_bomb_image_is_named_and_the_report_goes_on(root, capsys):
+    """Issue 23, point 7: a 50,000 x 50,000 image no longer aborts the whole report."""
+    bad = root / "imagenet-sketch" / "images" / "n01440764" / "n01440764_0.JPEG"
+    bad.write_bytes(_png_header_only(50_000, 50_000))
+    code, out = check(capsys, "--root", str(root), "imagenet_sketch", "eurosat", "--verify-images", "all")
+    assert code == 1 and "Traceback" not in out
+    assert f"image {bad} is refused: Image size (2500000000 pixels) exceeds limit" in out
+    assert "1 of 2 datasets ok; not ok: imagenet_sketch" in out

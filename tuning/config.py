@@ -15,11 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from benchmark.config_yaml import read_yaml
 from benchmark.errors import UserError, show
 from benchmark.results_io import check_location
-from benchmark.sweep.config import SEED_LIMIT, check_seeds
+from benchmark.sweep.config import SEED_LIMIT, check_seeds, expand_home
 from craft.methods import METHODS
 from tuning.space import Space, default_space, parse_space
 
@@ -133,6 +132,7 @@ def _storage(raw: dict, out: str, where: str) -> str:
         return os.path.join(out, "optuna.journal")  # the out folder is created by the search
     if not isinstance(storage, str) or not storage:
         raise UserError(f"{where}: storage must be a journal file path or an RDB URL, got {show(storage)}")
+    storage = expand_home(storage)
     if storage.startswith("sqlite:///"):
         _check_folder(storage[len("sqlite:///"):], where, "storage database")
     elif "://" not in storage:
@@ -258,8 +258,10 @@ def parse_config(raw: Any, path: str, *, check_data: bool = True) -> SearchConfi
     out = raw.get("out", os.path.join("results", name))
     if not isinstance(out, str) or not out:
         raise UserError(f"{where}: out must be a folder path or URI, got {show(out)}")
+    out = expand_home(out)
     check_location(out)
     root = raw.get("root")
+    root = expand_home(root) if isinstance(root, str) else root
     if root is not None and (not isinstance(root, str) or not Path(root).is_dir()):
         raise UserError(f"{where}: root {show(root)} is not a folder (it must hold the dataset folders)")
     search_seeds = check_seeds(_list(raw, "search_seeds", int, where, default=[1]), "search_seeds", where)
@@ -299,8 +301,5 @@ def load_config(path: str, *, check_data: bool = True) -> SearchConfig:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"config file {path} does not exist")
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    raw = read_yaml(p, str(path))
     return parse_config(raw, str(path), check_data=check_data)

@@ -73,7 +73,33 @@ def open_storage(storage: str, *, repair: bool = True) -> Any:
         raise UserError(f"Optuna journal {storage} is in folder {folder}, which does not exist")
     if repair:
         repair_journal(storage)
+    check_journal(storage)
     return JournalStorage(JournalFileBackend(storage))
+
+
+def check_journal(path: str) -> None:
+    """UserError naming the first whole line of the journal at ``path`` that is not a JSON record.
+
+    Optuna would fail on it with a bare JSONDecodeError when it replays the journal; a half-written
+    last line (no newline yet) is left to :func:`repair_journal`.
+    """
+    import json
+
+    p = Path(path)
+    if not p.is_file():
+        return
+    with open(p, "rb") as f:
+        for number, line in enumerate(f, 1):
+            if not line.endswith(b"\n"):
+                break
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            if not isinstance(record, dict):
+                shown = line[:60].decode("utf-8", "replace").strip()
+                raise UserError(f"Optuna journal {path}: line {number} is not a JSON record ({shown!r}); restore the "
+                                "journal from a copy, or remove that line to resume without the change it held")
 
 
 def open_study(storage: Any, name: str) -> Any:

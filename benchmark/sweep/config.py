@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,8 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from benchmark.config_yaml import read_yaml
 from benchmark.errors import UserError, show
 
 KEYS = {
@@ -43,6 +43,7 @@ KEYS = {
     "compile": "true (or a torch.compile mode, e.g. reduce-overhead: CUDA graphs on a GPU): model servers run the text tower under torch.compile, one graph each, compiled in its first query (default false)",
 }
 DEFAULT_RUNS_PER_SERVER = 4
+MAX_INCLUDE_DEPTH = 32  # files in one include chain (Python's recursion would end a deeper one with a traceback)
 # Seeds seed numpy, torch and pycma and are stored as int32 (benchmark/results_schema.py): 0 <= seed < 2**31.
 SEED_LIMIT = 2**31
 SHOTS_LIMIT = 2**31  # stored as int32
@@ -78,6 +79,11 @@ class SweepConfig:
         return {**by_ds.get("*", {}), **by_ds.get(dataset, {})}
 
 
+def expand_home(path: str) -> str:
+    """``~`` and ``~user`` at the start of a local path expanded (a URI is left as it is), as a shell would."""
+    return path if "://" in path else os.path.expanduser(path)
+
+
 def shipped_configs() -> list[str]:
     """Names of the defaults shipped in ``benchmark/configs`` (includable by name)."""
     folder = _shipped_folder()
@@ -107,10 +113,7 @@ def config_from_dict(raw: dict[str, Any], path: str = "<config>", base_dir: str 
 
 
 def _read_yaml(p: Path, where: str) -> dict[str, Any]:
-    try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise UserError(f"{where} is not valid YAML: {' '.join(str(exc).split())}") from None
+    raw = read_yaml(p, where)
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -122,6 +125,9 @@ def _load_layers(p: Path, where: str, chain: tuple[str, ...]) -> tuple[dict[str,
     key = str(p.resolve())
     if key in chain:
         raise UserError(f"{where}: include cycle: {' -> '.join([*chain, key])}")
+    if len(chain) >= MAX_INCLUDE_DEPTH:
+        raise UserError(f"{where}: includes nest more than {MAX_INCLUDE_DEPTH} files deep ({chain[0]} -> {chain[1]} -> ... "
+                        f"-> {key}); merge some of them")
     return _merge_with_includes(_read_yaml(p, where), where, p.parent, (*chain, key))
 
 
@@ -251,8 +257,14 @@ def _check_layer(raw: dict[str, Any], where: str) -> None:
             if m not in METHODS:
                 raise _unknown(m, METHODS, "method", f"{where}: methods")
     if "datasets" in raw:
+        from benchmark.datasets.registry import get_spec
+
         for i, ds in enumerate(_str_list(raw["datasets"], "datasets", where)):
             _check_dataset(ds, where, f"datasets[{i}]")
+            spec = get_spec(ds)
+            if spec.test_only:
+                raise UserError(f"{where}: datasets[{i}]: {ds} is a test set only (no training images); train on "
+                                f"{spec.parent} and score it with eval_datasets: {{{spec.parent}: [{ds}]}}")
     if "suite" in raw and raw["suite"] not in SUITES:
         raise _unknown(raw["suite"], SUITES, "suite", where)
     if "datasets" in raw and "suite" in raw:
@@ -401,8 +413,8 @@ def _finish(raw: dict[str, Any], where: str, includes: tuple[str, ...]) -> Sweep
     _check_combined_hparams(raw.get("hparams") or {}, datasets, where)
     cfg = SweepConfig(
         path=where,
-        out=raw["out"],
-        root=raw.get("root"),
+        out=expand_home(raw["out"]),
+        root=expand_home(raw["root"]) if raw.get("root") else raw.get("root"),
         methods=tuple(dict.fromkeys(raw["methods"])),
         datasets=tuple(dict.fromkeys(datasets)),
         shots=tuple(dict.fromkeys(raw["shots"])),

@@ -134,11 +134,18 @@ def init_ray(
             )
     except UserError:
         raise
-    except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:
+    except Exception as exc:  # noqa: BLE001 - Ray raises bare Exception (e.g. a raylet killed by a memory limit), OSError, ...
+        try:  # whatever half-started is ended with us
+            ray.shutdown()
+        except Exception:  # noqa: BLE001 - already failing; the error below is the one to show
+            pass
         where = f"the Ray cluster at {address}" if address else "a local Ray runtime"
         hint = ("; a cluster with token authentication needs RAY_AUTH_MODE=token and its token here "
                 "(~/.ray/auth_token, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH)") if address else ""
-        raise UserError(f"could not connect to {where}: {' '.join(str(exc).split())[:300]}{hint}") from None
+        verb = "connect to" if address else "start"
+        hint = hint or ("; check free memory (a memory limit kills Ray's processes), free space and permissions under "
+                        f"{os.environ.get('RAY_TMPDIR', '/tmp')}, or give fewer --num-cpus")
+        raise UserError(f"could not {verb} {where}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}{hint}") from None
 
 
 def server_count(keys: int, gpus: int) -> tuple[int, float]:
