@@ -40,10 +40,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _search(cfg, args) -> int:
-    from benchmark.errors import UserError
-    from tuning.search import run_search
+    import sys
 
-    statuses = run_search(cfg, address=args.address, num_cpus=args.num_cpus, progress=not args.no_progress)
+    from benchmark.errors import UserError
+    from tuning.search import SearchInterrupted, run_search
+
+    try:
+        statuses = run_search(cfg, address=args.address, num_cpus=args.num_cpus, progress=not args.no_progress)
+    except SearchInterrupted as stop:
+        print(f"interrupted: the search stopped, {stop.marked} running trial(s) marked failed (interrupted); "
+              f"resume with: craft tune {cfg.path}", file=sys.stderr)
+        return 130
     short = [s for s in statuses if s.finished < s.requested]
     for s in statuses:
         failed = f", {s.failed_now} failed this run" if s.failed_now else ""
