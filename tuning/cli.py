@@ -80,7 +80,7 @@ def _export(cfg, path: str) -> int:
 def _dry_run(cfg) -> int:
     import os
 
-    from tuning.storage import finished, load_existing, open_storage
+    from tuning.storage import finished, load_existing, masked, open_storage
     from tuning.studies import plan_studies
 
     storage = open_storage(cfg.storage, repair=False) if cfg.is_url() or os.path.isfile(cfg.storage) else None
@@ -89,7 +89,7 @@ def _dry_run(cfg) -> int:
         done = len(finished(study)) if study is not None else 0
         print(f"study {s.name}: {done}/{cfg.trials} trials finished; milestones (queries) {list(s.milestones.queries)}; "
               f"searching {', '.join(s.space.names)}")
-    print(f"storage: {cfg.storage}")
+    print(f"storage: {masked(cfg.storage)}")
     return 0
 
 

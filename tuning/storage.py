@@ -21,6 +21,24 @@ INTERRUPTED = "interrupted"  # user attribute of a trial that a stopped driver l
 WARM_START = "warm_start"  # user attribute naming the setting a warm-start trial was enqueued from
 
 
+def masked(text: str, url: str | None = None) -> str:
+    """``text`` with the password of a storage URL (``scheme://user:password@host``) shown as ``***``.
+
+    ``url``: the URL whose password to hide wherever it appears in ``text`` (an error that quotes it);
+    without it, ``text`` is taken as the URL itself.
+    """
+    from urllib.parse import urlsplit
+
+    url = text if url is None else url
+    try:
+        password = urlsplit(url).password if "://" in url else None
+    except ValueError:
+        password = None
+    if not password:
+        return text
+    return text.replace(f":{password}@", ":***@").replace(password, "***")
+
+
 @contextmanager
 def lock_storage(storage: str) -> Iterator[None]:
     """Hold ``storage`` for this process (:func:`benchmark.locks.hold`), or UserError naming the search that has it.
@@ -36,7 +54,7 @@ def lock_storage(storage: str) -> Iterator[None]:
         return
     folder, name = os.path.split(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    with hold(os.path.join(folder, f".{name}.craft-lock"), f"Optuna storage {storage}"):
+    with hold(os.path.join(folder, f".{name}.craft-lock"), f"Optuna storage {masked(storage)}"):
         yield
 
 
@@ -67,7 +85,8 @@ def open_storage(storage: str, *, repair: bool = True) -> Any:
         try:
             return optuna.storages.RDBStorage(storage)
         except Exception as exc:  # bad URL, driver missing, server unreachable
-            raise UserError(f"cannot open Optuna storage {storage}: {str(exc).splitlines()[0]}") from None
+            raise UserError(f"cannot open Optuna storage {masked(storage)}: "
+                            f"{masked(str(exc).splitlines()[0], storage)}") from None
     folder = Path(storage).parent
     if not folder.is_dir():
         raise UserError(f"Optuna journal {storage} is in folder {folder}, which does not exist")

@@ -132,6 +132,7 @@ def init_ray(
                 num_cpus=num_cpus or os.cpu_count() or 1, num_gpus=num_gpus, include_dashboard=dashboard,
                 dashboard_host="127.0.0.1", runtime_env=_runtime_env(), log_to_driver=False,
             )
+            protect_auth_token()
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - Ray raises bare Exception (e.g. a raylet killed by a memory limit), OSError, ...
@@ -146,6 +147,21 @@ def init_ray(
         hint = hint or ("; check free memory (a memory limit kills Ray's processes), free space and permissions under "
                         f"{os.environ.get('RAY_TMPDIR', '/tmp')}, or give fewer --num-cpus")
         raise UserError(f"could not {verb} {where}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}{hint}") from None
+
+
+def protect_auth_token() -> str | None:
+    """Make Ray's token file readable by its owner only (Ray writes ``~/.ray/auth_token`` 0644); return its path.
+
+    The token authenticates every client of the local runtime: another user who reads it may run code here.
+    """
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
+    try:
+        info = os.stat(path)
+        if info.st_uid == os.getuid() and info.st_mode & 0o077:
+            os.chmod(path, 0o600)
+    except OSError:  # no token file (authentication off, or the token given in RAY_AUTH_TOKEN)
+        return None
+    return path
 
 
 def server_count(keys: int, gpus: int) -> tuple[int, float]:
