@@ -132,3 +132,31 @@ def test_a_rerun_recomputes_each_damaged_cell_once_and_keeps_the_damaged_files(
     capsys.readouterr()
     assert main(["table", out]) == 0
     assert "ZS-CLIP" in capsys.readouterr().out
+
+
+def test_a_dead_writers_temporary_is_removed_even_when_nothing_is_left_to_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Issue 23, point 8: clean-up of stray temporaries runs before anything else."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from benchmark.builtin_suite import ensure_builtin_suite
+    from benchmark.results_io import TMP_PREFIX, stray_temporaries
+
+    monkeypatch.setenv("CRAFT_BENCH_CACHE", str(tmp_path / "cache"))
+    ensure_builtin_suite(tmp_path / "cache" / "builtin")
+    out = tmp_path / "out"
+    raw = {"out": str(out), "datasets": ["digits_rotate"], "methods": ["zero_shot_clip"], "shots": [2],
+           "seeds": [1, 2], "backbones": ["craft-tiny:builtin"]}
+    config = tmp_path / "sweep.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    paths = [write_cell(str(out), [ok_row(c)]) for c in expand(config_from_dict(raw))]
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout)
+    tmp = Path(paths[0]).parent / f"{TMP_PREFIX}{dead}@{__import__('socket').gethostname()}@x.parquet"
+    tmp.write_bytes(b"half")
+    assert main(["bench", str(config)]) == 0
+    assert "nothing to run: all 2 cells" in capsys.readouterr().out
+    assert stray_temporaries(str(out)) == [] and not tmp.exists()

@@ -50,10 +50,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     check_location(cfg.out)
 
-    from benchmark.results_io import lock_results
+    from benchmark.results_io import clean_temporaries, lock_results
     from benchmark.sweep.runner import init_ray, pending_cells, run_sweep
 
     with lock_results(cfg.out):  # before Ray starts: a second driver on this folder is refused at once
+        clean_temporaries(cfg.out)  # what dead writers left, even when nothing is left to run
         todo, skipped = pending_cells(cells, cfg.out, args.rerun_failed)
         if not todo:
             print(f"nothing to run: all {skipped} cells of {args.config} are done or failed before "

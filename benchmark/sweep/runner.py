@@ -328,6 +328,7 @@ def run_sweep(
     start = time.perf_counter()
     check_location(out)
     with lock_results(out):  # one driver per results folder: the scan below and the writes are ours
+        clean_temporaries(out)  # first, even when nothing is left to run: what dead writers left
         status, damaged = scan_cells(out)
         todo, summary.skipped = _pending(cells, status, rerun_failed)
         damaged = _damaged_of(todo, damaged)
@@ -343,7 +344,6 @@ def run_sweep(
             # Kept beside their cells under a name nothing reads; the rerun's result takes their place.
             moved = move_aside(out, list(damaged))
             summary.moved_aside = [f"{p} ({damaged[p.rsplit(DAMAGED_MARK, 1)[0]]})" for p in moved]
-            clean_temporaries(out)
         except BaseException:
             stop_servers(servers)
             raise
