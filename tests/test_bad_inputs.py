@@ -201,3 +201,13 @@ def test_ray_failing_to_start(tmp_path: Path) -> None:
     assert len(errors) == 1 and "Traceback" not in run.stderr
     assert errors[0].startswith("craft bench: error: could not start a local Ray runtime: NotADirectoryError: ")
     assert not (tmp_path / "r").exists()  # nothing written
+
+
+def test_shots_above_the_images_of_a_class_are_said_once(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CRAFT_BENCH_CACHE", str(_builtin_cache(tmp_path)))
+    config = write(tmp_path / "s.yaml", SWEEP, out=str(tmp_path / "r"), shots=[2, 5000, 9000], seeds=[1, 2, 3])
+    assert main(["bench", str(config), "--dry-run"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("note: ") == 1 and err.startswith("note: digits_noise: 10 of 10 classes have fewer training images than 9000")
+    assert "its 5000, 9000-shot cells use every image of such classes" in err

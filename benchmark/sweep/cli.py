@@ -44,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--{flag.replace('_', '-')} must be {'>= 1' if flag == 'num_cpus' else '>= 0'}, got {value}")
     cfg = load_config(args.config)
     cells = expand(cfg)
-    check_inputs(cfg)
+    for note in check_inputs(cfg):  # said once, before anything runs
+        print(f"note: {note}", file=sys.stderr)
     if args.dry_run:
         print(format_plan(make_plan(cells, cfg.out), cfg, args.rerun_failed))
         return 0

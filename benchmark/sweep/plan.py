@@ -68,20 +68,34 @@ def make_plan(cells: list[Cell], out: str) -> Plan:
     return Plan(cells, status, {c.cell_id: estimated_queries(c) for c in cells})
 
 
-def check_inputs(cfg: SweepConfig) -> None:
-    """What can be checked before Ray starts: the data root, every dataset's files, the backbones."""
+def check_inputs(cfg: SweepConfig) -> list[str]:
+    """What can be checked before Ray starts: the data root, every dataset's files, the backbones.
+
+    Returns notes to show once: a dataset with a class that has fewer training images than a
+    sweep's shots (its cells at those shots train on every image of such classes).
+    """
     from benchmark.datasets.registry import load_dataset
     from benchmark.models import known_backbones
     from benchmark.builtin_suite import BUILTIN_BACKBONE
 
     if cfg.root is not None and not os.path.isdir(cfg.root):
         raise UserError(f"{cfg.path}: root {cfg.root} does not exist or is not a folder (it must hold the dataset folders)")
+    notes = []
     for ds in cfg.datasets:
         for key in (ds, *cfg.eval_datasets.get(ds, ())):
             try:
-                load_dataset(key, cfg.root)
+                splits = load_dataset(key, cfg.root)
             except UserError as exc:
                 raise UserError(f"{cfg.path}: {exc}") from None
+            if key == ds and splits.train:
+                per_class = Counter(item.label for item in splits.train)
+                fewest = min(per_class.values())
+                over = [k for k in cfg.shots if k > fewest]
+                if over:
+                    short = sum(1 for n in per_class.values() if n < max(over))
+                    notes.append(f"{ds}: {short} of {len(per_class)} classes have fewer training images than "
+                                 f"{max(over)} (the fewest: {fewest}); its {', '.join(map(str, over))}-shot cells use "
+                                 "every image of such classes")
     known = set(known_backbones())
     for name, weights in cfg.backbones:
         if name not in known:
@@ -90,6 +104,7 @@ def check_inputs(cfg: SweepConfig) -> None:
             raise UserError(f"{cfg.path}: weights 'builtin' exist only for {BUILTIN_BACKBONE}, not {name}")
         if ("/" in weights or weights.endswith((".pt", ".pth", ".bin", ".safetensors"))) and not Path(weights).is_file():
             raise UserError(f"{cfg.path}: checkpoint {weights} (weights of {name}) does not exist")
+    return notes
 
 
 def format_plan(plan: Plan, cfg: SweepConfig, rerun_failed: bool = False) -> str:
