@@ -133,6 +133,7 @@ def init_ray(
                 dashboard_host="127.0.0.1", runtime_env=_runtime_env(), log_to_driver=False,
             )
             protect_auth_token()
+            _reap_with_this_process()
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - Ray raises bare Exception (e.g. a raylet killed by a memory limit), OSError, ...
@@ -147,6 +148,19 @@ def init_ray(
         hint = hint or ("; check free memory (a memory limit kills Ray's processes), free space and permissions under "
                         f"{os.environ.get('RAY_TMPDIR', '/tmp')}, or give fewer --num-cpus")
         raise UserError(f"could not {verb} {where}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}{hint}") from None
+
+
+def _reap_with_this_process() -> None:
+    """Start the watcher that ends this local runtime's processes when this process ends (:mod:`benchmark.ray_reaper`)."""
+    from ray._private import worker
+
+    from benchmark import ray_reaper
+
+    node = worker._global_node
+    if node is not None and sys.platform.startswith("linux"):
+        import ray
+
+        ray_reaper.start(node.get_session_dir_path(), os.path.dirname(os.path.abspath(ray.__file__)))
 
 
 def protect_auth_token() -> str | None:
