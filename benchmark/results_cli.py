@@ -14,7 +14,7 @@ import argparse
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("results", help="results folder or URI (s3://bucket/prefix)")
     parser.add_argument("--move-aside", action="store_true",
-                        help="rename damaged files to <name>.damaged-<time> now (kept, never read), so their cells count as to run")
+                        help="rename damaged files to .<name>.damaged-<time> now (kept, never read), so their cells count as to run")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,8 +33,8 @@ def run(args: argparse.Namespace) -> int:
     for path, why in sorted(damaged.items()):
         print(f"damaged: {path}: {why}")
     if damaged and args.move_aside:
-        for path in move_aside(args.results, sorted(damaged)):
-            print(f"moved aside: {path}")
+        for path, new in move_aside(args.results, sorted(damaged)).items():
+            print(f"moved aside: {path} -> {new}")
         return 0
     if damaged:
         print("craft bench runs these cells again (moving each file aside first); --move-aside does that step now")

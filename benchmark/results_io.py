@@ -10,7 +10,7 @@ Nothing here unpickles: results are Parquet, logs are text.
 
 A done cell is a file that reads back whole (:func:`verify_file`: footer, row count, page
 checksums written with it, and rows naming the cell); a damaged one counts as not there, and
-the sweep that runs it again first moves the damaged file aside (``<name>.damaged-<time>``),
+the sweep that runs it again first moves the damaged file aside (``.<name>.damaged-<time>``),
 so that nothing already written is lost.
 """
 
@@ -37,7 +37,7 @@ OK_SUFFIX = ".parquet"
 FAILED_SUFFIX = ".failed.parquet"
 LOG_SUFFIX = ".log"
 TMP_PREFIX = ".tmp-"
-DAMAGED_MARK = ".damaged-"  # a damaged result file moved aside: <name>.damaged-<UTC time>
+DAMAGED_MARK = ".damaged-"  # a damaged result file moved aside: .<name>.damaged-<UTC time>
 # A temporary of a writer on another host is taken as abandoned after this long.
 FOREIGN_TMP_MAX_AGE_S = 3600.0
 
@@ -255,18 +255,21 @@ def cell_status(out: str) -> dict[str, str]:
     return scan_cells(out)[0]
 
 
-def move_aside(out: str, paths: list[str]) -> list[str]:
-    """Rename each damaged result file to ``<name>.damaged-<UTC time>`` (kept, no longer read); return the new paths."""
+def move_aside(out: str, paths: list[str]) -> dict[str, str]:
+    """Rename each damaged result file to ``.<name>.damaged-<UTC time>`` beside it: kept, and hidden from
+    every reader (pyarrow and pandas skip dot-files; the name no longer ends in ``.parquet``).
+    Returns ``{path: new path}`` for the files moved."""
     fs, _ = resolve(out)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    moved = []
+    moved = {}
     for path in paths:
-        target = f"{path}{DAMAGED_MARK}{stamp}"
+        folder, name = path.rsplit("/", 1)
+        target = f"{folder}/.{name}{DAMAGED_MARK}{stamp}"
         try:
             fs.move(path, target)
         except FileNotFoundError:
             continue  # another writer replaced or moved it meanwhile
-        moved.append(target)
+        moved[path] = target
     return moved
 
 

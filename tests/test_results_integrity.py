@@ -86,7 +86,7 @@ def test_craft_results_lists_damaged_files_and_moves_them_aside(tmp_path: Path, 
     assert f"{out}: 1 cells done, 0 failed, 1 damaged result file(s)" in text
     assert f"damaged: {bad}: empty file (0 bytes)" in text
     assert main(["results", out, "--move-aside"]) == 0
-    moved = list(Path(bad).parent.glob(f"{Path(bad).name}{DAMAGED_MARK}*"))
+    moved = list(Path(bad).parent.glob(f".{Path(bad).name}{DAMAGED_MARK}*"))
     assert len(moved) == 1 and moved[0].read_bytes() == b""  # kept as it was
     assert not Path(bad).exists() and Path(good).exists()
     assert main(["results", out]) == 0
@@ -126,7 +126,7 @@ def test_a_rerun_recomputes_each_damaged_cell_once_and_keeps_the_damaged_files(
     for cell in cells:
         folder = Path(paths[cell.cell_id]).parent
         assert len(list(folder.glob(f"{cell.cell_id}.parquet"))) == 1
-        assert len(list(folder.glob(f"{cell.cell_id}.parquet{DAMAGED_MARK}*"))) == (cell in cells[1:])
+        assert len(list(folder.glob(f".{cell.cell_id}.parquet{DAMAGED_MARK}*"))) == (cell in cells[1:])
     after = load_results(out).set_index("cell_id")["top1_test"]
     assert after.sort_index().tolist() == before.sort_index().tolist()  # zero-shot: the same numbers again
     capsys.readouterr()

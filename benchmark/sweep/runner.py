@@ -27,7 +27,7 @@ from typing import Any
 
 from benchmark.errors import UserError
 from benchmark.results_io import (
-    DAMAGED_MARK, parse_cell_file, check_location, check_writable, clean_temporaries, lock_results, move_aside, scan_cells, write_cell, write_log,
+    parse_cell_file, check_location, check_writable, clean_temporaries, lock_results, move_aside, scan_cells, write_cell, write_log,
 )
 from benchmark.sweep.cell import Cell
 
@@ -357,7 +357,7 @@ def run_sweep(
             check_writable(out)
             # Kept beside their cells under a name nothing reads; the rerun's result takes their place.
             moved = move_aside(out, list(damaged))
-            summary.moved_aside = [f"{p} ({damaged[p.rsplit(DAMAGED_MARK, 1)[0]]})" for p in moved]
+            summary.moved_aside = [f"{old} -> {new} ({damaged[old]})" for old, new in moved.items()]
         except BaseException:
             stop_servers(servers)
             raise
