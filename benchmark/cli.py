@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from benchmark.errors import UserError
+
+MAX_MESSAGE_CHARS = 2000
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("benchmark.demo", "run zero-shot, BBT and CraFT on the built-in suite through Ray"),
@@ -18,6 +21,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "tune": ("tuning.cli", "search hyperparameters with Optuna through Ray Tune"),
     "table": ("benchmark.report.tables_cli", "render result tables (Markdown, LaTeX, CSV)"),
     "plot": ("benchmark.report.plots_cli", "render result figures (PNG)"),
+    "results": ("benchmark.results_cli", "verify a results folder: cells done and failed, damaged files named"),
     "perf": ("benchmark.perf", "measure query throughput: official-style path versus fast path"),
     "datasets": ("benchmark.datasets.cli", "list the dataset registry or check a data root"),
     "cache": ("benchmark.cache_cli", "list, verify or clear the image-feature cache"),
@@ -51,13 +55,23 @@ def main(argv: list[str] | None = None) -> int:
     module.add_arguments(sub_parser)
     args = sub_parser.parse_args(argv[1:])
     try:
-        return int(module.run(args) or 0)
+        status = int(module.run(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not in Python's exit flush
+        return status
     except UserError as exc:
-        print(f"craft {known.command}: error: {exc}", file=sys.stderr)
+        message = str(exc)
+        if len(message) > MAX_MESSAGE_CHARS:  # whatever echoes a value, one sentence stays short
+            message = message[: MAX_MESSAGE_CHARS - 3] + "..."
+        print(f"craft {known.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (``craft bench --dry-run | head -2``): not an error, nothing more to say.
+        # Point stdout at /dev/null so that Python's exit flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a program a closed pipe stopped
 
 
 if __name__ == "__main__":

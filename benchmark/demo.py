@@ -7,6 +7,7 @@ A thin wrapper of ``craft bench``: its flags make the sweep config of ``configs/
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Sequence
 
@@ -49,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = demo_config(args.out, args.datasets, args.methods, args.shots, args.seeds, args.protocol)
     cells = expand(cfg)
-    check_inputs(cfg)
+    for note in check_inputs(cfg):  # said once, before anything runs
+        print(f"note: {note}", file=sys.stderr)
     start = time.perf_counter()
     summary = run_sweep(cells, cfg.out, num_cpus=args.num_cpus, runs_per_server=cfg.runs_per_server,
                         progress=not args.no_progress, precision=cfg.precision, colocate=cfg.colocate)

@@ -3,3 +3,18 @@
 
 class UserError(Exception):
     """Bad input from the user: a config key, a path, a name. Raised before expensive work."""
+
+
+def show(value: object, limit: int = 200) -> str:
+    """``repr(value)`` for an error message, cut to about ``limit`` characters without building it whole.
+
+    A YAML alias bomb of a few hundred bytes expands to a structure whose full repr is gigabytes;
+    :mod:`reprlib` stops at a few items per level and a few levels deep.
+    """
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel, r.maxlist, r.maxtuple, r.maxdict, r.maxset = 3, 6, 6, 6, 6
+    r.maxstring, r.maxother, r.maxlong = limit, limit, 40
+    text = r.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

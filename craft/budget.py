@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 _BY_SHOTS = {1: 2000, 2: 4000, 4: 4000, 8: 8000, 16: 8000}
 _IMAGENET_BY_SHOTS = {1: 2000, 2: 4000, 4: 4000, 8: 4000, 16: 4000}
 
@@ -15,3 +17,16 @@ def default_budget(shots: int, dataset: str = "") -> int:
         raise ValueError(f"shots must be positive, got {shots}")
     # Between the paper's values: the budget of the largest listed shots below.
     return table[max(k for k in table if k <= shots)]
+
+
+def one_step(config: Any) -> int | None:
+    """Queries one step of a method's search costs, the least budget that buys anything: a CMA-ES
+    generation (``popsize``) or a CBBT gradient estimate (``1 + q``, ``1 + 2q`` two-sided); None for
+    a config without budgeted steps (zero-shot CLIP, white-box CoOp)."""
+    if hasattr(config, "popsize"):
+        return int(config.popsize)
+    if hasattr(config, "q") and hasattr(config, "two_sided"):
+        from craft.zeroth_order import queries_per_step
+
+        return queries_per_step(config.q, config.two_sided)
+    return None

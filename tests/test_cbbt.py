@@ -136,6 +136,16 @@ def _run(hp: dict, *, box_budget: int = 10**6, per_split: int = 20, seed: int = 
     return get_method("cbbt").run(box, task, cfg, seed), box, backend
 
 
+def test_a_config_budget_below_one_step_is_refused() -> None:
+    from craft.methods.cbbt import CBBTConfig
+
+    with pytest.raises(ValueError, match=r"budget=0 .*budget null or >= one step's queries"):
+        CBBTConfig(budget=0)
+    with pytest.raises(ValueError, match=r"budget=8 "):
+        CBBTConfig(q=4, two_sided=True, budget=8)
+    assert CBBTConfig(q=4, two_sided=True, budget=9).budget == 9
+
+
 @settings(max_examples=30, deadline=None)
 @given(
     q=st.integers(1, 6),
@@ -152,10 +162,11 @@ def _run(hp: dict, *, box_budget: int = 10**6, per_split: int = 20, seed: int = 
 def test_query_accounting_is_exact(q, two_sided, batch, per_split, epochs, adapter, adapter_start, eval_every, budget, cap_in_config):
     hp = {"q": q, "two_sided": two_sided, "batch_size": batch, "epochs": epochs, "adapter_ratio": adapter,
           "adapter_start": adapter_start, "eval_every": eval_every}
+    cost = 1 + (2 if two_sided else 1) * q
     if cap_in_config:
+        budget = max(budget, cost)  # a config's budget below one step is refused (test below); the box's may be
         hp["budget"] = budget
     result, box, backend = _run(hp, box_budget=10**6 if cap_in_config else budget, per_split=per_split)
-    cost = 1 + (2 if two_sided else 1) * q
     steps_per_epoch = max(1, per_split // batch)
     steps = min(epochs * steps_per_epoch, budget // cost)
     train_calls = [k for k in backend.kinds if k[2] == "train"]

@@ -84,3 +84,51 @@ def test_bad_input_exits_2_before_work(tmp_path, capsys):
     assert code == 2 and f"data root {tmp_path / 'nope'} does not exist" in out
     code, out = check(capsys, "--root", str(tmp_path), "caltech")
     assert code == 2 and "unknown dataset 'caltech'; valid keys: imagenet, caltech101" in out
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares ``width x height`` pixels and holds none: PIL refuses it as a decompression bomb on open."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def test_a_decompression_bomb_image_is_named_and_the_report_goes_on(root, capsys):
+    """Issue 23, point 7: a 50,000 x 50,000 image no longer aborts the whole report."""
+    bad = root / "imagenet-sketch" / "images" / "n01440764" / "n01440764_0.JPEG"
+    bad.write_bytes(_png_header_only(50_000, 50_000))
+    code, out = check(capsys, "--root", str(root), "imagenet_sketch", "eurosat", "--verify-images", "all")
+    assert code == 1 and "Traceback" not in out
+    assert f"image {bad} is refused: Image size (2500000000 pixels) exceeds limit" in out
+    assert "1 of 2 datasets ok; not ok: imagenet_sketch" in out
+
+
+def test_split_paths_that_leave_the_data_root_are_refused_unless_allowed(root, capsys, monkeypatch):
+    """Issue 23, point 9: absolute and '..' paths in split files, and links out of a dataset's folder."""
+    path = root / "food-101" / "split_zhou_Food101.json"
+    split = json.loads(path.read_text())
+    split["train"][5][0] = "../../../etc/hostname"
+    path.write_text(json.dumps(split))
+    code, out = check(capsys, "--root", str(root), "food101")
+    assert code == 1
+    assert (f"split file {path}: train[5]: image path '../../../etc/hostname' leaves the dataset's folder "
+            "(absolute or through '..'); give it relative to the folder, or set CRAFT_ALLOW_PATHS_OUTSIDE_ROOT=1") in out
+    split["train"][5][0] = "/etc/hostname"
+    path.write_text(json.dumps(split))
+    assert "image path '/etc/hostname' leaves the dataset's folder" in check(capsys, "--root", str(root), "food101")[1]
+    monkeypatch.setenv("CRAFT_ALLOW_PATHS_OUTSIDE_ROOT", "1")
+    assert "leaves the dataset's folder" not in check(capsys, "--root", str(root), "food101")[1]
+
+    monkeypatch.delenv("CRAFT_ALLOW_PATHS_OUTSIDE_ROOT")
+    outside = root.parent / "elsewhere.jpg"
+    link = root / "oxford_pets" / "images" / "c1" / "train_1_0.jpg"
+    outside.write_bytes(link.read_bytes())
+    link.unlink()
+    link.symlink_to(outside)
+    code, out = check(capsys, "--root", str(root), "oxford_pets", "--verify-images", "all")
+    assert code == 1 and f"image {link} leads outside the dataset's folder, to {outside} (a link)" in out

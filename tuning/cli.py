@@ -24,7 +24,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import optuna
 
-    from benchmark.errors import UserError
     from tuning.config import load_config
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -34,9 +33,24 @@ def run(args: argparse.Namespace) -> int:
         return _export(cfg, args.export)
     if args.dry_run:
         return _dry_run(cfg)
-    from tuning.search import run_search
+    from tuning.storage import lock_storage
 
-    statuses = run_search(cfg, address=args.address, num_cpus=args.num_cpus, progress=not args.no_progress)
+    with lock_storage(cfg.storage):  # a second search on this storage would fail the first's running trials
+        return _search(cfg, args)
+
+
+def _search(cfg, args) -> int:
+    import sys
+
+    from benchmark.errors import UserError
+    from tuning.search import SearchInterrupted, run_search
+
+    try:
+        statuses = run_search(cfg, address=args.address, num_cpus=args.num_cpus, progress=not args.no_progress)
+    except SearchInterrupted as stop:
+        print(f"interrupted: the search stopped, {stop.marked} running trial(s) marked failed (interrupted); "
+              f"resume with: craft tune {cfg.path}", file=sys.stderr)
+        return 130
     short = [s for s in statuses if s.finished < s.requested]
     for s in statuses:
         failed = f", {s.failed_now} failed this run" if s.failed_now else ""
@@ -66,7 +80,7 @@ def _export(cfg, path: str) -> int:
 def _dry_run(cfg) -> int:
     import os
 
-    from tuning.storage import finished, load_existing, open_storage
+    from tuning.storage import finished, load_existing, masked, open_storage
     from tuning.studies import plan_studies
 
     storage = open_storage(cfg.storage, repair=False) if cfg.is_url() or os.path.isfile(cfg.storage) else None
@@ -75,7 +89,7 @@ def _dry_run(cfg) -> int:
         done = len(finished(study)) if study is not None else 0
         print(f"study {s.name}: {done}/{cfg.trials} trials finished; milestones (queries) {list(s.milestones.queries)}; "
               f"searching {', '.join(s.space.names)}")
-    print(f"storage: {cfg.storage}")
+    print(f"storage: {masked(cfg.storage)}")
     return 0
 
 

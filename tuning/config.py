@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from benchmark.errors import UserError
+from benchmark.config_yaml import read_yaml
+from benchmark.errors import UserError, show
 from benchmark.results_io import check_location
+from benchmark.sweep.config import SEED_LIMIT, check_seeds, expand_home
 from craft.methods import METHODS
 from tuning.space import Space, default_space, parse_space
 
@@ -93,21 +93,29 @@ class SearchConfig:
 def _list(raw: dict, key: str, kind: type, where: str, default: list | None = None) -> list:
     value = raw.get(key, default)
     if value is None:
-        raise UserError(f"{where}: missing key {key!r} ({KEYS[key]})")
+        raise UserError(f"{where}: missing key {show(key)} ({KEYS[key]})")
     if isinstance(value, kind) and not isinstance(value, bool):
         value = [value]
     if not isinstance(value, list) or not value or any(isinstance(v, bool) or not isinstance(v, kind) for v in value):
-        raise UserError(f"{where}: {key} must be a non-empty list of {kind.__name__}, got {value!r}")
+        raise UserError(f"{where}: {key} must be a non-empty list of {kind.__name__}, got {show(value)}")
     if len(set(value)) != len(value):
-        raise UserError(f"{where}: {key} lists a value twice: {value!r}")
+        raise UserError(f"{where}: {key} lists a value twice: {show(value)}")
     return value
 
 
 def _int(raw: dict, key: str, default: int, low: int, where: str) -> int:
     value = raw.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise UserError(f"{where}: {key} must be an integer >= {low}, got {value!r}")
+        raise UserError(f"{where}: {key} must be an integer >= {low}, got {show(value)}")
     return value
+
+
+def _sampler_seed(raw: dict, where: str) -> int:
+    """The sampler's seed: numpy takes < 2**32, and the search adds the trial count to it."""
+    seed = _int(raw, "seed", 0, 0, where)
+    if seed >= SEED_LIMIT:
+        raise UserError(f"{where}: seed must be < {SEED_LIMIT:,} (it seeds numpy's generator), got {seed}")
+    return seed
 
 
 def _check_folder(path: str, where: str, what: str) -> None:
@@ -123,7 +131,8 @@ def _storage(raw: dict, out: str, where: str) -> str:
             raise UserError(f"{where}: out {out} is not a local folder, so give storage: a journal file path or an RDB URL")
         return os.path.join(out, "optuna.journal")  # the out folder is created by the search
     if not isinstance(storage, str) or not storage:
-        raise UserError(f"{where}: storage must be a journal file path or an RDB URL, got {storage!r}")
+        raise UserError(f"{where}: storage must be a journal file path or an RDB URL, got {show(storage)}")
+    storage = expand_home(storage)
     if storage.startswith("sqlite:///"):
         _check_folder(storage[len("sqlite:///"):], where, "storage database")
     elif "://" not in storage:
@@ -140,7 +149,7 @@ def _hparams(raw: Any, methods: list[str], datasets: list[str], bench: dict[str,
 
     raw = raw or {}
     if not isinstance(raw, dict):
-        raise UserError(f"{where}: hparams must map method -> dataset ('*' = all) -> key: value, got {raw!r}")
+        raise UserError(f"{where}: hparams must map method -> dataset ('*' = all) -> key: value, got {show(raw)}")
     for method, by_ds in raw.items():
         if method not in methods:
             raise UserError(f"{where}: hparams.{method} is not one of the tuned methods ({', '.join(methods)})")
@@ -155,7 +164,7 @@ def _hparams(raw: Any, methods: list[str], datasets: list[str], bench: dict[str,
 def _spaces(raw: Any, methods: list[str], fixed_union: dict[str, dict[str, Any]], where: str) -> dict[str, Space]:
     raw = raw or {}
     if not isinstance(raw, dict):
-        raise UserError(f"{where}: space must map method -> parameter -> spec, got {raw!r}")
+        raise UserError(f"{where}: space must map method -> parameter -> spec, got {show(raw)}")
     extra = sorted(set(raw) - set(methods))
     if extra:
         raise UserError(f"{where}: space.{extra[0]} is not one of the tuned methods ({', '.join(methods)})")
@@ -177,13 +186,13 @@ def _pruning(raw: Any, where: str) -> Pruning | None:
     if raw is True:
         return Pruning()
     if not isinstance(raw, dict) or set(raw) - {"grace_fraction", "reduction_factor"}:
-        raise UserError(f"{where}: pruning must be false or {{grace_fraction: 0.25, reduction_factor: 2}}, got {raw!r}")
+        raise UserError(f"{where}: pruning must be false or {{grace_fraction: 0.25, reduction_factor: 2}}, got {show(raw)}")
     grace = raw.get("grace_fraction", Pruning.grace_fraction)
     if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not 0 < grace < 1:
-        raise UserError(f"{where}: pruning.grace_fraction must be a number between 0 and 1 (exclusive), got {grace!r}")
+        raise UserError(f"{where}: pruning.grace_fraction must be a number between 0 and 1 (exclusive), got {show(grace)}")
     rf = raw.get("reduction_factor", Pruning.reduction_factor)
     if isinstance(rf, bool) or not isinstance(rf, int) or rf < 2:
-        raise UserError(f"{where}: pruning.reduction_factor must be an integer >= 2, got {rf!r}")
+        raise UserError(f"{where}: pruning.reduction_factor must be an integer >= 2, got {show(rf)}")
     return Pruning(float(grace), rf)
 
 
@@ -211,9 +220,9 @@ def _check_backbones(value: Any, where: str) -> dict[str, str]:
     known = set(known_backbones())
     for name, _ in pairs:
         if name not in known:
-            raise UserError(f"{where}: unknown backbone {name!r} (any name from open_clip.list_models() or craft-tiny)")
+            raise UserError(f"{where}: unknown backbone {show(name)} (any name from open_clip.list_models() or craft-tiny)")
     if len({name for name, _ in pairs}) != len(pairs):
-        raise UserError(f"{where}: backbones gives {value!r}: one set of weights per backbone in a search")
+        raise UserError(f"{where}: backbones gives {show(value)}: one set of weights per backbone in a search")
     return dict(pairs)
 
 
@@ -227,11 +236,11 @@ def parse_config(raw: Any, path: str, *, check_data: bool = True) -> SearchConfi
         raise UserError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(KEYS)}")
     name = raw.get("name", Path(path).stem)
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9._-]+", name):
-        raise UserError(f"{where}: name must be letters, digits, '.', '_' or '-', got {name!r}")
+        raise UserError(f"{where}: name must be letters, digits, '.', '_' or '-', got {show(name)}")
     methods = _list(raw, "methods", str, where)
     for m in methods:
         if m not in METHODS:
-            raise UserError(f"{where}: unknown method {m!r}; known methods: {', '.join(sorted(METHODS))}")
+            raise UserError(f"{where}: unknown method {show(m)}; known methods: {', '.join(sorted(METHODS))}")
         if m == "zero_shot_clip":
             raise UserError(f"{where}: method zero_shot_clip has no hyperparameters to search")
     datasets = _list(raw, "datasets", str, where)
@@ -244,16 +253,18 @@ def parse_config(raw: Any, path: str, *, check_data: bool = True) -> SearchConfi
             raise UserError(f"{where}: {exc}") from None
     shots = _list(raw, "shots", int, where, default=[16])
     if any(k < 1 for k in shots):
-        raise UserError(f"{where}: shots must be positive, got {shots!r}")
+        raise UserError(f"{where}: shots must be positive, got {show(shots)}")
     backbones = _check_backbones(raw.get("backbones"), where)
     out = raw.get("out", os.path.join("results", name))
     if not isinstance(out, str) or not out:
-        raise UserError(f"{where}: out must be a folder path or URI, got {out!r}")
+        raise UserError(f"{where}: out must be a folder path or URI, got {show(out)}")
+    out = expand_home(out)
     check_location(out)
     root = raw.get("root")
+    root = expand_home(root) if isinstance(root, str) else root
     if root is not None and (not isinstance(root, str) or not Path(root).is_dir()):
-        raise UserError(f"{where}: root {root!r} is not a folder (it must hold the dataset folders)")
-    search_seeds = _list(raw, "search_seeds", int, where, default=[1])
+        raise UserError(f"{where}: root {show(root)} is not a folder (it must hold the dataset folders)")
+    search_seeds = check_seeds(_list(raw, "search_seeds", int, where, default=[1]), "search_seeds", where)
     bench = {"out": out, "root": root, "methods": methods, "datasets": datasets, "shots": shots, "seeds": search_seeds,
              "backbones": [f"{b}:{w}" for b, w in backbones.items()]}
     hparams = _hparams(raw.get("hparams"), methods, datasets, bench, where)
@@ -261,23 +272,23 @@ def parse_config(raw: Any, path: str, *, check_data: bool = True) -> SearchConfi
     spaces = _spaces(raw.get("space"), methods, fixed_union, where)
     sampler = raw.get("sampler", "tpe")
     if sampler not in SAMPLERS:
-        raise UserError(f"{where}: sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+        raise UserError(f"{where}: sampler must be one of {', '.join(SAMPLERS)}, got {show(sampler)}")
     for module in SAMPLER_NEEDS.get(sampler, ()):
         if importlib.util.find_spec(module) is None:
-            raise UserError(f"{where}: sampler {sampler} needs the Python package {module!r} (pip install {module})")
+            raise UserError(f"{where}: sampler {sampler} needs the Python package {show(module)} (pip install {module})")
     warm = raw.get("warm_start", True)
     if not isinstance(warm, bool):
-        raise UserError(f"{where}: warm_start must be true or false, got {warm!r}")
+        raise UserError(f"{where}: warm_start must be true or false, got {show(warm)}")
     pool = raw.get("pool", []) or []
     if not isinstance(pool, list) or any(p not in POOLABLE for p in pool):
-        raise UserError(f"{where}: pool must be a list of {', '.join(POOLABLE)}, got {pool!r}")
+        raise UserError(f"{where}: pool must be a list of {', '.join(POOLABLE)}, got {show(pool)}")
     cfg = SearchConfig(
         path=path, name=name, methods=methods, datasets=datasets, shots=shots, backbones=backbones,
         out=out, storage=_storage(raw, out, where), root=root, hparams=hparams, spaces=spaces,
         trials=_int(raw, "trials", 30, 1, where), max_concurrent_trials=_int(raw, "max_concurrent_trials", 2, 1, where),
-        sampler=sampler, seed=_int(raw, "seed", 0, 0, where), pruning=_pruning(raw.get("pruning", True), where),
+        sampler=sampler, seed=_sampler_seed(raw, where), pruning=_pruning(raw.get("pruning", True), where),
         warm_start=warm, search_seeds=search_seeds,
-        test_seeds=_list(raw, "test_seeds", int, where, default=[1, 2, 3]),
+        test_seeds=check_seeds(_list(raw, "test_seeds", int, where, default=[1, 2, 3]), "test_seeds", where),
         pool=list(pool),
     )
     if check_data:
@@ -290,8 +301,5 @@ def load_config(path: str, *, check_data: bool = True) -> SearchConfig:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"config file {path} does not exist")
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    raw = read_yaml(p, str(path))
     return parse_config(raw, str(path), check_data=check_data)

@@ -20,6 +20,7 @@ import yaml
 
 from benchmark.errors import UserError
 from benchmark.sweep.cell import Cell
+from tuning.storage import masked
 from tuning.config import SearchConfig
 from tuning.storage import best_trial, finished, load_existing, open_storage
 from tuning.studies import Study, plan_studies
@@ -40,14 +41,14 @@ def best_per_study(cfg: SearchConfig, storage: Any | None = None) -> list[Best]:
     """The best completed trial of every study; a UserError names a study that has none."""
     if storage is None:
         if not cfg.is_url() and not Path(cfg.storage).is_file():
-            raise UserError(f"no search yet: {cfg.storage} does not exist; run craft tune {cfg.path} first")
+            raise UserError(f"no search yet: {masked(cfg.storage)} does not exist; run craft tune {cfg.path} first")
         storage = open_storage(cfg.storage, repair=False)
     out = []
     for study in plan_studies(cfg):
         ot = load_existing(storage, study.name)
         best = best_trial(ot) if ot is not None else None
         if best is None:
-            raise UserError(f"study {study.name} has no completed trial yet in {cfg.storage}; run craft tune {cfg.path} first")
+            raise UserError(f"study {study.name} has no completed trial yet in {masked(cfg.storage)}; run craft tune {cfg.path} first")
         out.append(Best(study, best.number, float(best.value), dict(best.params), len(finished(ot))))
     return out
 
@@ -76,7 +77,7 @@ def write_export(cfg: SearchConfig, path: str, bests: list[Best]) -> str:
     if not folder.is_dir():
         raise UserError(f"cannot write {path}: folder {folder} does not exist")
     header = [f"# Best configurations found by `craft tune {cfg.path}` ({dt.date.today().isoformat()}),",
-              f"# scored on few-shot validation (seeds {cfg.search_seeds}), never on test. Storage: {cfg.storage}"]
+              f"# scored on few-shot validation (seeds {cfg.search_seeds}), never on test. Storage: {masked(cfg.storage)}"]
     for b in bests:
         note = "" if b.finished >= cfg.trials else f" (search unfinished: {b.finished}/{cfg.trials})"
         header.append(f"# study {b.study.name}: best val {b.top1_val:.2f}% (trial {b.number}, "

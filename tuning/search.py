@@ -160,6 +160,9 @@ def run_search(cfg: SearchConfig, *, address: str | None = None, num_cpus: int |
     from benchmark.sweep.runner import init_ray, start_servers, stop_servers
 
     init_ray(address, num_cpus)
+    # Ray Tune's own SIGINT handler ends a round "gracefully" and returns, so the loop below would
+    # start another; without it Ctrl-C raises KeyboardInterrupt out of fit() and ends the search.
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     servers = start_servers(server_cells(todo), runs_per_server=cfg.max_concurrent_trials)
     try:
         for study in todo:
@@ -177,6 +180,18 @@ def run_search(cfg: SearchConfig, *, address: str | None = None, num_cpus: int |
                     break
             status.finished = len(finished(open_study(storage, study.name)))
             status.wall_s = time.perf_counter() - start
+    except KeyboardInterrupt:
+        # This driver is the only one on the storage (tuning.storage.lock_storage): what runs is ours.
+        marked = sum(fail_interrupted(open_study(storage, s.name)) for s in todo)
+        raise SearchInterrupted(marked) from None
     finally:
         stop_servers(servers)  # free their GPUs for the final evaluation
     return list(statuses.values())
+
+
+class SearchInterrupted(KeyboardInterrupt):
+    """Ctrl-C ended the search; ``marked`` running trials were marked FAIL (``interrupted``)."""
+
+    def __init__(self, marked: int) -> None:
+        super().__init__(marked)
+        self.marked = marked

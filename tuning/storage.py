@@ -9,6 +9,8 @@ one half-written last line (:func:`open_storage` cuts it) and trials marked RUNN
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,43 @@ from benchmark.errors import UserError
 DIRECTION = "maximize"
 INTERRUPTED = "interrupted"  # user attribute of a trial that a stopped driver left running
 WARM_START = "warm_start"  # user attribute naming the setting a warm-start trial was enqueued from
+
+
+def masked(text: str, url: str | None = None) -> str:
+    """``text`` with the password of a storage URL (``scheme://user:password@host``) shown as ``***``.
+
+    ``url``: the URL whose password to hide wherever it appears in ``text`` (an error that quotes it);
+    without it, ``text`` is taken as the URL itself.
+    """
+    from urllib.parse import urlsplit
+
+    url = text if url is None else url
+    try:
+        password = urlsplit(url).password if "://" in url else None
+    except ValueError:
+        password = None
+    if not password:
+        return text
+    return text.replace(f":{password}@", ":***@").replace(password, "***")
+
+
+@contextmanager
+def lock_storage(storage: str) -> Iterator[None]:
+    """Hold ``storage`` for this process (:func:`benchmark.locks.hold`), or UserError naming the search that has it.
+
+    A journal file or SQLite database is locked by a file beside it (``.<name>.craft-lock``);
+    a server database (PostgreSQL, MySQL) is not locked: give each search its own study names there.
+    """
+    from benchmark.locks import hold
+
+    path = storage[len("sqlite:///"):] if storage.startswith("sqlite:///") else storage
+    if "://" in path:
+        yield
+        return
+    folder, name = os.path.split(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    with hold(os.path.join(folder, f".{name}.craft-lock"), f"Optuna storage {masked(storage)}"):
+        yield
 
 
 def repair_journal(path: str) -> bool:
@@ -46,13 +85,40 @@ def open_storage(storage: str, *, repair: bool = True) -> Any:
         try:
             return optuna.storages.RDBStorage(storage)
         except Exception as exc:  # bad URL, driver missing, server unreachable
-            raise UserError(f"cannot open Optuna storage {storage}: {str(exc).splitlines()[0]}") from None
+            raise UserError(f"cannot open Optuna storage {masked(storage)}: "
+                            f"{masked(str(exc).splitlines()[0], storage)}") from None
     folder = Path(storage).parent
     if not folder.is_dir():
         raise UserError(f"Optuna journal {storage} is in folder {folder}, which does not exist")
     if repair:
         repair_journal(storage)
+    check_journal(storage)
     return JournalStorage(JournalFileBackend(storage))
+
+
+def check_journal(path: str) -> None:
+    """UserError naming the first whole line of the journal at ``path`` that is not a JSON record.
+
+    Optuna would fail on it with a bare JSONDecodeError when it replays the journal; a half-written
+    last line (no newline yet) is left to :func:`repair_journal`.
+    """
+    import json
+
+    p = Path(path)
+    if not p.is_file():
+        return
+    with open(p, "rb") as f:
+        for number, line in enumerate(f, 1):
+            if not line.endswith(b"\n"):
+                break
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            if not isinstance(record, dict):
+                shown = line[:60].decode("utf-8", "replace").strip()
+                raise UserError(f"Optuna journal {path}: line {number} is not a JSON record ({shown!r}); restore the "
+                                "journal from a copy, or remove that line to resume without the change it held")
 
 
 def open_study(storage: Any, name: str) -> Any:

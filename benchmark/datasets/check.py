@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmark.datasets.images import SYNTHETIC_SCHEME, load_image
-from benchmark.datasets.loaders import SPLITS, MissingDataset
+from benchmark.datasets.loaders import ALLOW_OUTSIDE_ENV, SPLITS, MissingDataset, outside_allowed
 from benchmark.datasets.registry import get_spec, load_dataset
 from benchmark.datasets.types import DatasetSplits
 from benchmark.errors import UserError
@@ -53,12 +53,18 @@ def require_images(ds: DatasetSplits, splits: tuple[str, ...] = SPLITS) -> None:
 def _unreadable(ds: DatasetSplits, per_split: int | None, absent: set[str]) -> list[str]:
     """Errors from opening the first ``per_split`` images of each split (all when None)."""
     errors, opened = [], set()
+    top = os.path.realpath(ds.image_root) + os.sep  # a linked dataset folder is fine; links out of it are not
     for split in SPLITS:
         for item in ds.split(split)[:per_split]:
             path = ds.abspath(item)
             if path in opened or path in absent:
                 continue
             opened.add(path)
+            real = os.path.realpath(path)
+            if "://" not in path and not real.startswith(top) and not outside_allowed():
+                errors.append(f"image {path} leads outside the dataset's folder, to {real} (a link); "
+                              f"set {ALLOW_OUTSIDE_ENV}=1 to allow it")
+                continue
             try:
                 load_image(path)
             except UserError as exc:

@@ -35,5 +35,7 @@ def load_image(path: str | Path) -> Image.Image:
             return image.convert("RGB")
     except FileNotFoundError:
         raise UserError(f"image {path} does not exist") from None
+    except Image.DecompressionBombError as exc:  # more pixels than PIL's limit: a decompression bomb, or a huge scan
+        raise UserError(f"image {path} is refused: {exc}") from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise UserError(f"image {path} cannot be read: {exc}") from None

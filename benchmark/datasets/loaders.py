@@ -17,6 +17,13 @@ from benchmark.datasets.types import DatasetSplits, Item
 from benchmark.errors import UserError
 
 SPLITS = ("train", "val", "test")
+# Set to 1 to accept image paths in split files that leave the dataset's folder (absolute, or with '..').
+ALLOW_OUTSIDE_ENV = "CRAFT_ALLOW_PATHS_OUTSIDE_ROOT"
+
+
+def outside_allowed() -> bool:
+    """Whether image paths that leave the data root are accepted (``CRAFT_ALLOW_PATHS_OUTSIDE_ROOT=1``)."""
+    return os.environ.get(ALLOW_OUTSIDE_ENV, "") == "1"
 ROW_FIELDS = ("image path", "label", "class name")
 
 
@@ -82,6 +89,9 @@ def _parse_row(path: Path, split: str, index: int, row: object) -> Item:
         if not ok:
             kind = "a non-negative integer" if field == 1 else "a non-empty string"
             raise UserError(f"{where} field {field} ({ROW_FIELDS[field]}) should be {kind}, got {value!r}")
+    if (os.path.isabs(impath) or ".." in Path(impath).parts) and not outside_allowed():
+        raise UserError(f"{where}: image path {impath!r} leaves the dataset's folder (absolute or through '..'); "
+                        f"give it relative to the folder, or set {ALLOW_OUTSIDE_ENV}=1 to allow it")
     return Item(impath, label, classname)
 
 

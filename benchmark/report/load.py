@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Callable
 
 import pandas as pd
 import pyarrow as pa
@@ -10,18 +12,38 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
 from benchmark.errors import UserError
+from benchmark.results_io import verify_file
 from benchmark.results_schema import SCHEMA
 
 
-def load_results(path: str | os.PathLike[str], *, ok_only: bool = True) -> pd.DataFrame:
+def warn_damaged(path: str, why: str) -> None:
+    """Say on stderr that a damaged result file is left out (the default of :func:`load_results`)."""
+    print(f"warning: skipped damaged result file {path}: {why} (craft bench runs its cell again)", file=sys.stderr)
+
+
+def load_results(
+    path: str | os.PathLike[str], *, ok_only: bool = True, on_damaged: Callable[[str, str], None] = warn_damaged
+) -> pd.DataFrame:
     """The result rows under ``path`` (a folder, a file, or a URI such as ``s3://bucket/results``).
 
     Files are read with :data:`~benchmark.results_schema.SCHEMA` (columns a file lacks are null);
-    ``ok_only`` keeps the rows whose status is ``ok``.
+    ``ok_only`` keeps the rows whose status is ``ok``. A file that does not verify
+    (:func:`benchmark.results_io.verify_file`) is left out and named to ``on_damaged(path, why)``,
+    so that one damaged cell does not hide the others.
     """
     fs, files = _parquet_files(str(path))
     if not files:
         raise UserError(f"no Parquet files under {path}")
+    good = []
+    for f in files:
+        why = verify_file(fs, f)
+        if why is None:
+            good.append(f)
+        else:
+            on_damaged(f, why)
+    if not good:
+        raise UserError(f"no readable Parquet files under {path}: all {len(files)} are damaged")
+    files = good
     try:
         table = ds.dataset(files, schema=SCHEMA, format="parquet", filesystem=fs).to_table()
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:

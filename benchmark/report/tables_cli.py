@@ -27,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.out is not None and args.out.is_dir():  # before reading anything
+        raise UserError(f"--out {args.out} is a folder; give a file path, e.g. {args.out / ('table.' + args.fmt)}")
     if args.published:
         if args.results:
             raise UserError("pass RESULTS or --published, not both")
@@ -43,8 +45,14 @@ def run(args: argparse.Namespace) -> int:
         df, args.kind, args.fmt, backbone=args.backbone, shots=args.shots, datasets=args.datasets, source=source
     )
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text, encoding="utf-8")
+        if args.out.is_dir():
+            raise UserError(f"--out {args.out} is a folder; give a file path, e.g. {args.out / ('table.' + args.fmt)}")
+        try:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            args.out.unlink(missing_ok=True)  # no partial table left behind
+            raise UserError(f"cannot write --out {args.out}: {exc.strerror or exc}") from None
     else:
         print(text, end="")
     return 0

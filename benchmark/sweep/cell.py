@@ -61,7 +61,7 @@ class Cell:
         if self.method == "zero_shot_clip" or getattr(method, "whitebox", False):
             return 0
         config = make_config(self.method, self.hparams, f"cell {self.method}/{self.dataset}")
-        if getattr(config, "budget", None):
+        if getattr(config, "budget", None) is not None:  # an explicit value, 0 included, is never the default
             return int(config.budget)
         if hasattr(method, "default_budget"):
             return int(method.default_budget(config, self.shots * get_spec(self.dataset).classes, self.dataset, self.backbone))

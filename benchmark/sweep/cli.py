@@ -44,35 +44,41 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--{flag.replace('_', '-')} must be {'>= 1' if flag == 'num_cpus' else '>= 0'}, got {value}")
     cfg = load_config(args.config)
     cells = expand(cfg)
-    check_inputs(cfg)
+    for note in check_inputs(cfg):  # said once, before anything runs
+        print(f"note: {note}", file=sys.stderr)
     if args.dry_run:
         print(format_plan(make_plan(cells, cfg.out), cfg, args.rerun_failed))
         return 0
     check_location(cfg.out)
 
+    from benchmark.results_io import clean_temporaries, lock_results
     from benchmark.sweep.runner import init_ray, pending_cells, run_sweep
 
-    todo, skipped = pending_cells(cells, cfg.out, args.rerun_failed)
-    if not todo:
-        print(f"nothing to run: all {skipped} cells of {args.config} are done or failed before "
-              f"(--rerun-failed retries failed ones); results in {cfg.out}")
-        return 0
-    init_ray(args.address, args.num_cpus, dashboard=args.dashboard)
-    if args.gpus and not (args.address or os.environ.get("RAY_ADDRESS")):
-        import ray
+    with lock_results(cfg.out):  # before Ray starts: a second driver on this folder is refused at once
+        clean_temporaries(cfg.out)  # what dead writers left, even when nothing is left to run
+        todo, skipped = pending_cells(cells, cfg.out, args.rerun_failed)
+        if not todo:
+            print(f"nothing to run: all {skipped} cells of {args.config} are done or failed before "
+                  f"(--rerun-failed retries failed ones); results in {cfg.out}")
+            return 0
+        init_ray(args.address, args.num_cpus, dashboard=args.dashboard)
+        if args.gpus and not (args.address or os.environ.get("RAY_ADDRESS")):
+            import ray
 
-        have = int(ray.cluster_resources().get("GPU", 0))
-        if args.gpus > have:
-            raise UserError(f"--gpus {args.gpus}: this machine has {have} GPU(s) for Ray (an autoscaling cluster could add more)")
-    summary = run_sweep(
-        cells, cfg.out, runs_per_server=cfg.runs_per_server, rerun_failed=args.rerun_failed,
-        progress=not args.no_progress, gpus=args.gpus, precision=cfg.precision, colocate=cfg.colocate,
-        compile=cfg.compile, attention=cfg.attention,
-    )
+            have = int(ray.cluster_resources().get("GPU", 0))
+            if args.gpus > have:
+                raise UserError(f"--gpus {args.gpus}: this machine has {have} GPU(s) for Ray (an autoscaling cluster could add more)")
+        summary = run_sweep(
+            cells, cfg.out, runs_per_server=cfg.runs_per_server, rerun_failed=args.rerun_failed,
+            progress=not args.no_progress, gpus=args.gpus, precision=cfg.precision, colocate=cfg.colocate,
+            compile=cfg.compile, attention=cfg.attention,
+        )
     print(
         f"{summary.done} cells done, {summary.skipped} already done or failed before (skipped), "
         f"{summary.failed} failed, in {summary.wall_s:.1f} s; results and per-cell logs in {cfg.out}"
     )
+    for line in summary.moved_aside:
+        print(f"damaged result file moved aside, its cell run again: {line}", file=sys.stderr)
     for line in summary.failures:
         print(f"failed: {line}", file=sys.stderr)
     if summary.failed:

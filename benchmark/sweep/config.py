@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,9 +21,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from benchmark.errors import UserError
+from benchmark.config_yaml import read_yaml
+from benchmark.errors import UserError, show
 
 KEYS = {
     "include": "configs merged first: names of benchmark/configs/*.yaml or paths relative to this file",
@@ -44,6 +44,13 @@ KEYS = {
     "compile": "true (or a torch.compile mode, e.g. reduce-overhead: CUDA graphs on a GPU): model servers run the text tower under torch.compile, one graph each, compiled in its first query (default false)",
 }
 DEFAULT_RUNS_PER_SERVER = 4
+MAX_INCLUDE_DEPTH = 32  # files in one include chain (Python's recursion would end a deeper one with a traceback)
+# Seeds seed numpy, torch and pycma and are stored as int32 (benchmark/results_schema.py): 0 <= seed < 2**31.
+SEED_LIMIT = 2**31
+SHOTS_LIMIT = 2**31  # stored as int32
+INT_LIMIT = 2**31  # integer hyperparameters (epochs, popsize, budget, ...): |value| < 2**31
+BUDGET_LIMIT = 2**53  # stored as int64; any real budget is far below
+STEPS_LIMIT = 2**31  # a run's trace counts its generations (steps) as int32
 
 
 @dataclass(frozen=True)
@@ -72,6 +79,11 @@ class SweepConfig:
         """The hyperparameters of ``method`` on ``dataset``: ``'*'`` overridden by the dataset's own."""
         by_ds = self.hparams.get(method, {})
         return {**by_ds.get("*", {}), **by_ds.get(dataset, {})}
+
+
+def expand_home(path: str) -> str:
+    """``~`` and ``~user`` at the start of a local path expanded (a URI is left as it is), as a shell would."""
+    return path if "://" in path else os.path.expanduser(path)
 
 
 def shipped_configs() -> list[str]:
@@ -103,10 +115,7 @@ def config_from_dict(raw: dict[str, Any], path: str = "<config>", base_dir: str 
 
 
 def _read_yaml(p: Path, where: str) -> dict[str, Any]:
-    try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise UserError(f"{where} is not valid YAML: {' '.join(str(exc).split())}") from None
+    raw = read_yaml(p, where)
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -118,6 +127,9 @@ def _load_layers(p: Path, where: str, chain: tuple[str, ...]) -> tuple[dict[str,
     key = str(p.resolve())
     if key in chain:
         raise UserError(f"{where}: include cycle: {' -> '.join([*chain, key])}")
+    if len(chain) >= MAX_INCLUDE_DEPTH:
+        raise UserError(f"{where}: includes nest more than {MAX_INCLUDE_DEPTH} files deep ({chain[0]} -> {chain[1]} -> ... "
+                        f"-> {key}); merge some of them")
     return _merge_with_includes(_read_yaml(p, where), where, p.parent, (*chain, key))
 
 
@@ -142,7 +154,7 @@ def _includes(value: Any, where: str) -> list[str]:
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise UserError(f"{where}: include must be a list of config names or paths, got {value!r}")
+        raise UserError(f"{where}: include must be a list of config names or paths, got {show(value)}")
     return value
 
 
@@ -150,12 +162,12 @@ def _resolve_include(entry: str, base_dir: Path, where: str) -> tuple[Path, str]
     if entry.endswith((".yaml", ".yml")) or "/" in entry:
         p = Path(entry) if Path(entry).is_absolute() else base_dir / entry
         if not p.is_file():
-            raise UserError(f"{where}: include {entry!r}: no such file {p}")
+            raise UserError(f"{where}: include {show(entry)}: no such file {p}")
         return p, str(p)
     shipped = shipped_configs()
     if entry not in shipped:
         raise UserError(
-            f"{where}: include {entry!r} is neither a shipped config ({', '.join(shipped)}) nor a .yaml path"
+            f"{where}: include {show(entry)} is neither a shipped config ({', '.join(shipped)}) nor a .yaml path"
         )
     return Path(str(_shipped_folder().joinpath(f"{entry}.yaml"))), f"{entry} (benchmark/configs/{entry}.yaml)"
 
@@ -180,21 +192,27 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 def _unknown(key: str, known: Any, what: str, where: str) -> UserError:
     close = difflib.get_close_matches(str(key), list(known), n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return UserError(f"{where}: unknown {what} {key!r}{hint}; known: {', '.join(sorted(map(str, known)))}")
+    hint = f" (did you mean {show(close[0])}?)" if close else ""
+    return UserError(f"{where}: unknown {what} {show(key)}{hint}; known: {', '.join(sorted(map(str, known)))}")
 
 
-def _int_list(value: Any, key: str, where: str, low: int | None) -> list[int]:
+def _int_list(value: Any, key: str, where: str, low: int, limit: int, why: str = "") -> list[int]:
     if not isinstance(value, list) or not value or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-        raise UserError(f"{where}: {key} must be a non-empty list of integers, got {value!r}")
-    if low is not None and any(v < low for v in value):
-        raise UserError(f"{where}: {key} must all be >= {low}, got {value!r}")
+        raise UserError(f"{where}: {key} must be a non-empty list of integers, got {show(value)}")
+    bad = [v for v in value if not low <= v < limit]
+    if bad:
+        raise UserError(f"{where}: {key} must all be >= {low} and < {limit:,}{why}, got {bad[0]}")
     return value
+
+
+def check_seeds(value: Any, key: str, where: str) -> list[int]:
+    """A non-empty list of seeds in 0 <= seed < 2**31 (what numpy and pycma take and the results store as int32)."""
+    return _int_list(value, key, where, 0, SEED_LIMIT, " (seeds seed numpy and pycma and are stored as int32)")
 
 
 def _str_list(value: Any, key: str, where: str) -> list[str]:
     if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
-        raise UserError(f"{where}: {key} must be a non-empty list of names, got {value!r}")
+        raise UserError(f"{where}: {key} must be a non-empty list of names, got {show(value)}")
     return value
 
 
@@ -216,12 +234,12 @@ def parse_backbones(value: Any, where: str) -> list[tuple[str, str]]:
         for v in value:
             name, sep, weights = v.partition(":")
             if not sep or not name or not weights:
-                raise UserError(f"{where}: backbones entry {v!r} must be name:weights, e.g. RN50:openai or craft-tiny:builtin")
+                raise UserError(f"{where}: backbones entry {show(v)} must be name:weights, e.g. RN50:openai or craft-tiny:builtin")
             pairs.append((name, weights))
         if len(set(pairs)) != len(pairs):
-            raise UserError(f"{where}: backbones lists {value!r} with a repeat")
+            raise UserError(f"{where}: backbones lists {show(value)} with a repeat")
         return pairs
-    raise UserError(f"{where}: backbones must be a list of name:weights (e.g. [RN50:openai]) or a mapping name: weights, got {value!r}")
+    raise UserError(f"{where}: backbones must be a list of name:weights (e.g. [RN50:openai]) or a mapping name: weights, got {show(value)}")
 
 
 def _check_layer(raw: dict[str, Any], where: str) -> None:
@@ -233,44 +251,50 @@ def _check_layer(raw: dict[str, Any], where: str) -> None:
         if key not in KEYS:
             raise _unknown(key, KEYS, "key", where)
     if "out" in raw and (not isinstance(raw["out"], str) or not raw["out"]):
-        raise UserError(f"{where}: out must be a folder path or URI, got {raw['out']!r}")
+        raise UserError(f"{where}: out must be a folder path or URI, got {show(raw['out'])}")
     if "root" in raw and raw["root"] is not None and (not isinstance(raw["root"], str) or not raw["root"]):
-        raise UserError(f"{where}: root must be a folder path or null, got {raw['root']!r}")
+        raise UserError(f"{where}: root must be a folder path or null, got {show(raw['root'])}")
     if "methods" in raw:
         for m in _str_list(raw["methods"], "methods", where):
             if m not in METHODS:
                 raise _unknown(m, METHODS, "method", f"{where}: methods")
     if "datasets" in raw:
+        from benchmark.datasets.registry import get_spec
+
         for i, ds in enumerate(_str_list(raw["datasets"], "datasets", where)):
             _check_dataset(ds, where, f"datasets[{i}]")
+            spec = get_spec(ds)
+            if spec.test_only:
+                raise UserError(f"{where}: datasets[{i}]: {ds} is a test set only (no training images); train on "
+                                f"{spec.parent} and score it with eval_datasets: {{{spec.parent}: [{ds}]}}")
     if "suite" in raw and raw["suite"] not in SUITES:
         raise _unknown(raw["suite"], SUITES, "suite", where)
     if "datasets" in raw and "suite" in raw:
         raise UserError(f"{where}: give datasets or suite, not both")
     if "shots" in raw:
-        _int_list(raw["shots"], "shots", where, 1)
+        _int_list(raw["shots"], "shots", where, 1, SHOTS_LIMIT, " (stored as int32)")
     if "seeds" in raw:
-        _int_list(raw["seeds"], "seeds", where, None)
+        check_seeds(raw["seeds"], "seeds", where)
     if "backbones" in raw:
         parse_backbones(raw["backbones"], where)
     if "runs_per_server" in raw:
         v = raw["runs_per_server"]
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise UserError(f"{where}: runs_per_server must be an integer >= 1, got {v!r}")
+            raise UserError(f"{where}: runs_per_server must be an integer >= 1, got {show(v)}")
     if "precision" in raw:
         from benchmark.engine import PRECISIONS
 
         if raw["precision"] not in PRECISIONS:
-            raise UserError(f"{where}: precision must be one of {', '.join(PRECISIONS)}, got {raw['precision']!r}")
+            raise UserError(f"{where}: precision must be one of {', '.join(PRECISIONS)}, got {show(raw['precision'])}")
     if "colocate" in raw and not isinstance(raw["colocate"], bool):
-        raise UserError(f"{where}: colocate must be true or false, got {raw['colocate']!r}")
+        raise UserError(f"{where}: colocate must be true or false, got {show(raw['colocate'])}")
     if "compile" in raw and not isinstance(raw["compile"], bool):
         _check_compile_mode(raw["compile"], where)
     if "attention" in raw:
         from benchmark.engine import ATTENTION_KERNELS
 
         if raw["attention"] not in ATTENTION_KERNELS:
-            raise UserError(f"{where}: attention must be one of {', '.join(ATTENTION_KERNELS)}, got {raw['attention']!r}")
+            raise UserError(f"{where}: attention must be one of {', '.join(ATTENTION_KERNELS)}, got {show(raw['attention'])}")
     if "eval_datasets" in raw:
         _check_eval_datasets(raw["eval_datasets"], where)
     if "hparams" in raw:
@@ -292,14 +316,14 @@ def _check_compile_mode(value: Any, where: str) -> None:
         except RuntimeError:  # a mode torch does not know
             pass
     raise UserError(f"{where}: compile must be true, false or a torch.compile mode (default, reduce-overhead, "
-                    f"max-autotune, max-autotune-no-cudagraphs), got {value!r}")
+                    f"max-autotune, max-autotune-no-cudagraphs), got {show(value)}")
 
 
 def _check_eval_datasets(value: Any, where: str) -> None:
     from benchmark.datasets.registry import get_spec
 
     if not isinstance(value, dict):
-        raise UserError(f"{where}: eval_datasets must map a training dataset to a list of test sets, got {value!r}")
+        raise UserError(f"{where}: eval_datasets must map a training dataset to a list of test sets, got {show(value)}")
     for ds, extra in value.items():
         _check_dataset(ds, where, f"eval_datasets.{ds}")
         for i, key in enumerate(_str_list(extra, f"eval_datasets.{ds}", where)):
@@ -313,12 +337,12 @@ def _check_hparams(value: Any, where: str) -> None:
     from craft.methods import METHODS, make_config
 
     if not isinstance(value, dict):
-        raise UserError(f"{where}: hparams must map method -> dataset ('*' = every dataset) -> key: value, got {value!r}")
+        raise UserError(f"{where}: hparams must map method -> dataset ('*' = every dataset) -> key: value, got {show(value)}")
     for method, by_ds in value.items():
         if method not in METHODS:
             raise _unknown(method, METHODS, "method", f"{where}: hparams")
         if not isinstance(by_ds, dict):
-            raise UserError(f"{where}: hparams.{method} must map dataset ('*' = every dataset) -> key: value, got {by_ds!r}")
+            raise UserError(f"{where}: hparams.{method} must map dataset ('*' = every dataset) -> key: value, got {show(by_ds)}")
         config_cls = METHODS[method].config_cls
         hints = typing.get_type_hints(config_cls)
         for ds, values in by_ds.items():
@@ -326,15 +350,19 @@ def _check_hparams(value: Any, where: str) -> None:
             if ds != "*":
                 _check_dataset(ds, where, path)
             if not isinstance(values, dict):
-                raise UserError(f"{where}: {path} must map hyperparameter -> value, got {values!r}")
+                raise UserError(f"{where}: {path} must map hyperparameter -> value, got {show(values)}")
             for name in values:
                 if name not in hints:
                     known = [f.name for f in dataclasses.fields(config_cls)]
                     raise _unknown(name, known, f"{method} hyperparameter", f"{where}: {path}")
                 if not _fits(values[name], hints[name]):
                     raise UserError(
-                        f"{where}: {path}.{name} must be {_type_name(hints[name])}, got {values[name]!r}"
+                        f"{where}: {path}.{name} must be {_type_name(hints[name])}, got {show(values[name])}"
                     )
+                v = values[name]
+                if isinstance(v, int) and not isinstance(v, bool) and not -INT_LIMIT <= v < INT_LIMIT:
+                    raise UserError(f"{where}: {path}.{name} must lie in -2**31 <= {name} < 2**31 "
+                                    f"(counts and steps are stored as int32), got {v}")
             try:
                 make_config(method, values, path)
             except (ValueError, TypeError) as exc:
@@ -378,7 +406,7 @@ def _finish(raw: dict[str, Any], where: str, includes: tuple[str, ...]) -> Sweep
 
     for key in ("out", "methods", "shots", "seeds", "backbones"):
         if key not in raw:
-            raise UserError(f"{where}: missing key {key!r} ({KEYS[key]})")
+            raise UserError(f"{where}: missing key {show(key)} ({KEYS[key]})")
     if "datasets" in raw:
         datasets = list(raw["datasets"])
     elif "suite" in raw:
@@ -391,10 +419,10 @@ def _finish(raw: dict[str, Any], where: str, includes: tuple[str, ...]) -> Sweep
         raise UserError(f"{where}: eval_datasets.{stray[0]}: {stray[0]} is not one of the sweep's datasets")
     protocol = raw.get("protocol", "harness")
     _check_combined_hparams(raw.get("hparams") or {}, datasets, where, protocol)
-    return SweepConfig(
+    cfg = SweepConfig(
         path=where,
-        out=raw["out"],
-        root=raw.get("root"),
+        out=expand_home(raw["out"]),
+        root=expand_home(raw["root"]) if raw.get("root") else raw.get("root"),
         methods=tuple(dict.fromkeys(raw["methods"])),
         datasets=tuple(dict.fromkeys(datasets)),
         shots=tuple(dict.fromkeys(raw["shots"])),
@@ -410,6 +438,41 @@ def _finish(raw: dict[str, Any], where: str, includes: tuple[str, ...]) -> Sweep
         protocol=protocol,
         includes=includes,
     )
+    check_budgets(cfg)
+    return cfg
+
+
+def check_budgets(cfg: SweepConfig) -> None:
+    """Every run's budget buys at least one step of its search and fits the results' int64 column.
+
+    A budget below one CMA-ES generation (or one CBBT estimate) would run no query and be reported
+    as if trained; ``budget: 0`` is such a budget, never "the default".
+    """
+    from benchmark.sweep.cell import Cell
+    from craft.budget import one_step
+    from craft.methods import make_config
+
+    for method in cfg.methods:
+        for ds in cfg.datasets:
+            values = cfg.hparams_for(method, ds)
+            step = one_step(make_config(method, values, f"hparams.{method} for {ds}"))
+            if step is None:
+                continue
+            for shots in cfg.shots:
+                budget = Cell(method, ds, shots, 0, "", "", values).budget()
+                given = values.get("budget") is not None
+                what = (f"hparams.{method}.budget {budget} (for {ds})" if given
+                        else f"{method}'s default budget on {ds} at {shots} shots, {budget} queries,")
+                unit = "1 + q, or 1 + 2q two-sided" if method == "cbbt" else "popsize"
+                fix = "give budget >= {step}, or leave it unset for the default" if given else f"set hparams.{method}.budget >= {{step}}"
+                if budget < step:
+                    raise UserError(f"{cfg.path}: {what} is less than one step of {method}'s search, {step} queries "
+                                    f"({unit}); {fix.format(step=step)}")
+                if budget >= BUDGET_LIMIT:
+                    raise UserError(f"{cfg.path}: {what} is not below {BUDGET_LIMIT:,} queries (2**53, what the results store)")
+                if budget // step >= STEPS_LIMIT:
+                    raise UserError(f"{cfg.path}: {what} buys {budget // step:,} steps of {step} queries; a run's trace "
+                                    f"stores its steps as int32, so keep budget / {step} below {STEPS_LIMIT:,}")
 
 
 def _normalise(method: str, values: dict[str, Any]) -> dict[str, Any]:

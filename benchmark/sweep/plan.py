@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmark.errors import UserError
-from benchmark.results_io import cell_status
+from benchmark.results_io import parse_cell_file, scan_cells
 from benchmark.sweep.cell import Cell
 from benchmark.sweep.protocol import protocol_hparams
 from benchmark.sweep.config import SweepConfig
@@ -49,11 +49,11 @@ class Plan:
     """The cells of a sweep and what is already done under its ``out``."""
 
     cells: list[Cell]
-    status: dict[str, str]  # cell_id -> done | failed | todo
+    status: dict[str, str]  # cell_id -> done | failed | damaged | todo (damaged: its file does not verify)
     queries: dict[str, int]  # cell_id -> estimated queries
 
     def todo(self, rerun_failed: bool = False) -> list[Cell]:
-        wanted = {"todo", "failed"} if rerun_failed else {"todo"}
+        wanted = {"todo", "damaged", "failed"} if rerun_failed else {"todo", "damaged"}
         return [c for c in self.cells if self.status[c.cell_id] in wanted]
 
     def count(self, status: str) -> int:
@@ -61,26 +61,42 @@ class Plan:
 
 
 def make_plan(cells: list[Cell], out: str) -> Plan:
-    """Status of each cell under ``out`` (nothing there yet: all to do)."""
-    found = cell_status(out)
-    status = {c.cell_id: {"ok": "done", "failed": "failed"}.get(found.get(c.cell_id, ""), "todo") for c in cells}
+    """Status of each cell under ``out`` (nothing there yet: all to do; a damaged file: to run again)."""
+    found, damaged = scan_cells(out)
+    bad = {kind[0] for kind in (parse_cell_file(p.rsplit("/", 1)[-1]) for p in damaged) if kind}
+    status = {c.cell_id: {"ok": "done", "failed": "failed"}.get(found.get(c.cell_id, ""),
+                                                                  "damaged" if c.cell_id in bad else "todo") for c in cells}
     return Plan(cells, status, {c.cell_id: estimated_queries(c) for c in cells})
 
 
-def check_inputs(cfg: SweepConfig) -> None:
-    """What can be checked before Ray starts: the data root, every dataset's files, the backbones."""
+def check_inputs(cfg: SweepConfig) -> list[str]:
+    """What can be checked before Ray starts: the data root, every dataset's files, the backbones.
+
+    Returns notes to show once: a dataset with a class that has fewer training images than a
+    sweep's shots (its cells at those shots train on every image of such classes).
+    """
     from benchmark.datasets.registry import load_dataset
     from benchmark.models import known_backbones
     from benchmark.builtin_suite import BUILTIN_BACKBONE
 
     if cfg.root is not None and not os.path.isdir(cfg.root):
         raise UserError(f"{cfg.path}: root {cfg.root} does not exist or is not a folder (it must hold the dataset folders)")
+    notes = []
     for ds in cfg.datasets:
         for key in (ds, *cfg.eval_datasets.get(ds, ())):
             try:
-                load_dataset(key, cfg.root)
+                splits = load_dataset(key, cfg.root)
             except UserError as exc:
                 raise UserError(f"{cfg.path}: {exc}") from None
+            if key == ds and splits.train:
+                per_class = Counter(item.label for item in splits.train)
+                fewest = min(per_class.values())
+                over = [k for k in cfg.shots if k > fewest]
+                if over:
+                    short = sum(1 for n in per_class.values() if n < max(over))
+                    notes.append(f"{ds}: {short} of {len(per_class)} classes have fewer training images than "
+                                 f"{max(over)} (the fewest: {fewest}); its {', '.join(map(str, over))}-shot cells use "
+                                 "every image of such classes")
     known = set(known_backbones())
     for name, weights in cfg.backbones:
         if name not in known:
@@ -89,6 +105,7 @@ def check_inputs(cfg: SweepConfig) -> None:
             raise UserError(f"{cfg.path}: weights 'builtin' exist only for {BUILTIN_BACKBONE}, not {name}")
         if ("/" in weights or weights.endswith((".pt", ".pth", ".bin", ".safetensors"))) and not Path(weights).is_file():
             raise UserError(f"{cfg.path}: checkpoint {weights} (weights of {name}) does not exist")
+    return notes
 
 
 def format_plan(plan: Plan, cfg: SweepConfig, rerun_failed: bool = False) -> str:
@@ -99,6 +116,7 @@ def format_plan(plan: Plan, cfg: SweepConfig, rerun_failed: bool = False) -> str
     lines = [
         f"sweep {cfg.path} -> {cfg.out}" + (f" (includes: {', '.join(cfg.includes)})" if cfg.includes else ""),
         f"{len(plan.cells)} cells: {plan.count('done')} done, {plan.count('failed')} failed, {len(todo_ids)} to run"
+        + (f" ({plan.count('damaged')} with a damaged result file, moved aside when run)" if plan.count("damaged") else "")
         + (" (failed ones included: --rerun-failed)" if rerun_failed and plan.count("failed") else "")
         + f"; estimated queries to run: {q_todo:,} of {q_total:,}",
     ]

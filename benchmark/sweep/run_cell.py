@@ -59,6 +59,15 @@ def run_cell(
         with threadpool_limits(1):
             result = method.run(box, task, config, cell.seed)
     server_cost = backend.release()
+    return result_rows(cell, result, box.budget, started, backend.images_encoded, server_cost,
+                       whitebox_peak_mb or server_cost.get("peak_mem_mb") or _peak_rss_mb())
+
+
+def result_rows(
+    cell: Cell, result: RunResult, budget: int, started: dt.datetime, server_images: int,
+    server_cost: dict[str, Any], peak_mem_mb: float | None,
+) -> list[dict[str, Any]]:
+    """A finished run's schema rows: one for its dataset, one per extra eval dataset."""
     usage = result.usage
     base = {
         "cell_id": cell.cell_id,
@@ -72,18 +81,18 @@ def run_cell(
         "hparams": result.hparams,
         "protocol": cell.protocol,
         "train_aug": cell.train_aug or get_spec(cell.dataset).train_aug or "rrc_flip",
-        "budget": box.budget,
+        "budget": budget,
         "queries": usage["queries"],
         "unbudgeted_queries": usage["unbudgeted_queries"],
         "text_sequences": usage["text_sequences"],
-        "images_encoded": usage["images_encoded"] + backend.images_encoded,
+        "images_encoded": usage["images_encoded"] + server_images,
         "model_calls": usage["calls"],
         "top1_val": result.metrics.get("top1_val"),
         "learned_params": result.learned_params,
         "learned_bytes": result.learned_bytes,
         "wall_s": result.wall_s,
         "gpu_s": server_cost.get("gpu_s"),
-        "peak_mem_mb": whitebox_peak_mb or server_cost.get("peak_mem_mb") or _peak_rss_mb(),
+        "peak_mem_mb": peak_mem_mb,
         "trace": result.trace,
         "code_version": code_version(),
         "packages": package_versions(),

@@ -28,7 +28,7 @@ from typing import Any
 from benchmark.errors import UserError
 from benchmark.feature_keys import FINGERPRINT_ENV
 from benchmark.results_io import (
-    cell_status, check_location, check_writable, clean_temporaries, write_cell, write_log,
+    parse_cell_file, check_location, check_writable, clean_temporaries, lock_results, move_aside, scan_cells, write_cell, write_log,
 )
 from benchmark.sweep.cell import Cell
 
@@ -76,6 +76,7 @@ class SweepSummary:
     queries: int = 0
     wall_s: float = 0.0
     failures: list[str] = field(default_factory=list)
+    moved_aside: list[str] = field(default_factory=list)  # "path: why" of damaged files whose cells ran again
 
 
 # ----------------------------------------------------------------------------- Ray
@@ -135,13 +136,50 @@ def init_ray(
                 num_cpus=num_cpus or os.cpu_count() or 1, num_gpus=num_gpus, include_dashboard=dashboard,
                 dashboard_host="127.0.0.1", runtime_env=_runtime_env(), log_to_driver=False,
             )
+            protect_auth_token()
+            _reap_with_this_process()
     except UserError:
         raise
-    except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:
+    except Exception as exc:  # noqa: BLE001 - Ray raises bare Exception (e.g. a raylet killed by a memory limit), OSError, ...
+        try:  # whatever half-started is ended with us
+            ray.shutdown()
+        except Exception:  # noqa: BLE001 - already failing; the error below is the one to show
+            pass
         where = f"the Ray cluster at {address}" if address else "a local Ray runtime"
         hint = ("; a cluster with token authentication needs RAY_AUTH_MODE=token and its token here "
                 "(~/.ray/auth_token, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH)") if address else ""
-        raise UserError(f"could not connect to {where}: {' '.join(str(exc).split())[:300]}{hint}") from None
+        verb = "connect to" if address else "start"
+        hint = hint or ("; check free memory (a memory limit kills Ray's processes), free space and permissions under "
+                        f"{os.environ.get('RAY_TMPDIR', '/tmp')}, or give fewer --num-cpus")
+        raise UserError(f"could not {verb} {where}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}{hint}") from None
+
+
+def _reap_with_this_process() -> None:
+    """Start the watcher that ends this local runtime's processes when this process ends (:mod:`benchmark.ray_reaper`)."""
+    from ray._private import worker
+
+    from benchmark import ray_reaper
+
+    node = worker._global_node
+    if node is not None and sys.platform.startswith("linux"):
+        import ray
+
+        ray_reaper.start(node.get_session_dir_path(), os.path.dirname(os.path.abspath(ray.__file__)))
+
+
+def protect_auth_token() -> str | None:
+    """Make Ray's token file readable by its owner only (Ray writes ``~/.ray/auth_token`` 0644); return its path.
+
+    The token authenticates every client of the local runtime: another user who reads it may run code here.
+    """
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
+    try:
+        info = os.stat(path)
+        if info.st_uid == os.getuid() and info.st_mode & 0o077:
+            os.chmod(path, 0o600)
+    except OSError:  # no token file (authentication off, or the token given in RAY_AUTH_TOKEN)
+        return None
+    return path
 
 
 def server_count(keys: int, gpus: int) -> tuple[int, float]:
@@ -259,10 +297,22 @@ def _run_cell_task(cell: Cell, servers: list[Any], eval_test: bool, colocate: bo
 
 
 def pending_cells(cells: list[Cell], out: str, rerun_failed: bool) -> tuple[list[Cell], int]:
-    """The cells still to run under ``out`` and the number skipped (done, or failed unless rerun)."""
-    status = cell_status(out)
+    """The cells still to run under ``out`` and the number skipped (done, or failed unless rerun).
+
+    A cell whose result file is damaged (:func:`benchmark.results_io.verify_file`) is to run.
+    """
+    return _pending(cells, scan_cells(out)[0], rerun_failed)
+
+
+def _pending(cells: list[Cell], status: dict[str, str], rerun_failed: bool) -> tuple[list[Cell], int]:
     todo = [c for c in cells if status.get(c.cell_id) != "ok" and (rerun_failed or status.get(c.cell_id) != "failed")]
     return todo, len(cells) - len(todo)
+
+
+def _damaged_of(todo: list[Cell], damaged: dict[str, str]) -> dict[str, str]:
+    """The damaged files (path -> why) that belong to cells about to run (other sweeps' files are left alone)."""
+    ids = {c.cell_id for c in todo}
+    return {p: why for p, why in damaged.items() if (parse_cell_file(p.rsplit("/", 1)[-1]) or ("",))[0] in ids}
 
 
 def run_sweep(
@@ -295,50 +345,56 @@ def run_sweep(
     summary = SweepSummary()
     start = time.perf_counter()
     check_location(out)
-    todo, summary.skipped = pending_cells(cells, out, rerun_failed)
-    if not todo:
+    with lock_results(out):  # one driver per results folder: the scan below and the writes are ours
+        clean_temporaries(out)  # first, even when nothing is left to run: what dead writers left
+        status, damaged = scan_cells(out)
+        todo, summary.skipped = _pending(cells, status, rerun_failed)
+        damaged = _damaged_of(todo, damaged)
+        if not todo:
+            summary.wall_s = time.perf_counter() - start
+            return summary
+
+        init_ray(address, num_cpus, dashboard=dashboard)
+        servers = start_servers(todo, runs_per_server, cache_dir=cache_dir, gpus=gpus, batching=batching,
+                                precision=precision, compile=compile, attention=attention)
+        try:  # nothing is written before the servers are up
+            check_writable(out)
+            # Kept beside their cells under a name nothing reads; the rerun's result takes their place.
+            moved = move_aside(out, list(damaged))
+            summary.moved_aside = [f"{old} -> {new} ({damaged[old]})" for old, new in moved.items()]
+        except BaseException:
+            stop_servers(servers)
+            raise
+        remote_run = ray.remote(num_cpus=1, num_gpus=0, max_retries=RUN_RETRIES, retry_exceptions=False)(_run_cell_task)
+        display = Progress(len(todo), progress)
+        load: dict[tuple[str, str, str], list[int]] = {k: [0] * len(g) for k, g in servers.groups.items()}
+        pending: dict[Any, tuple[Cell, tuple[str, str, str], int]] = {}
+        queue = list(todo)
+        try:
+            while queue or pending:
+                slots = run_slots() - len(pending)
+                queue = _submit(queue, pending, servers, load, runs_per_server, remote_run, eval_test, slots, colocate)
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=2.0)
+                for ref in ready:
+                    cell, key, idx = pending.pop(ref)
+                    load[key][idx] -= 1
+                    rows, log_text = _collect(ref, cell)
+                    write_log(out, cell.method, cell.dataset, cell.cell_id, log_text)
+                    write_cell(out, rows)
+                    ok = rows[0]["status"] == "ok"
+                    if ok:
+                        summary.done += 1
+                        summary.queries += int(rows[0]["queries"] or 0)
+                    else:
+                        summary.failed += 1
+                        summary.failures.append(f"{cell.label()}: {rows[0]['error'].strip().splitlines()[-1]}")
+                    display.finished(cell, ok, summary, len(pending), time.perf_counter() - start)
+                display.tick(summary, len(pending), time.perf_counter() - start)
+        finally:
+            display.close()
+            stop_servers(servers)
         summary.wall_s = time.perf_counter() - start
         return summary
-
-    init_ray(address, num_cpus, dashboard=dashboard)
-    servers = start_servers(todo, runs_per_server, cache_dir=cache_dir, gpus=gpus, batching=batching,
-                            precision=precision, compile=compile, attention=attention)
-    try:  # nothing is written before the servers are up
-        check_writable(out)
-        clean_temporaries(out)
-    except BaseException:
-        stop_servers(servers)
-        raise
-    remote_run = ray.remote(num_cpus=1, num_gpus=0, max_retries=RUN_RETRIES, retry_exceptions=False)(_run_cell_task)
-    display = Progress(len(todo), progress)
-    load: dict[tuple[str, str, str], list[int]] = {k: [0] * len(g) for k, g in servers.groups.items()}
-    pending: dict[Any, tuple[Cell, tuple[str, str, str], int]] = {}
-    queue = list(todo)
-    try:
-        while queue or pending:
-            slots = run_slots() - len(pending)
-            queue = _submit(queue, pending, servers, load, runs_per_server, remote_run, eval_test, slots, colocate)
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=2.0)
-            for ref in ready:
-                cell, key, idx = pending.pop(ref)
-                load[key][idx] -= 1
-                rows, log_text = _collect(ref, cell)
-                write_log(out, cell.method, cell.dataset, cell.cell_id, log_text)
-                write_cell(out, rows)
-                ok = rows[0]["status"] == "ok"
-                if ok:
-                    summary.done += 1
-                    summary.queries += int(rows[0]["queries"] or 0)
-                else:
-                    summary.failed += 1
-                    summary.failures.append(f"{cell.label()}: {rows[0]['error'].strip().splitlines()[-1]}")
-                display.finished(cell, ok, summary, len(pending), time.perf_counter() - start)
-            display.tick(summary, len(pending), time.perf_counter() - start)
-    finally:
-        display.close()
-        stop_servers(servers)
-    summary.wall_s = time.perf_counter() - start
-    return summary
 
 
 def run_slots() -> int:

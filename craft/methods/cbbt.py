@@ -110,12 +110,14 @@ def _validate(cfg: CBBTConfig) -> None:
         "adapter_start": cfg.adapter_start >= 0,
         "adapter_on": cfg.adapter_on in SIDES,
         "adapter_reduction": cfg.adapter_reduction >= 1,
-        "budget": cfg.budget is None or cfg.budget >= 0,
+        # A budget below one step's queries runs nothing and would be reported as the initial prompt.
+        "budget": cfg.budget is None or cfg.budget >= queries_per_step(max(cfg.q, 0), cfg.two_sided),
         "eval_every": cfg.eval_every >= 1,
         "select": cfg.select in SELECTIONS,
     }
     reject_invalid(cfg, checks, "non-empty ctx_init, q/batch_size/epochs/eval_every >= 1, mu/lr/clip_norm/warmup_lr > 0, "
-                   f"0 <= adapter_ratio <= 1, adapter_on in {SIDES}, select in {SELECTIONS}")
+                   f"0 <= adapter_ratio <= 1, adapter_on in {SIDES}, select in {SELECTIONS}, budget null or >= one "
+                   "step's queries (1 + q, or 1 + 2q two-sided)")
 
 
 def _losses(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,213 @@
+"""Every bad input of issue 23, point 7, gets one sentence and exit status 2, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from benchmark.cli import main
+from benchmark.errors import UserError
+
+REPO = Path(__file__).resolve().parent.parent
+SWEEP = {"methods": ["zero_shot_clip"], "datasets": ["digits_noise"], "shots": [2], "seeds": [1],
+         "backbones": ["craft-tiny:builtin"]}
+
+
+def one_sentence(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
+    """Run ``craft argv``; assert exit 2 and one line on stderr, no traceback; return that line."""
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith(f"craft {argv[0]}: error: ")
+    return err.strip()
+
+
+def write(path: Path, data: dict, **extra: object) -> Path:
+    path.write_text(yaml.safe_dump({**data, **extra}))
+    return path
+
+
+def test_a_config_that_is_not_utf8(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    bench = tmp_path / "bench.yaml"
+    bench.write_bytes(b"out: r\nmethods: [bbt]  # caf\xe9 in Latin-1\n")
+    assert one_sentence(capsys, ["bench", str(bench)]).endswith(
+        f"{bench} is not UTF-8 text (byte 28: b'\\xe9'); save it as UTF-8")
+    assert "is not UTF-8 text" in one_sentence(capsys, ["tune", str(bench)])
+
+
+def test_a_1500_deep_include_chain(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    for i in range(1500):
+        (tmp_path / f"c{i}.yaml").write_text(f"include: [c{i + 1}.yaml]\n" if i < 1499 else "seeds: [1]\n")
+    line = one_sentence(capsys, ["bench", str(tmp_path / "c0.yaml")])
+    assert "includes nest more than 32 files deep" in line and "merge some of them" in line
+
+
+def test_a_yaml_alias_bomb_makes_a_short_message_quickly(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    bomb = ["a: &a [x, x, x, x, x, x, x, x, x]"] + [
+        f"{n}: &{n} [{', '.join(['*' + p] * 9)}]" for p, n in zip("abcdefgh", "bcdefghi")]
+    text = "\n".join(bomb).replace("a: &a", "x0: &a", 1) + "\n"
+    config = tmp_path / "bomb.yaml"
+    config.write_text(text.replace("i: &i", "seeds: &i"))
+    assert len(config.read_bytes()) < 600  # 9**9 = 387 million items once expanded
+    start = time.perf_counter()
+    code = main(["bench", str(config)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and len(err) < 2100 and "Traceback" not in err
+    assert time.perf_counter() - start < 10
+
+
+def test_alias_bomb_values_are_shown_cut(tmp_path: Path) -> None:
+    from benchmark.sweep.config import config_from_dict
+
+    x = ["x"] * 9
+    for _ in range(8):
+        x = [x] * 9
+    with pytest.raises(UserError) as err:
+        config_from_dict({**SWEEP, "out": "r", "seeds": x})
+    assert len(str(err.value)) < 400 and "seeds must be a non-empty list of integers, got [[[[...]" in str(err.value)
+
+
+def test_a_key_given_twice_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    config = tmp_path / "twice.yaml"
+    config.write_text("out: r\nseeds: [1]\nmethods: [bbt]\nseeds: [2]\n")
+    line = one_sentence(capsys, ["bench", str(config)])
+    assert f"{config} is not valid YAML: while reading a mapping" in line and "key 'seeds' appears twice" in line
+    assert "appears twice" in one_sentence(capsys, ["tune", str(config)])
+
+
+def test_out_with_a_tilde_is_expanded(tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    config = write(tmp_path / "tilde.yaml", SWEEP, out="~/results/x")
+    assert main(["bench", str(config), "--dry-run"]) == 0
+    assert f"-> {tmp_path / 'home' / 'results' / 'x'}" in capsys.readouterr().out
+    from tuning.config import parse_config
+
+    (tmp_path / "home" / "t").mkdir(parents=True)
+    cfg = parse_config({"methods": ["bbt"], "datasets": ["digits_noise"], "backbones": {"craft-tiny": "builtin"},
+                        "out": "~/t", "storage": "~/t/j.journal"}, "t.yaml", check_data=False)
+    assert (cfg.out, cfg.storage) == (str(tmp_path / "home" / "t"), str(tmp_path / "home" / "t" / "j.journal"))
+    assert not (tmp_path / "~").exists()
+
+
+def test_table_out_that_is_a_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    line = one_sentence(capsys, ["table", "--published", "--out", str(tmp_path)])
+    assert line == f"craft table: error: --out {tmp_path} is a folder; give a file path, e.g. {tmp_path / 'table.md'}"
+
+
+def test_a_test_only_dataset_under_datasets(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    config = write(tmp_path / "v2.yaml", SWEEP, out="r", datasets=["imagenet_v2"])
+    assert one_sentence(capsys, ["bench", str(config)]).endswith(
+        "datasets[0]: imagenet_v2 is a test set only (no training images); train on imagenet and score it with "
+        "eval_datasets: {imagenet: [imagenet_v2]}")
+
+
+def test_a_bad_line_in_the_middle_of_an_optuna_journal(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import optuna
+
+    from tuning.storage import open_storage
+
+    journal = tmp_path / "optuna.journal"
+    study = optuna.create_study(study_name="s", storage=open_storage(str(journal)))
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+    lines = journal.read_text().splitlines(keepends=True)
+    lines[4] = '{"op_code": 5, "worker_id": garbage\n'
+    journal.write_text("".join(lines))
+    with pytest.raises(UserError, match=rf"^Optuna journal {journal}: line 5 is not a JSON record "):
+        open_storage(str(journal), repair=False)
+    config = write(tmp_path / "tune.yaml", {"methods": ["bbt"], "datasets": ["digits_noise"],
+                                            "backbones": ["craft-tiny:builtin"], "out": str(tmp_path), "storage": str(journal)})
+    os.environ.setdefault("CRAFT_BENCH_CACHE", str(tmp_path / "cache"))
+    line = one_sentence(capsys, ["tune", str(config), "--dry-run"])
+    assert f"Optuna journal {journal}: line 5 is not a JSON record" in line
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path):  # noqa: ANN201
+    """A 64 kB tmpfs (needs root); skipped where it cannot be mounted."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_full_disk_while_writing_results_and_tables(tiny_disk: Path, capsys: pytest.CaptureFixture) -> None:
+    from benchmark.results_io import scan_cells, stray_temporaries, write_cell
+    from benchmark.sweep.config import config_from_dict
+    from benchmark.sweep.plan import expand
+    from tests.test_sweep_results import ok_row
+
+    (tiny_disk / "filler").write_bytes(b"\0" * (60 * 1024))
+    cells = expand(config_from_dict({**SWEEP, "out": "r", "seeds": list(range(1, 40))}))
+    out = str(tiny_disk / "out")
+    written = 0
+    with pytest.raises(UserError, match=r"^no space left on the device to write .*: free space and run the same command again$"):
+        for cell in cells:
+            write_cell(out, [ok_row(cell)])
+            written += 1
+    status, damaged = scan_cells(out)
+    assert len(status) == written and damaged == {} and stray_temporaries(out) == []
+    (tiny_disk / "filler").unlink()
+    (tiny_disk / "filler2").write_bytes(b"\0" * (63 * 1024))
+    line = one_sentence(capsys, ["table", "--published", "--out", str(tiny_disk / "table.md")])
+    assert line == f"craft table: error: cannot write --out {tiny_disk / 'table.md'}: No space left on device"
+    assert not (tiny_disk / "table.md").exists()
+
+
+def _builtin_cache(tmp_path: Path) -> Path:
+    from benchmark.builtin_suite import ensure_builtin_suite
+
+    ensure_builtin_suite(tmp_path / "cache" / "builtin")
+    return tmp_path / "cache"
+
+
+def test_a_dry_run_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    cache = _builtin_cache(tmp_path)
+    config = write(tmp_path / "s.yaml", SWEEP, out=str(tmp_path / "r"), seeds=list(range(1, 200)))
+    proc = subprocess.Popen([sys.executable, "-m", "benchmark.cli", "bench", str(config), "--dry-run"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(REPO), "CRAFT_BENCH_CACHE": str(cache)})
+    proc.stdout.close()  # as `| head -0` would: the reader is gone before the plan is printed
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == ""
+    shell = subprocess.run(f"{sys.executable} -m benchmark.cli bench {config} --dry-run | head -2", shell=True,
+                           capture_output=True, text=True, cwd=tmp_path,
+                           env={**os.environ, "PYTHONPATH": str(REPO), "CRAFT_BENCH_CACHE": str(cache)})
+    assert shell.stdout.count("\n") == 2 and shell.stderr == ""
+
+
+def test_ray_failing_to_start(tmp_path: Path) -> None:
+    cache = _builtin_cache(tmp_path)
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    config = write(tmp_path / "s.yaml", SWEEP, out=str(tmp_path / "r"))
+    run = subprocess.run([sys.executable, "-m", "benchmark.cli", "bench", str(config), "--num-cpus", "1"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(REPO), "CRAFT_BENCH_CACHE": str(cache),
+                              "RAY_TMPDIR": str(blocker)})
+    assert run.returncode == 2, run.stderr[-2000:]
+    errors = [ln for ln in run.stderr.splitlines() if ln.startswith("craft bench: error:")]
+    assert len(errors) == 1 and "Traceback" not in run.stderr
+    assert errors[0].startswith("craft bench: error: could not start a local Ray runtime: NotADirectoryError: ")
+    assert not (tmp_path / "r").exists()  # nothing written
+
+
+def test_shots_above_the_images_of_a_class_are_said_once(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CRAFT_BENCH_CACHE", str(_builtin_cache(tmp_path)))
+    config = write(tmp_path / "s.yaml", SWEEP, out=str(tmp_path / "r"), shots=[2, 5000, 9000], seeds=[1, 2, 3])
+    assert main(["bench", str(config), "--dry-run"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("note: ") == 1 and err.startswith("note: digits_noise: 10 of 10 classes have fewer training images than 9000")
+    assert "its 5000, 9000-shot cells use every image of such classes" in err

@@ -1,0 +1,79 @@
+"""Issue 23, point 8: a killed driver leaves no Ray process of the local runtime it started."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _session_of(driver: int) -> str | None:
+    """The session folder of the raylet the driver started, once there is one."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+            cmd = open(f"/proc/{entry}/cmdline", "rb").read().decode("utf-8", "replace")
+        except OSError:
+            continue
+        if int(stat[1]) == driver and "raylet/raylet" in cmd:
+            found = re.search(r"(/[^\0\s=]*/session_[0-9_-]+)", cmd)
+            return found.group(1) if found else None
+    return None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_sigkilled_driver_leaves_no_ray_process_behind(tmp_path: Path) -> None:
+    import ray
+
+    from benchmark.builtin_suite import ensure_builtin_suite
+    from benchmark.ray_reaper import holders
+
+    ensure_builtin_suite(tmp_path / "cache" / "builtin")
+    config = tmp_path / "s.yaml"
+    config.write_text(yaml.safe_dump({
+        "out": str(tmp_path / "out"), "methods": ["bbt"], "datasets": ["digits_noise"], "shots": [2],
+        "seeds": [1, 2, 3, 4], "backbones": ["craft-tiny:builtin"],
+        "hparams": {"bbt": {"*": {"budget": 8000, "intrinsic_dim": 16}}}}))
+    ray_dir = os.path.dirname(os.path.abspath(ray.__file__))
+    driver = subprocess.Popen([sys.executable, "-m", "benchmark.cli", "bench", str(config), "--num-cpus", "1", "--no-progress"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path,
+                              env={**os.environ, "PYTHONPATH": str(REPO), "CRAFT_BENCH_CACHE": str(tmp_path / "cache")})
+    session = None
+    try:
+        end = time.monotonic() + 240
+        while True:  # until the runtime runs cells: its agents are up
+            assert driver.poll() is None and time.monotonic() < end, "the sweep ended or never started its runs"
+            session = session or _session_of(driver.pid)
+            if session and any("_run_cell_task" in open(f"/proc/{p}/cmdline").read()
+                               for p in holders(session, ray_dir) if os.path.exists(f"/proc/{p}")):
+                break
+            time.sleep(1)
+        before = holders(session, ray_dir)
+        titles = {open(f"/proc/{p}/cmdline").read().split("\0")[0] for p in before if os.path.exists(f"/proc/{p}")}
+        assert {"ray::DashboardAgent", "ray::RuntimeEnvAgent"} <= titles, titles
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+        killed = time.monotonic()
+        while holders(session, ray_dir) and time.monotonic() - killed < 30:
+            time.sleep(0.5)
+        left = holders(session, ray_dir)
+        print(f"{len(before)} Ray processes before the kill; none left {time.monotonic() - killed:.1f} s after it")
+        assert left == [], [open(f"/proc/{p}/cmdline").read()[:80] for p in left if os.path.exists(f"/proc/{p}")]
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        if session:  # whatever a failed assertion left: this test's runtime only
+            from benchmark.ray_reaper import end as end_runtime
+
+            end_runtime(session, ray_dir)
