@@ -12,6 +12,7 @@ ImageNet variants of the distribution-shift table). Accuracies are top-1 in perc
 | method, dataset, eval_dataset, backbone, weights, shots, seed | what was run |
 | hparams | the method's full hyperparameters, JSON (every fidelity switch among them: docs/fidelity.md); ``select: best_test`` (CBBT): accuracies of the epoch best on test (:func:`selected_on_test`) |
 | protocol, train_aug | the sweep's protocol (harness or official) and the training augmentation used (null in older folders) |
+| shots_used | the fewest training images of any class: below ``shots`` where a class has fewer images than asked (null in older folders) |
 | budget, queries | query budget and queries used (one query: one prompt scored on the training images) |
 | unbudgeted_queries, text_sequences, images_encoded, model_calls | every model call, counted |
 | top1_val, top1_test | few-shot validation and test accuracy (%) |
@@ -75,6 +76,7 @@ SCHEMA = pa.schema(
         ("finished_at", pa.timestamp("s", tz="UTC")),
         ("protocol", pa.string()),
         ("train_aug", pa.string()),
+        ("shots_used", pa.int32()),
     ]
 )
 

@@ -211,3 +211,14 @@ def test_shots_above_the_images_of_a_class_are_said_once(tmp_path: Path, capsys:
     err = capsys.readouterr().err
     assert err.count("note: ") == 1 and err.startswith("note: digits_noise: 10 of 10 classes have fewer training images than 9000")
     assert "its 5000, 9000-shot cells use every image of such classes" in err
+
+
+def test_a_row_records_the_shots_a_cell_really_had() -> None:
+    """Classes with fewer training images than asked: the row's shots_used is the fewest any class had."""
+    import torch
+
+    from benchmark.sweep.run_cell import shots_used
+
+    assert shots_used(torch.tensor([0] * 16 + [1] * 16 + [2] * 16)) == 16
+    assert shots_used(torch.tensor([0] * 16 + [1] * 7 + [3] * 16)) == 7  # class 1 has 7; class 2 none in the set
+    assert shots_used(torch.tensor([], dtype=torch.long)) == 0

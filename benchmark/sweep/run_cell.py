@@ -60,12 +60,20 @@ def run_cell(
             result = method.run(box, task, config, cell.seed)
     server_cost = backend.release()
     return result_rows(cell, result, box.budget, started, backend.images_encoded, server_cost,
-                       whitebox_peak_mb or server_cost.get("peak_mem_mb") or _peak_rss_mb())
+                       whitebox_peak_mb or server_cost.get("peak_mem_mb") or _peak_rss_mb(),
+                       shots_used(labels["train"]))
+
+
+def shots_used(train_labels: torch.Tensor) -> int:
+    """The fewest training images of any class: the shots a cell really had where a class has fewer than asked."""
+    counts = torch.bincount(train_labels.long())
+    counts = counts[counts > 0]
+    return int(counts.min()) if counts.numel() else 0
 
 
 def result_rows(
     cell: Cell, result: RunResult, budget: int, started: dt.datetime, server_images: int,
-    server_cost: dict[str, Any], peak_mem_mb: float | None,
+    server_cost: dict[str, Any], peak_mem_mb: float | None, shots_had: int | None = None,
 ) -> list[dict[str, Any]]:
     """A finished run's schema rows: one for its dataset, one per extra eval dataset."""
     usage = result.usage
@@ -81,6 +89,7 @@ def result_rows(
         "hparams": result.hparams,
         "protocol": cell.protocol,
         "train_aug": cell.train_aug or get_spec(cell.dataset).train_aug or "rrc_flip",
+        "shots_used": shots_had,
         "budget": budget,
         "queries": usage["queries"],
         "unbudgeted_queries": usage["unbudgeted_queries"],
