@@ -13,3 +13,15 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def server():
+    """An in-process model server on the shipped tiny model, without a feature cache; one torch
+    thread, as the sweep's workers (two threads on a busy 2-core machine crawl)."""
+    from benchmark.server import ModelServer
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield ModelServer("craft-tiny", "builtin", cache_dir="")
+    torch.set_num_threads(before)

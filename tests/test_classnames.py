@@ -40,16 +40,6 @@ def tree(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="module")
-def server():
-    from benchmark.server import ModelServer
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield ModelServer("craft-tiny", "builtin", cache_dir="")
-    torch.set_num_threads(threads)
-
-
 def test_the_loaded_dataset_keeps_the_split_files_names(tree):
     assert load_dataset("oxford_pets", tree).classnames == UNDERSCORED
 

@@ -3,24 +3,12 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from benchmark.colocate import run_colocated
 from benchmark.errors import UserError
 from benchmark.sweep.cell import Cell
 from benchmark.sweep.config import config_from_dict
 from benchmark.sweep.run_cell import run_cell
-
-
-@pytest.fixture(scope="module")
-def server():
-    """An in-process server on the shipped tiny model, one torch thread as the sweep's workers."""
-    from benchmark.server import ModelServer
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield ModelServer("craft-tiny", "builtin", cache_dir="")
-    torch.set_num_threads(threads)
 
 
 def _cell(method: str, hparams: dict) -> Cell:

@@ -14,20 +14,6 @@ from craft.methods.whitebox import coop_epochs
 from tests.fakes import LinearBackend
 
 
-@pytest.fixture(scope="module")
-def server():
-    """An in-process server on the shipped tiny model (the built-in suite is generated once, as by ``craft demo``).
-
-    One torch thread, as the sweep's workers: two threads on a busy 2-core machine crawl.
-    """
-    from benchmark.server import ModelServer
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield ModelServer("craft-tiny", "builtin", cache_dir="")
-    torch.set_num_threads(threads)
-
-
 def _cell(method: str, hparams: dict, dataset: str = "digits_rotate") -> Cell:
     return Cell(method, dataset, 16, 1, "craft-tiny", "builtin", hparams)
 
