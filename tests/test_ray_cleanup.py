@@ -1,4 +1,4 @@
-"""Issue 23, point 8: a killed driver leaves no Ray process of the local runtime it started."""
+"""Issue 23, points 8 and 9: a local runtime listens on loopback only, and a killed driver leaves none of it behind."""
 
 from __future__ import annotations
 
@@ -32,6 +32,26 @@ def _session_of(driver: int) -> str | None:
     return None
 
 
+def _listening_beyond_loopback(pids: list[int]) -> list[str]:
+    """``pid address:port`` of every listening TCP socket of ``pids`` bound to anything but loopback."""
+    listening = {}  # socket inode -> local address, for LISTEN sockets (state 0A)
+    for table, loopback in (("/proc/net/tcp", {"0100007F"}), ("/proc/net/tcp6", {"00000000000000000000000001000000", "0000000000000000FFFF00000100007F"})):
+        for line in open(table).read().splitlines()[1:]:
+            fields = line.split()
+            address, port = fields[1].split(":")
+            if fields[3] == "0A" and address not in loopback:
+                listening[fields[9]] = f"{address}:{int(port, 16)}"
+    found = []
+    for pid in pids:
+        try:
+            links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        except OSError:
+            continue
+        found += [f"{pid} {listening[link[8:-1]]}" for link in links
+                  if link.startswith("socket:[") and link[8:-1] in listening]
+    return found
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_a_sigkilled_driver_leaves_no_ray_process_behind(tmp_path: Path) -> None:
     import ray
@@ -62,6 +82,8 @@ def test_a_sigkilled_driver_leaves_no_ray_process_behind(tmp_path: Path) -> None
         before = holders(session, ray_dir)
         titles = {open(f"/proc/{p}/cmdline").read().split("\0")[0] for p in before if os.path.exists(f"/proc/{p}")}
         assert {"ray::DashboardAgent", "ray::RuntimeEnvAgent"} <= titles, titles
+        exposed = _listening_beyond_loopback(before + [driver.pid])
+        assert exposed == [], f"a local runtime listens beyond loopback: {exposed}"
         driver.send_signal(signal.SIGKILL)
         driver.wait()
         killed = time.monotonic()

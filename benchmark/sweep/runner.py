@@ -16,12 +16,14 @@ the cells in flight, and the same command run again does only what is missing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,10 +134,11 @@ def init_ray(
             _probe(address)
             ray.init(address=address, runtime_env=_runtime_env(), log_to_driver=False)
         else:
-            ray.init(
-                num_cpus=num_cpus or os.cpu_count() or 1, num_gpus=num_gpus, include_dashboard=dashboard,
-                dashboard_host="127.0.0.1", runtime_env=_runtime_env(), log_to_driver=False,
-            )
+            with _loopback_only():
+                ray.init(
+                    num_cpus=num_cpus or os.cpu_count() or 1, num_gpus=num_gpus, include_dashboard=dashboard,
+                    dashboard_host="127.0.0.1", runtime_env=_runtime_env(), log_to_driver=False,
+                )
             protect_auth_token()
             _reap_with_this_process()
     except UserError:
@@ -152,6 +155,30 @@ def init_ray(
         hint = hint or ("; check free memory (a memory limit kills Ray's processes), free space and permissions under "
                         f"{os.environ.get('RAY_TMPDIR', '/tmp')}, or give fewer --num-cpus")
         raise UserError(f"could not {verb} {where}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}{hint}") from None
+
+
+@contextlib.contextmanager
+def _loopback_only() -> Iterator[None]:
+    """Start a local runtime whose every server (GCS, raylet, agents, metrics) listens on loopback only.
+
+    Ray takes the node's address from the network unless its ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` switch
+    says this node is no cluster; then it uses 127.0.0.1 and binds nothing on other interfaces. The switch
+    is read once at import in the driver (hence the constant) and by every process Ray starts (hence the
+    environment); both are restored after start, so a later connection to a cluster is unaffected.
+    """
+    from ray._private import ray_constants
+
+    name = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
+    saved_env, saved_flag = os.environ.get(name), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[name], ray_constants.ENABLE_RAY_CLUSTER = "0", False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = saved_env
 
 
 def _reap_with_this_process() -> None:
