@@ -182,6 +182,21 @@ def test_rows_selected_on_test_are_marked_with_a_note(tmp_path: Path) -> None:
     assert ON_TEST_NOTE not in unmarked.notes and "†" not in render(unmarked, "md")
 
 
+def test_runs_with_fewer_shots_than_asked_are_named_in_a_note(tmp_path: Path) -> None:
+    """A class with fewer training images than the shots: the tables name the run and the shots it used."""
+    rows = [row("craft", d, 16, s, shots_used=16) for d in DIGITS for s in (1, 2)]
+    rows[1]["shots_used"] = 7  # DIGITS[0], seed 2
+    rows += [row("bbt", d, 16, 1, shots_used=16) for d in DIGITS]
+    df = load_results(write_results(tmp_path, rows))
+    for kind in ("few-shot", "vs-paper"):
+        note = [n for n in build_table(df, kind).notes if n.startswith("fewer shots than asked")]
+        assert note == [f"fewer shots than asked (a class had fewer training images): craft-tiny/craft/{DIGITS[0]}/16-shot used 7"]
+        assert note[0] in render(build_table(df, kind), "md")
+    full = [r for r in rows if r.get("shots_used") == 16]
+    assert not [n for n in build_table(load_results(write_results(tmp_path / "full", full)), "few-shot").notes
+                if n.startswith("fewer shots")]
+
+
 def shift_rows() -> list[dict]:
     rows = []
     for backbone in ("RN50", "ViT-B-16"):

@@ -153,7 +153,7 @@ def few_shot_table(df: pd.DataFrame, datasets: Sequence[str] | None = None) -> T
     )
     return _assemble(
         title, key_columns, value_columns, blocks, bold=True, listed=set(cols),
-        notes=_seeds_note(fewer) + _on_test_note(on_test),
+        notes=_seeds_note(fewer) + _shots_note(rows) + _on_test_note(on_test),
     )
 
 
@@ -193,7 +193,7 @@ def shift_table(df: pd.DataFrame) -> Table:
     )
     return _assemble(
         title, key_columns, value_columns, blocks, bold=True, listed=set(targets),
-        notes=_seeds_note(fewer) + _on_test_note(on_test),
+        notes=_seeds_note(fewer) + _shots_note(rows) + _on_test_note(on_test),
     )
 
 
@@ -251,6 +251,7 @@ def vs_paper_table(df: pd.DataFrame, published: pd.DataFrame, datasets: Sequence
         "Δ: ours minus the paper; Paper is a dash where the paper reports no number; "
         "ImageNet variants: trained on ImageNet",
         PUBLISHED_SOURCE,
+        *_shots_note(ours),
         *_on_test_note(on_test),
     ]
     title = "Ours beside the published numbers: top-1 accuracy (%), ours as mean ± std over seeds"
@@ -352,6 +353,18 @@ def _fewer_seeds(name: str, counts: dict[str, float]) -> list[str]:
 
 def _seeds_note(fewer: list[str]) -> list[str]:
     return [f"fewer seeds: {', '.join(fewer)}"] if fewer else []
+
+
+def _shots_note(rows: pd.DataFrame) -> list[str]:
+    """Runs that trained on fewer images per class than their shots (a class had fewer), named with what they used."""
+    if "shots_used" not in rows:  # folders written before the column existed
+        return []
+    short = rows[rows["shots_used"].notna() & (rows["shots"] > 0) & (rows["shots_used"] < rows["shots"])]
+    if short.empty:
+        return []
+    used = short.groupby(["backbone", "method", "dataset", "shots"], sort=True)["shots_used"].min()
+    named = [f"{describe_run(m, d, k, b)} used {int(n)}" for (b, m, d, k), n in used.items()]
+    return [f"fewer shots than asked (a class had fewer training images): {', '.join(named)}"]
 
 
 def _assemble(
