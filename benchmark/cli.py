@@ -2,6 +2,8 @@
 
 Each subcommand module exposes ``add_arguments(parser)`` and ``run(args) -> int``; the
 import is lazy so that ``craft datasets list`` does not pay for importing torch and Ray.
+Packages outside the product add commands through the ``craft_bench.commands`` entry-point
+group (``craft perf`` comes from :mod:`measurement` that way), so the product never imports them.
 """
 
 from __future__ import annotations
@@ -10,22 +12,34 @@ import argparse
 import importlib
 import os
 import sys
+from importlib.metadata import entry_points
 
 from benchmark.errors import UserError
 
 MAX_MESSAGE_CHARS = 2000
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("benchmark.demo", "run zero-shot, BBT and CraFT on the built-in suite through Ray"),
+    "demo": ("benchmark.sweep.demo", "run zero-shot, BBT and CraFT on the built-in suite through Ray"),
     "bench": ("benchmark.sweep.cli", "run a sweep config (methods x datasets x shots x seeds x backbones)"),
     "tune": ("tuning.cli", "search hyperparameters with Optuna through Ray Tune"),
     "table": ("benchmark.report.tables_cli", "render result tables (Markdown, LaTeX, CSV)"),
     "plot": ("benchmark.report.plots_cli", "render result figures (PNG)"),
-    "results": ("benchmark.results_cli", "verify a results folder: cells done and failed, damaged files named"),
-    "perf": ("benchmark.perf", "measure query throughput: official-style path versus fast path"),
+    "results": ("benchmark.results.cli", "verify a results folder: cells done and failed, damaged files named"),
     "datasets": ("benchmark.datasets.cli", "list the dataset registry or check a data root"),
-    "cache": ("benchmark.cache_cli", "list, verify or clear the image-feature cache"),
+    "cache": ("benchmark.model.cache_cli", "list, verify or clear the image-feature cache"),
 }
+
+
+PLUGIN_GROUP = "craft_bench.commands"
+
+
+def subcommands() -> dict[str, tuple[str, str]]:
+    """The product's subcommands, then those installed packages declare (name -> (module, help))."""
+    found = dict(SUBCOMMANDS)
+    for point in entry_points(group=PLUGIN_GROUP):
+        if point.name not in found:
+            found[point.name] = tuple(point.load())
+    return found
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Each command has --help, e.g. 'craft bench --help'.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, (module, help_text) in SUBCOMMANDS.items():
+    for name, (module, help_text) in subcommands().items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(_module=module)
         # Each module adds its own arguments only when its subcommand is chosen.
@@ -50,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     known, _ = parser.parse_known_args(argv[:1] or argv)
     module = importlib.import_module(known._module)
     sub_parser = argparse.ArgumentParser(
-        prog=f"craft {known.command}", description=SUBCOMMANDS[known.command][1]
+        prog=f"craft {known.command}", description=subcommands()[known.command][1]
     )
     module.add_arguments(sub_parser)
     args = sub_parser.parse_args(argv[1:])

@@ -80,7 +80,7 @@ class BackendInfo:
     split_sizes: dict[str, int] = field(default_factory=dict)
     # Where logits and features arrive, and so where a method's own computation (fitness,
     # refinement module) runs: "cpu" for a remote model, the GPU when the run shares the
-    # engine's GPU (see benchmark.engine.EngineBackend's output_device).
+    # engine's GPU (see benchmark.model.engine.EngineBackend's output_device).
     device: str = "cpu"
     # Whether the backend answers on augmented views of the training images (view_split).
     train_views: bool = False
@@ -206,7 +206,7 @@ class MeteredBlackBox:
         many :meth:`logits` calls, made in that order (a query past the budget refuses them all,
         before any compute). ``split``: one image set for all, or one per query. A backend with
         ``logits_many`` answers them in one call (an engine: one text-tower pass for all,
-        :class:`benchmark.engine.EngineBackend`); others one call each."""
+        :class:`benchmark.model.engine.EngineBackend`); others one call each."""
         splits = [split] * len(queries) if isinstance(split, str) else list(split)
         if len(splits) != len(queries):
             raise ValueError(f"{len(queries)} queries but {len(splits)} image sets")

@@ -35,7 +35,7 @@ def prompt_fitness(
     candidates per operation. On a CPU the default goes one candidate at a time, so that its
     logits, refined logits and log-softmaxes stay in cache: on Caltech101's 16-shot shapes this
     took the refinement MLP and the fitness from 0.30 to 0.11 s a generation, on ImageNet's from
-    39.2 to 25.5 s (``python -m benchmarks.runner_cost --batched``). Both agree to rounding.
+    39.2 to 25.5 s (``python -m measurement.runner_cost --batched``). Both agree to rounding.
     """
     n_cand, n_img, n_cls = logits.shape
     if batched is None:

@@ -24,7 +24,7 @@ class RefinementMLP(nn.Module):
 def refinement_optimizer(mlp: RefinementMLP, lr: float) -> torch.optim.Adam:
     """The module's Adam. On a GPU the fused implementation: a step is 4 operations instead of the
     default ``foreach`` one's 19, and an epoch at Caltech101's 16-shot shapes 441 instead of 546
-    (``python -m benchmarks.generation_ops``), each a kernel launch by the CPU. On a CPU torch's
+    (``python -m measurement.generation_ops``), each a kernel launch by the CPU. On a CPU torch's
     default, with which the README's results were computed."""
     on_cpu = next(mlp.parameters()).device.type == "cpu"
     return torch.optim.Adam(mlp.parameters(), lr=lr, fused=None if on_cpu else True)

@@ -1,7 +1,7 @@
-"""Train the built-in ``craft-tiny`` CLIP on scikit-learn's digits and ship it to benchmark/assets.
+"""Train the built-in ``craft-tiny`` CLIP on scikit-learn's digits and ship it to benchmark/model/assets.
 
 Contrastive (CLIP) loss on the fixed model-training subset of ``load_digits()`` (see
-``benchmark.builtin_suite.digits_split``), captions from a few templates; deterministic.
+``benchmark.datasets.builtin.digits_split``), captions from a few templates; deterministic.
 Writes ``craft-tiny.safetensors`` (fp16) and the model card ``craft-tiny.md``.
 
     python scripts/train_builtin_model.py
@@ -22,7 +22,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmark import builtin_suite as bs  # noqa: E402
+from benchmark.datasets import builtin as bs  # noqa: E402
+from benchmark.model import builtin as tiny  # noqa: E402
 
 TEMPLATES = [bs.TEMPLATE, "a {} digit.", "the number {}.", "a handwritten {}."]
 
@@ -37,7 +38,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     # One thread is the fastest for this tiny model, and far more robust on a busy machine.
     p.add_argument("--threads", type=int, default=1, help="torch threads")
-    p.add_argument("--out-dir", type=Path, default=bs.ASSETS_DIR)
+    p.add_argument("--out-dir", type=Path, default=tiny.ASSETS_DIR)
     return p.parse_args()
 
 
@@ -53,8 +54,8 @@ def train(args: argparse.Namespace) -> tuple[torch.nn.Module, float, float]:
     import open_clip
 
     seed_everything(args.seed)
-    model, _, preprocess = open_clip.create_model_and_transforms(bs.BUILTIN_BACKBONE, pretrained=None)
-    tokenizer = open_clip.get_tokenizer(bs.BUILTIN_BACKBONE)
+    model, _, preprocess = open_clip.create_model_and_transforms(tiny.BUILTIN_BACKBONE, pretrained=None)
+    tokenizer = open_clip.get_tokenizer(tiny.BUILTIN_BACKBONE)
     images, labels = bs.load_digits_arrays()
     train_idx, _ = bs.digits_split(len(labels))
 
@@ -122,8 +123,8 @@ def evaluate(model: torch.nn.Module) -> dict[str, float]:
     """Zero-shot accuracy (%) on the held-out clean digits and on each shifted suite test split."""
     import open_clip
 
-    _, _, preprocess = open_clip.create_model_and_transforms(bs.BUILTIN_BACKBONE, pretrained=None)
-    tokenizer = open_clip.get_tokenizer(bs.BUILTIN_BACKBONE)
+    _, _, preprocess = open_clip.create_model_and_transforms(tiny.BUILTIN_BACKBONE, pretrained=None)
+    tokenizer = open_clip.get_tokenizer(tiny.BUILTIN_BACKBONE)
     images, labels = bs.load_digits_arrays()
     _, held_out = bs.digits_split(len(labels))
     test_idx = bs.suite_splits(labels)["test"]
@@ -138,7 +139,7 @@ def evaluate(model: torch.nn.Module) -> dict[str, float]:
 def main() -> int:
     args = parse_args()
     torch.set_num_threads(args.threads)
-    bs.register_builtin_model()
+    tiny.register_builtin_model()
     model, wall, cpu = train(args)
     print(f"trained in {wall:.1f} s wall, {cpu:.1f} s CPU")
 
@@ -146,14 +147,14 @@ def main() -> int:
     import open_clip
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    weights = args.out_dir / f"{bs.BUILTIN_BACKBONE}.safetensors"
+    weights = args.out_dir / f"{tiny.BUILTIN_BACKBONE}.safetensors"
     state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
     tmp = weights.with_name(weights.name + ".tmp")
     save_file(state, str(tmp), metadata={"format": "pt"})
     tmp.chmod(0o644)
     tmp.replace(weights)  # atomic: readers never see a half-written file
     # Measure what ships: reload the fp16 file through open_clip.
-    shipped, _, _ = open_clip.create_model_and_transforms(bs.BUILTIN_BACKBONE, pretrained=str(weights))
+    shipped, _, _ = open_clip.create_model_and_transforms(tiny.BUILTIN_BACKBONE, pretrained=str(weights))
     acc = evaluate(shipped.eval())
     print("zero-shot accuracy (%): " + ", ".join(f"{k} {v:.1f}" for k, v in acc.items()))
     write_card(args, acc, (wall, cpu), weights, shipped)
@@ -180,7 +181,7 @@ learned logit scale exp = {scale:.1f}.
 
 scikit-learn's bundled `load_digits()` (1,797 8x8 grey images), upsampled bilinearly to 32 px
 RGB and normalised by open_clip's eval preprocessing for this config (OpenAI mean/std).
-`benchmark.builtin_suite.digits_split` fixes (seed {bs.SPLIT_SEED}) {bs.N_MODEL_TRAIN} images for model
+`benchmark.datasets.builtin.digits_split` fixes (seed {bs.SPLIT_SEED}) {bs.N_MODEL_TRAIN} images for model
 training; the other {len(labels) - bs.N_MODEL_TRAIN} are held out and are the only source of the
 built-in suite (`ensure_builtin_suite`): per class {bs.TRAIN_PER_CLASS} train, {bs.VAL_PER_CLASS} val,
 the rest test ({len(splits["test"])} test images), under four shifts.
@@ -213,7 +214,7 @@ Shifted figures are on each set's test split.
 retrains, overwrites the weights and this card, and prints the figures above. Checked by
 `pytest tests/test_builtin_model.py`.
 """
-    (args.out_dir / f"{bs.BUILTIN_BACKBONE}.md").write_text(card)
+    (args.out_dir / f"{tiny.BUILTIN_BACKBONE}.md").write_text(card)
 
 
 if __name__ == "__main__":

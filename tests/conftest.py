@@ -19,7 +19,7 @@ def one_torch_thread():
 def server():
     """An in-process model server on the shipped tiny model, without a feature cache; one torch
     thread, as the sweep's workers (two threads on a busy 2-core machine crawl)."""
-    from benchmark.server import ModelServer
+    from benchmark.serve.server import ModelServer
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -143,7 +143,7 @@ def tiny_disk(tmp_path: Path):  # noqa: ANN201
 
 
 def test_a_full_disk_while_writing_results_and_tables(tiny_disk: Path, capsys: pytest.CaptureFixture) -> None:
-    from benchmark.results_io import scan_cells, stray_temporaries, write_cell
+    from benchmark.results.store import scan_cells, stray_temporaries, write_cell
     from benchmark.sweep.config import config_from_dict
     from benchmark.sweep.plan import expand
     from tests.test_sweep_results import ok_row
@@ -166,7 +166,7 @@ def test_a_full_disk_while_writing_results_and_tables(tiny_disk: Path, capsys: p
 
 
 def _builtin_cache(tmp_path: Path) -> Path:
-    from benchmark.builtin_suite import ensure_builtin_suite
+    from benchmark.datasets.builtin import ensure_builtin_suite
 
     ensure_builtin_suite(tmp_path / "cache" / "builtin")
     return tmp_path / "cache"

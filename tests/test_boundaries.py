@@ -1,4 +1,9 @@
-"""The black box is a boundary: ``craft/`` never imports open_clip or ray (nor the benchmark that holds them)."""
+"""The rooms and their walls (README, Layout): who may import whom, checked on every import statement.
+
+``craft/`` (the methods) never reaches the model side; the serve client a run imports loads no
+open_clip; the product never imports the measurement package; and each room of ``benchmark/``
+imports only the rooms below it. Lazy imports inside functions count: ``ast.walk`` sees them.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,25 @@ import subprocess
 import sys
 from pathlib import Path
 
-CRAFT = Path(__file__).resolve().parents[1] / "craft"
-FORBIDDEN = ("open_clip", "ray", "benchmark")
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# room (a folder or module, from the repository root) -> module prefixes it must not import
+WALLS: dict[str, tuple[str, ...]] = {
+    "craft": ("open_clip", "ray", "benchmark", "tuning", "measurement"),
+    "benchmark": ("measurement",),
+    "tuning": ("measurement",),
+    "benchmark/datasets": ("benchmark.model", "benchmark.serve", "benchmark.sweep", "benchmark.report",
+                           "benchmark.results", "tuning", "ray"),
+    "benchmark/results": ("benchmark.model", "benchmark.serve", "benchmark.sweep", "benchmark.report", "tuning",
+                          "open_clip", "torch", "ray"),
+    "benchmark/model": ("benchmark.serve", "benchmark.sweep", "benchmark.report", "benchmark.results", "tuning", "ray"),
+    "benchmark/serve": ("benchmark.sweep", "benchmark.report", "tuning"),
+    "benchmark/sweep": ("tuning",),
+    "benchmark/serve/client.py": ("open_clip", "benchmark.model"),
+    "benchmark/report": ("benchmark.model", "benchmark.serve", "benchmark.sweep", "tuning", "open_clip", "torch", "ray"),
+}
 
 
 def _imported_modules(path: Path) -> set[str]:
@@ -18,24 +40,56 @@ def _imported_modules(path: Path) -> set[str]:
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
     return names
 
 
-def test_no_module_of_craft_imports_the_model_side():
-    offenders = {
-        str(path.relative_to(CRAFT.parent)): sorted(m for m in _imported_modules(path) if m.split(".")[0] in FORBIDDEN)
-        for path in sorted(CRAFT.rglob("*.py"))
-    }
-    assert len(offenders) >= 10  # the scan saw the package
-    assert {k: v for k, v in offenders.items() if v} == {}
+def _breaches(room: str, forbidden: tuple[str, ...]) -> dict[str, list[str]]:
+    target = REPO / room
+    paths = sorted(target.rglob("*.py")) if target.is_dir() else [target]
+    assert paths, f"{room}: nothing to scan"
+    found = {}
+    for path in paths:
+        bad = sorted(m for m in _imported_modules(path) if any(m == f or m.startswith(f + ".") for f in forbidden))
+        if bad:
+            found[str(path.relative_to(REPO))] = bad
+    return found
+
+
+@pytest.mark.parametrize("room", sorted(WALLS))
+def test_no_room_imports_past_its_walls(room: str) -> None:
+    assert _breaches(room, WALLS[room]) == {}
+
+
+def test_the_scan_sees_a_breach(tmp_path: Path) -> None:
+    """The scan itself: a lazy import inside a function is found."""
+    path = tmp_path / "m.py"
+    path.write_text("def f():\n    from measurement import perf\n    import ray.util\n")
+    assert _imported_modules(path) >= {"measurement", "measurement.perf", "ray.util"}
+
+
+def _loaded_after(code: str) -> list[str]:
+    watched = "('open_clip', 'ray', 'benchmark', 'measurement', 'measurement.perf')"
+    check = f"import sys\n{code}\nprint(sorted(m for m in {watched} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True, cwd=REPO)
+    return eval(out.stdout.strip())  # a list literal printed just above
 
 
 def test_importing_every_method_loads_neither_open_clip_nor_ray():
     code = (
-        "import sys, craft.methods, craft.blackbox, craft.adapter, craft.zeroth_order\n"
+        "import craft.methods, craft.blackbox, craft.adapter, craft.zeroth_order\n"
         "from craft.methods import METHODS\n"
-        "assert {'cbbt', 'coop', 'craft', 'bbt', 'zero_shot_clip'} <= set(METHODS)\n"
-        "print(sorted(m for m in ('open_clip', 'ray', 'benchmark') if m in sys.modules))"
+        "assert {'cbbt', 'coop', 'craft', 'bbt', 'zero_shot_clip'} <= set(METHODS)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=CRAFT.parent)
-    assert out.stdout.strip() == "[]"
+    assert _loaded_after(code) == []
+
+
+def test_the_serve_client_loads_no_open_clip():
+    assert "open_clip" not in _loaded_after("import benchmark.serve.client, benchmark.sweep.run_cell")
+
+
+def test_the_craft_command_loads_measurement_only_for_its_own_command():
+    """``craft --help`` reads the plugin's entry point (one small module), never the measurement code itself."""
+    assert "measurement.perf" not in _loaded_after("from benchmark.cli import build_parser\nbuild_parser()")
+    load = "import importlib\nfrom benchmark.cli import subcommands\nimportlib.import_module(subcommands()['perf'][0])"
+    assert "measurement.perf" in _loaded_after(load)

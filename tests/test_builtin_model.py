@@ -12,7 +12,8 @@ from PIL import Image
 
 open_clip = pytest.importorskip("open_clip")
 
-from benchmark import builtin_suite as bs  # noqa: E402
+from benchmark.datasets import builtin as bs  # noqa: E402
+from benchmark.model import builtin as tiny  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -22,11 +23,11 @@ def clip():
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny model: one thread is fastest, especially on a busy machine
-    bs.register_builtin_model()
-    bs.register_builtin_model()  # idempotent
-    _, weights = bs.builtin_model_paths()
-    model, _, preprocess = open_clip.create_model_and_transforms(bs.BUILTIN_BACKBONE, pretrained=str(weights))
-    yield model.eval(), preprocess, open_clip.get_tokenizer(bs.BUILTIN_BACKBONE)
+    tiny.register_builtin_model()
+    tiny.register_builtin_model()  # idempotent
+    _, weights = tiny.builtin_model_paths()
+    model, _, preprocess = open_clip.create_model_and_transforms(tiny.BUILTIN_BACKBONE, pretrained=str(weights))
+    yield model.eval(), preprocess, open_clip.get_tokenizer(tiny.BUILTIN_BACKBONE)
     torch.set_num_threads(threads)
 
 
@@ -47,7 +48,7 @@ def _rows(root: Path, shift: str) -> dict[str, list]:
 
 def test_config_and_weights(clip) -> None:
     model, _, tokenizer = clip
-    config, weights = bs.builtin_model_paths()
+    config, weights = tiny.builtin_model_paths()
     assert json.loads(config.read_text())["text_cfg"]["vocab_size"] == 49408
     assert model.text_pool_type == "argmax"
     assert model.context_length == 16

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from benchmark.cli import SUBCOMMANDS, main
-from benchmark.feature_keys import KEY_VERSION
-from benchmark.features import FeatureCache
+from benchmark.model.feature_keys import KEY_VERSION
+from benchmark.model.feature_cache import FeatureCache
 
 DAY = 86400
 

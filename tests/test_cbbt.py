@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from benchmark.engine import ClipEngine, EngineBackend, TaskData
-from benchmark.models import load_model
+from benchmark.model.engine import ClipEngine, EngineBackend, TaskData
+from benchmark.model.loading import load_model
 from craft.blackbox import MeteredBlackBox
 from craft.methods import Task, get_method, make_config
 from craft.methods.cbbt import schedule_queries

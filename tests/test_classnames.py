@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from benchmark.datasets.registry import load_dataset
-from benchmark.engine import ClipEngine, spoken
-from benchmark.models import load_model
+from benchmark.model.engine import ClipEngine, spoken
+from benchmark.model.loading import load_model
 from benchmark.sweep.cell import Cell
 from benchmark.sweep.run_cell import run_cell
 from tests.dataset_trees import UNDERSCORED, build_coop_json

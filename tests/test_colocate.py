@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmark.colocate import run_colocated
+from benchmark.serve.colocate import run_colocated
 from benchmark.errors import UserError
 from benchmark.sweep.cell import Cell
 from benchmark.sweep.config import config_from_dict
@@ -54,7 +54,7 @@ def test_colocate_is_a_boolean_sweep_key():
 def test_a_sweep_with_colocate_runs_craft_on_its_ray_model_server(tmp_path, monkeypatch, server):
     import ray
 
-    from benchmark.builtin_suite import ensure_builtin_suite
+    from benchmark.datasets.builtin import ensure_builtin_suite
     from benchmark.report.load import load_results
     from benchmark.sweep.plan import expand
     from benchmark.sweep.runner import run_sweep
@@ -84,7 +84,7 @@ def test_a_sweep_with_colocate_runs_craft_on_its_ray_model_server(tmp_path, monk
 def test_an_interleaving_server_runs_concurrent_colocated_cells_as_each_alone(server):
     import threading
 
-    from benchmark.server import ModelServer
+    from benchmark.serve.server import ModelServer
 
     inter = ModelServer("craft-tiny", "builtin", cache_dir="", interleave=True)
     cells = [_cell(m, {"popsize": 6, "intrinsic_dim": 8, "budget": 6 * 4, "eval_every": 2}) for m in ("craft", "bbt")]

@@ -4,7 +4,7 @@ Hypothesis draws configs with seeds, shots, budgets and hyperparameters at and a
 bounds; each config is either refused with a UserError, or every cell of it writes both a result
 row (built by :func:`benchmark.sweep.run_cell.result_rows`, from a run that used its whole
 budget, one trace row per step) and a failure row (:func:`failed_row`) through
-:func:`benchmark.results_io.write_cell`, and reads back whole.
+:func:`benchmark.results.store.write_cell`, and reads back whole.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from benchmark.errors import UserError
-from benchmark.results_io import scan_cells, write_cell
+from benchmark.results.store import scan_cells, write_cell
 from benchmark.sweep.config import config_from_dict
 from benchmark.sweep.plan import expand
 from benchmark.sweep.run_cell import failed_row, result_rows

@@ -7,7 +7,7 @@ import torch
 
 from benchmark.sweep.cell import Cell
 from benchmark.sweep.run_cell import run_cell
-from benchmark.whitebox.memory import peak_memory
+from benchmark.serve.whitebox.memory import peak_memory
 from craft.blackbox import MeteredBlackBox
 from craft.methods import Task, cbbt, get_method, make_config
 from craft.methods.whitebox import coop_epochs

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from benchmark.features import FeatureCache, default_cache_root
+from benchmark.model.feature_cache import FeatureCache, default_cache_root
 
 FIELDS = {"backbone": "RN50", "weights": "openai", "dataset": "dtd", "split": "train", "seed": 1,
           "shots": 16, "aug_pass": 0, "images": 752}
@@ -99,12 +99,12 @@ def test_cache_keys_follow_the_shipped_models_bytes_and_random_weights_are_never
     """A release that retrains the built-in model must not reuse features of the old one."""
     import shutil
 
-    import benchmark.builtin_suite as suite
-    from benchmark.builtin_suite import ensure_builtin_suite
-    from benchmark.engine import ClipEngine
-    from benchmark.models import load_model
-    from benchmark.task import prepare_task, weights_id
-    from benchmark.task_spec import TaskSpec
+    import benchmark.model.builtin as suite
+    from benchmark.datasets.builtin import ensure_builtin_suite
+    from benchmark.model.engine import ClipEngine
+    from benchmark.model.loading import load_model
+    from benchmark.model.task import prepare_task, weights_id
+    from benchmark.datasets.task_spec import TaskSpec
 
     config, weights = suite.builtin_model_paths()
     copy = tmp_path / weights.name

@@ -95,9 +95,9 @@ def test_builtin_suite_loads_from_root_or_its_generator(tmp_path, monkeypatch):
     assert ds.classnames == expected["digits_rotate"]["classnames"]
     assert [len(ds.train), len(ds.val), len(ds.test)] == [12, 6, 6]
     assert ds.template == "a photo of the digit {}."
-    fake = types.ModuleType("benchmark.builtin_suite")
+    fake = types.ModuleType("benchmark.datasets.builtin")
     fake.ensure_builtin_suite = lambda root=None: tmp_path
-    monkeypatch.setitem(sys.modules, "benchmark.builtin_suite", fake)
+    monkeypatch.setitem(sys.modules, "benchmark.datasets.builtin", fake)
     assert load_dataset("digits_noise", None).test == load_dataset("digits_noise", tmp_path).test
 
 
@@ -160,7 +160,7 @@ def test_imagenet_folder_not_in_classnames(tree, tmp_path):
 
 def test_generated_builtin_suite_loads(tmp_path):
     pytest.importorskip("sklearn")
-    from benchmark.builtin_suite import ensure_builtin_suite
+    from benchmark.datasets.builtin import ensure_builtin_suite
 
     root = ensure_builtin_suite(tmp_path)
     for spec in list_datasets("builtin"):

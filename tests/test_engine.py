@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmark.engine import ClipEngine, EngineBackend, TaskData
+from benchmark.model.engine import ClipEngine, EngineBackend, TaskData
 from benchmark.errors import UserError
-from benchmark.models import load_model
+from benchmark.model.loading import load_model
 
 NAMES = ["zero", "golden retriever", "a rather long class name of an aircraft"]
 
@@ -81,7 +81,7 @@ def test_compiled_calls_run_without_duck_sizing_and_matmul_padding():
     from torch._inductor import config as inductor_config
     from torch.fx.experimental import _config as fx_config
 
-    from benchmark.engine import _one_graph
+    from benchmark.model.engine import _one_graph
 
     seen = []
     call = _one_graph(lambda x: seen.append((inductor_config.shape_padding, fx_config.use_duck_shape)) or x)
@@ -119,7 +119,7 @@ def test_error_texts_for_unknown_backbone_tag_and_missing_checkpoint(tmp_path):
 def test_pretrained_tag_not_cached_is_a_clear_error_and_downloads_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
-    monkeypatch.setattr("benchmark.models._URL_CACHE", tmp_path / "clip")
+    monkeypatch.setattr("benchmark.model.loading._URL_CACHE", tmp_path / "clip")
     with pytest.raises(UserError, match="with pretrained tag 'openai' are not in the local cache .* downloads are off"):
         load_model("RN50", "openai", allow_download=False)
     assert not list(tmp_path.rglob("*.*")), "nothing may be downloaded"
@@ -131,13 +131,13 @@ def test_known_backbones_are_open_clips_list_without_importing_it():
 
     import open_clip
 
-    from benchmark.builtin_suite import register_builtin_model
-    from benchmark.models import known_backbones
+    from benchmark.model.builtin import register_builtin_model
+    from benchmark.model.loading import known_backbones
 
     register_builtin_model()
     assert known_backbones() == sorted(open_clip.list_models())
     assert {"RN50", "RN101", "ViT-B-32", "ViT-B-16", "craft-tiny"} <= set(known_backbones())
-    code = "import sys; from benchmark.models import known_backbones; known_backbones(); print('open_clip' in sys.modules)"
+    code = "import sys; from benchmark.model.loading import known_backbones; known_backbones(); print('open_clip' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
 
 
@@ -170,7 +170,7 @@ def test_a_craft_generation_queries_its_refinement_prompt_and_next_candidates_in
     """4 generations, evaluated after the 2nd and the 4th: the first candidates; then per generation the
     refinement query with the next candidates, but where it evaluates, the refinement query, val and
     test, and then the next candidates (none after the last)."""
-    from benchmark.perf_measure import Shapes, synthetic_task
+    from measurement.loops import Shapes, synthetic_task
     from craft.blackbox import MeteredBlackBox
     from craft.methods import get_method, make_config
 

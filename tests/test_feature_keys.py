@@ -12,9 +12,9 @@ import torch
 from benchmark.datasets.registry import load_dataset
 from benchmark.datasets.transforms import train_transform
 from benchmark.errors import UserError
-from benchmark.feature_keys import describe_transform, image_set_key
-from benchmark.features import FeatureCache
-from benchmark.server import ModelServer
+from benchmark.model.feature_keys import describe_transform, image_set_key
+from benchmark.model.feature_cache import FeatureCache
+from benchmark.serve.server import ModelServer
 from benchmark.sweep.cell import Cell
 from benchmark.sweep.run_cell import run_cell
 from benchmark.sweep.runner import _runtime_env
@@ -25,7 +25,7 @@ BASE = {"backbone": "craft-tiny", "weights": "w", "dataset": "digits_rotate", "p
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The built-in suite, generated once for this module."""
-    from benchmark.builtin_suite import ensure_builtin_suite
+    from benchmark.datasets.builtin import ensure_builtin_suite
 
     return ensure_builtin_suite(tmp_path_factory.mktemp("suite"))
 

@@ -1,18 +1,18 @@
 """The engine and the methods on a CUDA GPU. Skipped without one (CI has none); run on a GPU
-machine by ``scripts/device_perf.sh`` (``python -m pytest tests/test_gpu.py``)."""
+machine by ``measurement/device_perf.sh`` (``python -m pytest tests/test_gpu.py``)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from benchmark.engine import ClipEngine, EngineBackend
-from benchmark.models import load_model
-from benchmark.perf_measure import Shapes, synthetic_task
+from benchmark.model.engine import ClipEngine, EngineBackend
+from benchmark.model.loading import load_model
+from measurement.loops import Shapes, synthetic_task
 from craft.blackbox import MeteredBlackBox
 from craft.methods import get_method, make_config
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (scripts/device_perf.sh runs it)")
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (measurement/device_perf.sh runs it)")
 
 NAMES = [f"class {i}" for i in range(10)]
 SHAPES = Shapes("gpu-test", classes=10, train=160, val=40, test=100)
@@ -105,7 +105,7 @@ def test_cbbt_and_zero_shot_run_with_outputs_on_the_gpu(tiny):
 
 
 def test_a_colocated_craft_cell_runs_on_the_gpu_server_like_one_in_its_own_task():
-    from benchmark.server import ModelServer
+    from benchmark.serve.server import ModelServer
     from benchmark.sweep.cell import Cell
     from benchmark.sweep.run_cell import run_cell
 
@@ -194,7 +194,7 @@ def test_interleaved_runs_on_the_gpu_give_the_results_of_each_alone(tiny):
 
 def test_interleaved_runs_on_cuda_graphs_give_the_results_of_each_alone(tiny):
     """compile="reduce-overhead": each call's features are copied out of the graphs' memory before
-    the next run's pass overwrites it (benchmark.engine._one_graph)."""
+    the next run's pass overwrites it (benchmark.model.engine._one_graph)."""
     from craft.interleave import run_interleaved
     from craft.methods.base import drive
 
@@ -209,15 +209,15 @@ def test_interleaved_runs_on_cuda_graphs_give_the_results_of_each_alone(tiny):
 
 
 def test_the_profile_gives_a_generations_device_time_and_its_bound(tiny):
-    from benchmark import perf_profile
-    from benchmark.perf_measure import synthetic_task as task_of
+    from measurement import profile
+    from measurement.loops import synthetic_task as task_of
 
     engine = ClipEngine(tiny, torch.device("cuda"), precision="fp32")
     data, task = task_of(engine, SHAPES, NAMES, seed=0)
     p0 = engine.embed_words("a photo of a")
-    ps = perf_profile.profile_pass(engine, NAMES, p0.expand(8, -1, -1).clone())
+    ps = profile.profile_pass(engine, NAMES, p0.expand(8, -1, -1).clone())
     assert 0 < ps["device_busy_s"] and ps["device_ops"] > 0 and ps["device_top"][0]["calls"] > 0
-    gen = perf_profile.profile_generations(engine, data, task, 8, 16, engine.device)
+    gen = profile.profile_generations(engine, data, task, 8, 16, engine.device)
     assert 0 < gen["device_busy_s"] < gen["wall_s"]
     assert gen["gpu_bound_sequences_per_s"] == pytest.approx(9 * 10 / gen["device_busy_s"])
 

@@ -23,9 +23,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import craft.transfer
-from benchmark.engine import ClipEngine, EngineBackend
-from benchmark.models import load_model
-from benchmark.perf_measure import Shapes, synthetic_task
+from benchmark.model.engine import ClipEngine, EngineBackend
+from benchmark.model.loading import load_model
+from measurement.loops import Shapes, synthetic_task
 from craft.blackbox import MeteredBlackBox
 from craft.interleave import run_interleaved
 from craft.methods import get_method, make_config

@@ -1,4 +1,4 @@
-"""Runs interleaved in one thread (craft.interleave, benchmark.colocate.Interleaver): each run's
+"""Runs interleaved in one thread (craft.interleave, benchmark.serve.colocate.Interleaver): each run's
 results are those it has alone, the runs take turns, and a failing run ends alone."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 import torch
 from threadpoolctl import threadpool_limits
 
-from benchmark.colocate import Interleaver
+from benchmark.serve.colocate import Interleaver
 from craft.blackbox import MeteredBlackBox
 from craft.interleave import run_interleaved
 from craft.methods import Task, get_method, make_config

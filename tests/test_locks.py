@@ -15,7 +15,7 @@ import yaml
 
 from benchmark.errors import UserError
 from benchmark.locks import hold
-from benchmark.results_io import LOCK_NAME, cell_status, lock_results
+from benchmark.results.store import LOCK_NAME, cell_status, lock_results
 
 REPO = Path(__file__).resolve().parent.parent
 HOLD = "import sys, time; from benchmark.locks import hold\nwith hold(sys.argv[1], 'x'):\n    print('held', flush=True); time.sleep(60)"
@@ -74,7 +74,7 @@ def test_the_results_lock_leaves_no_folder_it_made_empty(tmp_path: Path) -> None
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from benchmark.builtin_suite import ensure_builtin_suite
+    from benchmark.datasets.builtin import ensure_builtin_suite
 
     root = tmp_path_factory.mktemp("cache")
     ensure_builtin_suite(root / "builtin")

@@ -60,7 +60,7 @@ def test_the_refinement_optimizer_is_torchs_default_adam_on_a_cpu():
 
 
 def test_off_the_cpu_the_fitness_dispatches_as_many_operations_for_40_candidates_as_for_2():
-    from benchmarks.generation_ops import count_ops
+    from measurement.generation_ops import count_ops
 
     meta = torch.device("meta")  # not a CPU: batched by default; nothing computed
     labels, head = torch.zeros(160, dtype=torch.long, device=meta), RefinementMLP(10, 16).to(meta)

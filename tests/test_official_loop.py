@@ -56,11 +56,11 @@ class Recording:
 def prepared(tmp_path_factory, one_torch_thread):
     """The built-in model and Digits-Rotate, 16 shots, with an augmentation that varies (random
     crops), so that each generation's view of the training images is another one."""
-    import benchmark.task as task_module
-    from benchmark.builtin_suite import ensure_builtin_suite
-    from benchmark.engine import ClipEngine, EngineBackend
-    from benchmark.models import load_model
-    from benchmark.task_spec import TaskSpec
+    import benchmark.model.task as task_module
+    from benchmark.datasets.builtin import ensure_builtin_suite
+    from benchmark.model.engine import ClipEngine, EngineBackend
+    from benchmark.model.loading import load_model
+    from benchmark.datasets.task_spec import TaskSpec
 
     mp = pytest.MonkeyPatch()
     cache = tmp_path_factory.mktemp("cache")

@@ -1,4 +1,4 @@
-"""scripts/pack_ray.py: Ray's wheel repacked for the GPU device, executables kept executable."""
+"""measurement/pack_ray.py: Ray's wheel repacked for the GPU device, executables kept executable."""
 
 from __future__ import annotations
 

@@ -11,12 +11,12 @@ import torch
 
 from benchmark.cli import main
 from benchmark.errors import UserError
-from benchmark.models import load_model
-from benchmark.engine import uses_cuda_graphs
-from benchmark.perf import (
+from benchmark.model.loading import load_model
+from benchmark.model.engine import uses_cuda_graphs
+from measurement.perf import (
     _compile_seconds, _parse_compile_modes, _parse_runs, _ratios, _sweep_path, _targets, _user_devices, compiled_path_name,
 )
-from benchmark.perf_measure import (
+from measurement.loops import (
     SEEDS, _generations, amortised, dataset_shapes, device_name, padded_classnames, peak_memory, sweep_datasets, sweep_row,
     sweep_rows_scaled, sweep_summary, warmup_for,
 )
@@ -328,7 +328,7 @@ def test_profile_names_what_a_pass_and_a_generation_spend_their_time_on(tmp_path
 
 
 def test_a_loops_device_busy_share_is_the_profiled_generations_device_time_at_the_loops_rate():
-    from benchmark.perf_profile import loops_device_busy, render
+    from measurement.profile import loops_device_busy, render
 
     gen = {"user_device": "cuda:0", "device_busy_s": 0.02}
     loops = [{"runs": 1, "user_device": "cuda:0", "generations_per_s": 25.0},
@@ -344,7 +344,7 @@ def test_a_loops_device_busy_share_is_the_profiled_generations_device_time_at_th
 
 
 def test_a_saved_profile_prints_again_with_its_loops_device_busy_share(tmp_path, capsys):
-    from benchmark.perf_profile import main as profile_main
+    from measurement.profile import main as profile_main
 
     saved = {"profile": {"fast": {"generation": {"user_device": "cuda:0", "device_busy_s": 0.02, "wall_s": 0.03,
                                                   "host_ops": 5, "host_op_cpu_s": 0.01, "device_ops": 7,
@@ -361,7 +361,7 @@ def test_a_saved_profile_prints_again_with_its_loops_device_busy_share(tmp_path,
 
 
 def test_the_attention_benchmark_runs_each_backend_and_reports_those_that_cannot(tmp_path, capsys):
-    from benchmarks.attention_backends import main as attention_main
+    from measurement.attention_backends import main as attention_main
 
     out = tmp_path / "attention.json"
     assert attention_main(["--backbone", "craft-tiny", "--device", "cpu", "--dataset", "eurosat", "--candidates", "4",

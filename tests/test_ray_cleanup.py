@@ -56,8 +56,8 @@ def _listening_beyond_loopback(pids: list[int]) -> list[str]:
 def test_a_sigkilled_driver_leaves_no_ray_process_behind(tmp_path: Path) -> None:
     import ray
 
-    from benchmark.builtin_suite import ensure_builtin_suite
-    from benchmark.ray_reaper import holders
+    from benchmark.datasets.builtin import ensure_builtin_suite
+    from benchmark.serve.ray_reaper import holders
 
     ensure_builtin_suite(tmp_path / "cache" / "builtin")
     config = tmp_path / "s.yaml"
@@ -96,6 +96,6 @@ def test_a_sigkilled_driver_leaves_no_ray_process_behind(tmp_path: Path) -> None
         if driver.poll() is None:
             driver.kill()
         if session:  # whatever a failed assertion left: this test's runtime only
-            from benchmark.ray_reaper import end as end_runtime
+            from benchmark.serve.ray_reaper import end as end_runtime
 
             end_runtime(session, ray_dir)

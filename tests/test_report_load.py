@@ -10,7 +10,7 @@ from test_report_tables import row, write_results
 
 from benchmark.errors import UserError
 from benchmark.report.load import load_results
-from benchmark.results_schema import to_table
+from benchmark.results.schema import to_table
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from benchmark.report.load import load_results
 from benchmark.report.published import PUBLISHED_SOURCE, published_results
 from benchmark.report.render import render, render_table
 from benchmark.report.tables import ON_TEST_NOTE, build_table
-from benchmark.results_schema import to_table
+from benchmark.results.schema import to_table
 
 DIGITS = ["digits_noise", "digits_invert", "digits_rotate", "digits_shift"]  # registry order
 SHIFT = ["imagenet", "imagenet_v2", "imagenet_sketch", "imagenet_a", "imagenet_r"]

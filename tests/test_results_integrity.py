@@ -8,7 +8,7 @@ import pytest
 
 from benchmark.cli import main
 from benchmark.report.load import load_results
-from benchmark.results_io import DAMAGED_MARK, scan_cells, write_cell
+from benchmark.results.store import DAMAGED_MARK, scan_cells, write_cell
 from benchmark.sweep.config import config_from_dict
 from benchmark.sweep.plan import expand, format_plan, make_plan
 from benchmark.sweep.run_cell import failed_row
@@ -98,7 +98,7 @@ def test_a_rerun_recomputes_each_damaged_cell_once_and_keeps_the_damaged_files(
 ) -> None:
     """Done when (issue 23, point 3): corrupt, truncate and zero done files; rerun; each cell once; the table renders."""
     ray = pytest.importorskip("ray")
-    from benchmark.builtin_suite import ensure_builtin_suite
+    from benchmark.datasets.builtin import ensure_builtin_suite
     from benchmark.sweep.runner import run_sweep
 
     monkeypatch.setenv("CRAFT_BENCH_CACHE", str(tmp_path / "cache"))
@@ -143,8 +143,8 @@ def test_a_dead_writers_temporary_is_removed_even_when_nothing_is_left_to_run(
 
     import yaml
 
-    from benchmark.builtin_suite import ensure_builtin_suite
-    from benchmark.results_io import TMP_PREFIX, stray_temporaries
+    from benchmark.datasets.builtin import ensure_builtin_suite
+    from benchmark.results.store import TMP_PREFIX, stray_temporaries
 
     monkeypatch.setenv("CRAFT_BENCH_CACHE", str(tmp_path / "cache"))
     ensure_builtin_suite(tmp_path / "cache" / "builtin")

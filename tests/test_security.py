@@ -22,7 +22,7 @@ def test_a_storage_urls_password_is_masked() -> None:
 
 
 def test_tune_errors_never_echo_the_password(tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch) -> None:  # noqa: ANN001
-    from benchmark.builtin_suite import ensure_builtin_suite
+    from benchmark.datasets.builtin import ensure_builtin_suite
 
     monkeypatch.setenv("CRAFT_BENCH_CACHE", str(tmp_path / "cache"))
     ensure_builtin_suite(tmp_path / "cache" / "builtin")

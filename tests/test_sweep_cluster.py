@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from benchmark.results_io import FAILED_SUFFIX, OK_SUFFIX, TMP_PREFIX
+from benchmark.results.store import FAILED_SUFFIX, OK_SUFFIX, TMP_PREFIX
 from benchmark.sweep.config import load_config
 from benchmark.sweep.plan import expand
 
@@ -94,7 +94,7 @@ class LocalCluster:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory):
-    from benchmark.builtin_suite import ensure_builtin_suite
+    from benchmark.datasets.builtin import ensure_builtin_suite
 
     cache = tmp_path_factory.mktemp("cache")
     ensure_builtin_suite(cache / "builtin")

@@ -15,7 +15,7 @@ def test_a_local_sweep_runs_each_cell_once_one_at_a_time_on_one_cpu(tmp_path: Pa
     """A run blocks in ``ray.get`` at every query, and Ray lends a blocked task's CPU to the next
     task, so the driver caps runs in flight at the CPUs (recorded times are to the second)."""
     ray = pytest.importorskip("ray")
-    from benchmark.builtin_suite import ensure_builtin_suite
+    from benchmark.datasets.builtin import ensure_builtin_suite
     from benchmark.sweep.runner import run_sweep
 
     monkeypatch.setenv("CRAFT_BENCH_CACHE", str(tmp_path / "cache"))  # workers inherit it

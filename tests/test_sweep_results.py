@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from benchmark.errors import UserError
-from benchmark.results_io import (
+from benchmark.results.store import (
     TMP_PREFIX, cell_status, check_location, clean_temporaries, stray_temporaries, write_cell, write_log,
 )
 from benchmark.sweep.config import config_from_dict

@@ -9,20 +9,20 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark.batching import QueryBatcher
+from benchmark.serve.batching import QueryBatcher
 from benchmark.errors import UserError
-from benchmark.remote import RemoteBackend
-from benchmark.server import ModelServer
+from benchmark.serve.client import RemoteBackend
+from benchmark.serve.server import ModelServer
 from benchmark.sweep.cell import Cell
 from benchmark.sweep.runner import start_servers, stop_servers
-from benchmark.task_spec import TaskSpec
+from benchmark.datasets.task_spec import TaskSpec
 
 SPEC = TaskSpec("digits_rotate", 2, 1)
 
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory: pytest.TempPathFactory):
-    from benchmark.builtin_suite import ensure_builtin_suite
+    from benchmark.datasets.builtin import ensure_builtin_suite
 
     mp = pytest.MonkeyPatch()
     root = tmp_path_factory.mktemp("cache")

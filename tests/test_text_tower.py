@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from benchmark import text_tower
-from benchmark.engine import ClipEngine
-from benchmark.models import LoadedModel
+from benchmark.model import text_tower
+from benchmark.model.engine import ClipEngine
+from benchmark.model.loading import LoadedModel
 
 WORDS = ["cat", "golden retriever", "a rather long class name of an aircraft", "x", "boeing 737-800", "sun flower"]
 REL_TOL = 1e-4  # the stated tolerance: relative L2 error of fast-path logits, fp32 on CPU

@@ -18,7 +18,7 @@ def test_sigint_during_craft_tune_stops_marks_trials_and_exits_130(tmp_path: Pat
     import optuna
     from optuna.trial import TrialState
 
-    from benchmark.builtin_suite import ensure_builtin_suite
+    from benchmark.datasets.builtin import ensure_builtin_suite
     from tuning.storage import INTERRUPTED
 
     ensure_builtin_suite(tmp_path / "cache" / "builtin")

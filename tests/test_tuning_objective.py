@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from benchmark.server import ModelServer
+from benchmark.serve.server import ModelServer
 from benchmark.sweep.run_cell import run_cell
 from craft.methods import METHODS
 from tuning.config import parse_config

@@ -20,7 +20,7 @@ import optuna
 import pytest
 import yaml
 
-from benchmark.builtin_suite import ensure_builtin_suite, split_file
+from benchmark.datasets.builtin import ensure_builtin_suite, split_file
 from tuning.config import load_config
 from tuning.search import run_search
 from tuning.storage import INTERRUPTED, WARM_START, open_storage, open_study

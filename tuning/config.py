@@ -17,7 +17,7 @@ from typing import Any
 
 from benchmark.config_yaml import read_yaml
 from benchmark.errors import UserError, show
-from benchmark.results_io import check_location
+from benchmark.results.store import check_location
 from benchmark.sweep.config import SEED_LIMIT, check_seeds, expand_home
 from craft.methods import METHODS
 from tuning.space import Space, default_space, parse_space
@@ -198,8 +198,8 @@ def _pruning(raw: Any, where: str) -> Pruning | None:
 
 def _check_data(cfg: SearchConfig, where: str) -> None:
     """Train and validation images of every (dataset, shots, search seed) exist; test is never looked at."""
-    from benchmark.task import load_task_splits
-    from benchmark.task_spec import TaskSpec
+    from benchmark.model.task import load_task_splits
+    from benchmark.datasets.task_spec import TaskSpec
 
     for ds in cfg.datasets:
         for k in cfg.shots:
@@ -211,7 +211,7 @@ def _check_data(cfg: SearchConfig, where: str) -> None:
 
 
 def _check_backbones(value: Any, where: str) -> dict[str, str]:
-    from benchmark.models import known_backbones
+    from benchmark.model.loading import known_backbones
     from benchmark.sweep.config import parse_backbones
 
     if value is None:

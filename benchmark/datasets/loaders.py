@@ -38,7 +38,7 @@ def dataset_dir(spec: DatasetSpec, root: Path) -> Path:
     folder = root / spec.folder
     if not folder.is_dir():
         how = (
-            "the built-in suite is generated there by benchmark.builtin_suite.ensure_builtin_suite(root)"
+            "the built-in suite is generated there by benchmark.datasets.builtin.ensure_builtin_suite(root)"
             if "builtin" in spec.suites
             else "CoOp's DATASETS.md describes how to download and lay it out"
         )

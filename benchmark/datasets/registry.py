@@ -136,6 +136,6 @@ def _default_root(spec: DatasetSpec) -> Path:
             f"dataset {spec.key} needs a data root: pass --root DIR, the folder that holds {spec.folder}/ "
             "(CoOp's DATASETS.md describes the download)"
         )
-    from benchmark.builtin_suite import ensure_builtin_suite
+    from benchmark.datasets.builtin import ensure_builtin_suite
 
     return Path(ensure_builtin_suite())

@@ -11,7 +11,7 @@ from benchmark.datasets.registry import SUITES, list_datasets
 from benchmark.errors import UserError
 from benchmark.report.labels import ZERO_SHOT, backbone_key, dataset_key, paper_datasets
 from benchmark.report.published import normalise_backbone
-from benchmark.results_schema import selected_on_test
+from benchmark.results.schema import selected_on_test
 
 RUN_KEYS = ["method", "backbone", "dataset", "eval_dataset", "shots", "seed"]
 ON_TEST = "on_test"  # the column :func:`prepare` adds: the row's accuracy is its best epoch's on test

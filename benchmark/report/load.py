@@ -12,8 +12,8 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
 from benchmark.errors import UserError
-from benchmark.results_io import verify_file
-from benchmark.results_schema import SCHEMA
+from benchmark.results.store import verify_file
+from benchmark.results.schema import SCHEMA
 
 
 def warn_damaged(path: str, why: str) -> None:
@@ -26,9 +26,9 @@ def load_results(
 ) -> pd.DataFrame:
     """The result rows under ``path`` (a folder, a file, or a URI such as ``s3://bucket/results``).
 
-    Files are read with :data:`~benchmark.results_schema.SCHEMA` (columns a file lacks are null);
+    Files are read with :data:`~benchmark.results.schema.SCHEMA` (columns a file lacks are null);
     ``ok_only`` keeps the rows whose status is ``ok``. A file that does not verify
-    (:func:`benchmark.results_io.verify_file`) is left out and named to ``on_damaged(path, why)``,
+    (:func:`benchmark.results.store.verify_file`) is left out and named to ``on_damaged(path, why)``,
     so that one damaged cell does not hide the others.
     """
     fs, files = _parquet_files(str(path))

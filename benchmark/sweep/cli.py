@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import os
 
-    from benchmark.results_io import check_location
+    from benchmark.results.store import check_location
     from benchmark.sweep.config import load_config
     from benchmark.sweep.plan import check_inputs, expand, format_plan, make_plan
 
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     check_location(cfg.out)
 
-    from benchmark.results_io import clean_temporaries, lock_results
+    from benchmark.results.store import clean_temporaries, lock_results
     from benchmark.sweep.runner import init_ray, pending_cells, run_sweep
 
     with lock_results(cfg.out):  # before Ray starts: a second driver on this folder is refused at once

@@ -40,12 +40,12 @@ KEYS = {
     "runs_per_server": "runs served at once by one model server",
     "precision": "model servers' arithmetic on a GPU: auto (bf16, CBBT fp32; the default), bf16 or fp32 for all (CPUs: fp32; protocol official: fp32)",
     "colocate": "true: CraFT and BBT runs execute in their model server's process, logits on its GPU (default false)",
-    "attention": "the kernel the servers' text attention is held to: auto (torch's choice, default), math, efficient, cudnn or flash (python -m benchmarks.attention_backends times them)",
+    "attention": "the kernel the servers' text attention is held to: auto (torch's choice, default), math, efficient, cudnn or flash (python -m measurement.attention_backends times them)",
     "compile": "true (or a torch.compile mode, e.g. reduce-overhead: CUDA graphs on a GPU): model servers run the text tower under torch.compile, one graph each, compiled in its first query (default false)",
 }
 DEFAULT_RUNS_PER_SERVER = 4
 MAX_INCLUDE_DEPTH = 32  # files in one include chain (Python's recursion would end a deeper one with a traceback)
-# Seeds seed numpy, torch and pycma and are stored as int32 (benchmark/results_schema.py): 0 <= seed < 2**31.
+# Seeds seed numpy, torch and pycma and are stored as int32 (benchmark/results/schema.py): 0 <= seed < 2**31.
 SEED_LIMIT = 2**31
 SHOTS_LIMIT = 2**31  # stored as int32
 INT_LIMIT = 2**31  # integer hyperparameters (epochs, popsize, budget, ...): |value| < 2**31
@@ -282,7 +282,7 @@ def _check_layer(raw: dict[str, Any], where: str) -> None:
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise UserError(f"{where}: runs_per_server must be an integer >= 1, got {show(v)}")
     if "precision" in raw:
-        from benchmark.engine import PRECISIONS
+        from benchmark.model.engine import PRECISIONS
 
         if raw["precision"] not in PRECISIONS:
             raise UserError(f"{where}: precision must be one of {', '.join(PRECISIONS)}, got {show(raw['precision'])}")
@@ -291,7 +291,7 @@ def _check_layer(raw: dict[str, Any], where: str) -> None:
     if "compile" in raw and not isinstance(raw["compile"], bool):
         _check_compile_mode(raw["compile"], where)
     if "attention" in raw:
-        from benchmark.engine import ATTENTION_KERNELS
+        from benchmark.model.engine import ATTENTION_KERNELS
 
         if raw["attention"] not in ATTENTION_KERNELS:
             raise UserError(f"{where}: attention must be one of {', '.join(ATTENTION_KERNELS)}, got {show(raw['attention'])}")
@@ -307,7 +307,7 @@ def _check_layer(raw: dict[str, Any], where: str) -> None:
 
 
 def _check_compile_mode(value: Any, where: str) -> None:
-    from benchmark.engine import uses_cuda_graphs
+    from benchmark.model.engine import uses_cuda_graphs
 
     if isinstance(value, str):
         try:

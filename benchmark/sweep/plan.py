@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmark.errors import UserError
-from benchmark.results_io import parse_cell_file, scan_cells
+from benchmark.results.store import parse_cell_file, scan_cells
 from benchmark.sweep.cell import Cell
 from benchmark.sweep.protocol import protocol_hparams
 from benchmark.sweep.config import SweepConfig
@@ -76,8 +76,8 @@ def check_inputs(cfg: SweepConfig) -> list[str]:
     sweep's shots (its cells at those shots train on every image of such classes).
     """
     from benchmark.datasets.registry import load_dataset
-    from benchmark.models import known_backbones
-    from benchmark.builtin_suite import BUILTIN_BACKBONE
+    from benchmark.model.loading import known_backbones
+    from benchmark.model.builtin import BUILTIN_BACKBONE
 
     if cfg.root is not None and not os.path.isdir(cfg.root):
         raise UserError(f"{cfg.path}: root {cfg.root} does not exist or is not a folder (it must hold the dataset folders)")

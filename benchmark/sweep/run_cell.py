@@ -11,10 +11,10 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from benchmark.datasets.registry import get_spec
-from benchmark.provenance import code_version, package_versions
-from benchmark.remote import RemoteBackend
+from benchmark.results.provenance import code_version, package_versions
+from benchmark.serve.client import RemoteBackend
 from benchmark.sweep.cell import Cell
-from benchmark.task_spec import TaskSpec
+from benchmark.datasets.task_spec import TaskSpec
 from craft.blackbox import MeteredBlackBox
 from craft.methods import RunResult, Task, get_method, make_config
 
@@ -31,7 +31,7 @@ def run_cell(
 
     ``on_eval`` gets each evaluated trace row (a search reports and prunes with it; a run on the
     server reports them when it ends). ``colocate``: CraFT and BBT run in the server's process,
-    their logits on its device (:mod:`benchmark.colocate`).
+    their logits on its device (:mod:`benchmark.serve.colocate`).
     """
     started = dt.datetime.now(dt.timezone.utc)
     method = get_method(cell.method)
@@ -46,9 +46,9 @@ def run_cell(
     whitebox_peak_mb = None
     on_server = colocate and getattr(method, "colocatable", False)
     if getattr(method, "whitebox", False) or on_server:
-        if on_server:  # beside the model, its logits on the server's device (benchmark.colocate)
+        if on_server:  # beside the model, its logits on the server's device (benchmark.serve.colocate)
             out = backend.run_colocated(cell.method, cell.hparams, cell.seed, box.budget, eval_splits)
-        else:  # needs the model: trained on the server (benchmark.whitebox)
+        else:  # needs the model: trained on the server (benchmark.serve.whitebox)
             out = backend.run_whitebox(cell.method, cell.hparams, cell.seed, eval_splits)
         result, whitebox_peak_mb = RunResult(**out["result"]), out["peak_mem_mb"]
         for row in result.trace:  # evaluations ran remotely: report them now, in order

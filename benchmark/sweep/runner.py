@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from benchmark.errors import UserError
-from benchmark.feature_keys import FINGERPRINT_ENV
-from benchmark.results_io import (
+from benchmark.model.feature_keys import FINGERPRINT_ENV
+from benchmark.results.store import (
     parse_cell_file, check_location, check_writable, clean_temporaries, lock_results, move_aside, scan_cells, write_cell, write_log,
 )
 from benchmark.sweep.cell import Cell
@@ -46,7 +46,7 @@ def arithmetic(method: str, precision: str, gpu: bool) -> str:
     """What a ``method`` run's server computes in: fp32 on CPUs; on GPUs the sweep's
     ``precision``, where ``auto`` is bf16 except for :data:`FP32_METHODS`. On ViT-B-16, bf16
     autocast took the cosine of CBBT's gradient estimate with the true gradient from 0.57 to 0.11
-    (``python -m benchmarks.cbbt_precision --backbone ViT-B-16``)."""
+    (``python -m measurement.cbbt_precision --backbone ViT-B-16``)."""
     if not gpu:
         return "fp32"
     if precision == "auto":
@@ -182,10 +182,10 @@ def _loopback_only() -> Iterator[None]:
 
 
 def _reap_with_this_process() -> None:
-    """Start the watcher that ends this local runtime's processes when this process ends (:mod:`benchmark.ray_reaper`)."""
+    """Start the watcher that ends this local runtime's processes when this process ends (:mod:`benchmark.serve.ray_reaper`)."""
     from ray._private import worker
 
-    from benchmark import ray_reaper
+    from benchmark.serve import ray_reaper
 
     node = worker._global_node
     if node is not None and sys.platform.startswith("linux"):
@@ -237,7 +237,7 @@ def start_servers(
     """
     import ray
 
-    from benchmark.server import ModelServer
+    from benchmark.serve.server import ModelServer
 
     gpus = int(ray.cluster_resources().get("GPU", 0)) if gpus is None else gpus
     pool = ServerPool({}, precision, gpus > 0)
@@ -326,7 +326,7 @@ def _run_cell_task(cell: Cell, servers: list[Any], eval_test: bool, colocate: bo
 def pending_cells(cells: list[Cell], out: str, rerun_failed: bool) -> tuple[list[Cell], int]:
     """The cells still to run under ``out`` and the number skipped (done, or failed unless rerun).
 
-    A cell whose result file is damaged (:func:`benchmark.results_io.verify_file`) is to run.
+    A cell whose result file is damaged (:func:`benchmark.results.store.verify_file`) is to run.
     """
     return _pending(cells, scan_cells(out)[0], rerun_failed)
 
@@ -364,7 +364,7 @@ def run_sweep(
     """Run every cell not yet done under ``out``; write each (log and rows) as it finishes.
 
     ``colocate``: CraFT and BBT runs execute in their model server's process, their logits on its
-    device (:mod:`benchmark.colocate`); their run task only waits. ``compile``: the model servers
+    device (:mod:`benchmark.serve.colocate`); their run task only waits. ``compile``: the model servers
     run their text tower under ``torch.compile``; ``attention``: with that attention kernel.
     """
     import ray

@@ -49,7 +49,7 @@ class BBTConfig:
     # Generations between CMA-ES's eigendecompositions of its covariance, in units of pycma's own
     # interval 1 / (10 N (c1 + c_mu)) (1: pycma's default, the official code's). At 10 it falls
     # from every 2.4 to every 24 generations at N = 512, popsize 40: the largest part of a run's
-    # CPU time (python -m benchmarks.cma_cost), with accuracy within seed noise (docs/fidelity.md).
+    # CPU time (python -m measurement.cma_cost), with accuracy within seed noise (docs/fidelity.md).
     cma_eigen_gap: float = 10.0
     # CMA-ES's step-size rule, pinned whatever pycma is installed: csa (the official code's) or tpa
     # (pycma 4.5's default at dimension >= 300, which refuses a second ask per tell).
@@ -244,7 +244,7 @@ class BBT:
     name = "bbt"
     config_cls = BBTConfig
     # Its per-generation work is on every candidate's logits: a sweep may run it beside the model,
-    # its logits on the model's device (benchmark.colocate).
+    # its logits on the model's device (benchmark.serve.colocate).
     colocatable = True
 
     def run(self, box: BlackBox, task: Task, config: BBTConfig, seed: int) -> RunResult:

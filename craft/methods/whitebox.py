@@ -2,7 +2,7 @@
 
 CoOp learns context vectors by backprop through the text encoder, which a black box does not
 expose, so its ``run`` refuses a :class:`~craft.blackbox.BlackBox`; the sweep's cell runner sends
-it to the model server instead (``benchmark.whitebox``). Registering it here gives it the same
+it to the model server instead (``benchmark.serve.whitebox``). Registering it here gives it the same
 config validation, cell ids and listings as the black-box methods.
 """
 

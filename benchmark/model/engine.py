@@ -1,0 +1,550 @@
+"""The open_clip engine behind the black-box contract.
+
+A prompt for class ``c`` is ``[SOS] + ctx + embed("<classname>.") + [EOS]``: one shared
+context ``ctx`` (``n_ctx x width``) for all classes, the class part embedded once per class
+list and reused. The text feature of each prompt is gathered at its own end-of-text token.
+Every text reaches the tokenizer through :meth:`ClipEngine.tokenize`, which writes class names'
+underscores as spaces, as the official codes do (:func:`spoken`).
+
+Two query paths compute the same features:
+
+* ``official``: like the official CraFT code, one candidate at a time, fp32, padded to the
+  model's full context length (77 for CLIP).
+* ``fast``: every candidate of a call in one forward pass (chunked), each batch cut to its
+  longest real prompt (the causal mask makes positions after a prompt's end irrelevant to
+  its feature), bf16 autocast on GPU (``precision="fp32"`` turns it off), optionally
+  ``torch.compile``-d. On open_clip's default
+  text blocks, the ``[SOS] + ctx`` prefix shared by a candidate's prompts is run once per
+  candidate, not once per class (``benchmark.model.text_tower``); chunks are sized by device memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from benchmark.model import text_tower
+from benchmark.model.loading import LoadedModel
+from craft.blackbox import BackendInfo, OutputFeatures, parse_view_split
+from craft.waits import blocked
+
+
+PRECISIONS = ("auto", "bf16", "fp32")  # of the fast path on a GPU; see ClipEngine
+# Attention kernels the fast path may be held to, by their torch.nn.attention.SDPBackend names.
+_SDP_BACKENDS = {"math": "MATH", "efficient": "EFFICIENT_ATTENTION", "cudnn": "CUDNN_ATTENTION", "flash": "FLASH_ATTENTION"}
+ATTENTION_KERNELS = ("auto", *_SDP_BACKENDS)  # auto: torch's choice
+
+
+def spoken(text: str) -> str:
+    """``text`` with underscores as spaces: how the official codes put a class name into a prompt.
+
+    CoOp's split files name classes ``american_bulldog``, ``apple_pie``, ``Apply_Eye_Makeup``;
+    CraFT's prompt learner (``main_craft.py``), CoOp's (``trainers/coop.py``, ``zsclip.py``) and
+    CBBT's (``cooppara.py``) all ``replace("_", " ")`` before tokenizing, class names and
+    ``ctx_init`` alike. The datasets keep the split's names (tables show them); only text does not.
+    """
+    return text.replace("_", " ")
+
+
+@dataclass
+class ClassPart:
+    """Token ids and embeddings of ``"<classname>." [EOS]`` for each class of a task."""
+
+    classnames: tuple[str, ...]
+    ids: torch.Tensor  # C x (context_length - 1): class tokens, EOS, padding
+    lengths: torch.Tensor  # C: number of class tokens (EOS excluded)
+    fast_embeddings: torch.Tensor  # C x (max_len + 1) x width: trimmed to the longest
+    # max(lengths), read from the device once: reading it per call (a GPU tensor's .max() as an
+    # int) waited for everything queued on the GPU, every run's work included, at each query.
+    max_len: int
+    # n_ctx -> fast_embeddings plus the positional embedding of positions 1+n_ctx..
+    suffixes: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
+    # n_ctx -> text_tower.class_state of that suffix (the first block's per-class work)
+    states: dict[int, tuple[torch.Tensor, ...]] = field(default_factory=dict, repr=False)
+
+
+class ClipEngine:
+    """Text and image encoding for prompt contexts on one open_clip CLIP model."""
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        device: str | torch.device = "cpu",
+        mode: str = "fast",
+        compile: bool | str = False,
+        max_sequences: int | None = None,
+        precision: str = "auto",
+        attention: str = "auto",
+    ) -> None:
+        """``compile``: False, True (``torch.compile`` default mode) or a ``torch.compile`` mode name.
+        ``max_sequences``: text sequences per forward pass; None sizes chunks by device memory.
+        ``precision`` of the fast and white-box paths on a GPU: ``auto`` or ``bf16`` (bf16
+        autocast), ``fp32`` (none; the official path and CPUs are always fp32). A sweep picks it
+        per method (``benchmark.sweep.runner.arithmetic``). ``attention``: the kernel of the fast
+        and white-box paths' attention, of :data:`ATTENTION_KERNELS` (``auto``: torch's choice;
+        ``python -m measurement.attention_backends`` times them; one that cannot run a call fails it)."""
+        if mode not in ("fast", "official"):
+            raise ValueError(f"mode must be 'fast' or 'official', got {mode!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if attention not in ATTENTION_KERNELS:
+            raise ValueError(f"attention must be one of {', '.join(ATTENTION_KERNELS)}, got {attention!r}")
+        model = loaded.model
+        for attr in ("token_embedding", "positional_embedding", "transformer", "ln_final", "attn_mask"):
+            if not hasattr(model, attr):
+                raise ValueError(
+                    f"backbone {loaded.backbone} has no plain CLIP text tower (missing {attr}); "
+                    "only open_clip CLIP models with a causal text transformer are supported"
+                )
+        if getattr(model, "text_pool_type", "argmax") != "argmax":
+            raise ValueError(f"backbone {loaded.backbone}: text pooling {model.text_pool_type!r} is not EOT pooling")
+        self.loaded = loaded
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.mode = mode
+        self.precision = precision
+        self.attention = attention
+        self.bf16 = self.device.type == "cuda" and precision != "fp32" and mode == "fast"  # autocast on
+        self.context_length = int(model.positional_embedding.shape[0])
+        self.width = int(model.token_embedding.weight.shape[1])
+        self.max_sequences = max_sequences
+        self._chunk_bytes = _chunk_budget_bytes(self.device)
+        self.logit_scale = float(model.logit_scale.exp().item())
+        self.prefix_shared = text_tower.supports(model)
+        self.compile_mode = ("default" if compile is True else compile) or None
+        self._encode, self._encode_prefix = self._encode_embeddings, self._prefix_features
+        if self.compile_mode:
+            # One graph for every batch size, class count and length (see _one_graph, and
+            # _prefix_shared_text for single candidates).
+            opts = {"dynamic": True} | ({} if self.compile_mode == "default" else {"mode": self.compile_mode})
+            graphs = uses_cuda_graphs(self.compile_mode)
+            self._encode = _one_graph(torch.compile(self._encode_embeddings, **opts), graphs)
+            self._encode_prefix = _one_graph(torch.compile(self._prefix_features, **opts), graphs)
+        self._class_parts: dict[tuple[str, ...], ClassPart] = {}
+        tok = loaded.tokenizer("")[0]
+        self.sot_id, self.eot_id = int(tok[0]), int(tok[1])
+
+    # ----------------------------------------------------------------- words and classes
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        """Token ids (``len(texts) x context_length``) of ``texts`` as :func:`spoken` writes them:
+        the one way text reaches the model (class parts, templates, initial words)."""
+        return self.loaded.tokenizer([spoken(t) for t in texts])
+
+    def _tokens(self, text: str) -> torch.Tensor:
+        """Token ids of ``text`` without SOS/EOS."""
+        ids = self.tokenize([text])[0]
+        end = int((ids == self.eot_id).nonzero()[0])
+        return ids[1:end]
+
+    @torch.no_grad()
+    def embed_words(self, text: str) -> torch.Tensor:
+        """Token embeddings (``n_tokens x width``) of ``text``: the initial prompt ``p0``."""
+        return self.model.token_embedding(self._tokens(text).to(self.device)).float().cpu()
+
+    @torch.no_grad()
+    def class_part(self, classnames: Sequence[str]) -> ClassPart:
+        """The embedded ``"<classname>." [EOS]`` of each class, computed once per class list."""
+        key = tuple(classnames)
+        if key not in self._class_parts:
+            ids = self.tokenize([f"{name}." for name in key])[:, 1:].to(self.device)
+            lengths = (ids == self.eot_id).int().argmax(dim=1)
+            longest = int(lengths.max())
+            trimmed = ids[:, : longest + 1]
+            self._class_parts[key] = ClassPart(key, ids, lengths, self.model.token_embedding(trimmed), longest)
+        return self._class_parts[key]
+
+    def max_ctx(self, part: ClassPart) -> int:
+        """Longest context that still fits every class's prompt in the context length."""
+        return self.context_length - 2 - part.max_len
+
+    # ----------------------------------------------------------------- text features
+    def _encode_embeddings(self, x: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        length = x.shape[1]
+        x = x + m.positional_embedding[:length].to(x.dtype)
+        x = m.transformer(x, attn_mask=m.attn_mask[:length, :length].to(x.dtype))
+        x = m.ln_final(x)
+        x = x[torch.arange(x.shape[0], device=x.device), eot]
+        proj = m.text_projection
+        if proj is not None:
+            x = proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
+        return x
+
+    def _sequences(self, contexts: torch.Tensor, part: ClassPart, full: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt embeddings (``B*C x L x width``) and each prompt's EOT position."""
+        n_cand, n_ctx, width = contexts.shape
+        n_cls = len(part.classnames)
+        if n_ctx > self.max_ctx(part):
+            raise ValueError(
+                f"{n_ctx} context tokens do not fit: the longest class prompt leaves room for {self.max_ctx(part)}"
+            )
+        if full:
+            suffix = self.model.token_embedding(part.ids[:, : self.context_length - 1 - n_ctx])
+        else:
+            suffix = part.fast_embeddings
+        sos = self.model.token_embedding.weight[self.sot_id].to(contexts.dtype)
+        x = torch.cat(
+            [
+                sos.expand(n_cand, n_cls, 1, width),
+                contexts.unsqueeze(1).expand(n_cand, n_cls, n_ctx, width),
+                suffix.to(contexts.dtype).unsqueeze(0).expand(n_cand, n_cls, -1, width),
+            ],
+            dim=2,
+        ).reshape(n_cand * n_cls, -1, width)
+        eot = (1 + n_ctx + part.lengths).repeat(n_cand)
+        return x, eot
+
+    @torch.no_grad()
+    def text_features(self, contexts: torch.Tensor, part: ClassPart) -> torch.Tensor:
+        """Normalised text features ``candidates x classes x embed`` for prompt contexts."""
+        contexts = contexts.to(self.device, torch.float32)
+        n_cand, n_cls = contexts.shape[0], len(part.classnames)
+        if self.mode == "official":
+            feats = []
+            for c in range(n_cand):  # one candidate a call, fp32, padded to the full length
+                x, eot = self._sequences(contexts[c : c + 1], part, full=True)
+                feats.append(self._encode_embeddings(x, eot).float())
+            return F.normalize(torch.cat(feats), dim=-1).reshape(n_cand, n_cls, -1)
+        with self._text_arithmetic():
+            if self.prefix_shared:
+                feats = self._prefix_shared_text(contexts, part)
+            else:
+                x, eot = self._sequences(contexts, part, full=False)
+                step = self.chunk_sequences(x.shape[1])
+                feats = torch.cat(
+                    [self._encode(x[i : i + step], eot[i : i + step]).float() for i in range(0, x.shape[0], step)]
+                )
+        return F.normalize(feats, dim=-1).reshape(n_cand, n_cls, -1)
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16)
+
+    def _text_arithmetic(self) -> contextlib.AbstractContextManager:
+        """The text tower's: bf16 autocast where the engine computes in bf16, and the attention
+        kernel it is held to."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(self._autocast())
+        if self.attention != "auto":
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            stack.enter_context(sdpa_kernel(getattr(SDPBackend, _SDP_BACKENDS[self.attention])))
+        return stack
+
+    def chunk_sequences(self, seq_len: int) -> int:
+        """Text sequences per forward pass: ``max_sequences``, or what the memory budget holds."""
+        if self.max_sequences:
+            return self.max_sequences
+        # About 64 bytes of activations per token and channel at the peak of a block (fp32
+        # residual, bf16 or fp32 projections, the MLP's 4x hidden layer), with margin; at least
+        # 256 sequences, so that the matrix products stay large (with 2 CPU threads, 51-sequence
+        # chunks of ViT-B-16 ran at half the speed of 256-sequence ones).
+        return int(min(65536, max(256, self._chunk_bytes // (64 * seq_len * self.width))))
+
+    def _suffix(self, part: ClassPart, n_ctx: int) -> torch.Tensor:
+        """The class parts with the positional embedding of positions ``1 + n_ctx ..`` added (cached)."""
+        if n_ctx not in part.suffixes:
+            pos = self.model.positional_embedding[1 + n_ctx : 1 + n_ctx + part.fast_embeddings.shape[1]]
+            part.suffixes[n_ctx] = (part.fast_embeddings + pos).contiguous()
+        return part.suffixes[n_ctx]
+
+    def _class_state(self, part: ClassPart, n_ctx: int) -> tuple[torch.Tensor, ...] | None:
+        """:func:`text_tower.class_state` of the class parts (cached); None for a one-block tower."""
+        if len(self.model.transformer.resblocks) < 2:
+            return None
+        if n_ctx not in part.states:
+            state = text_tower.class_state(self.model, self._suffix(part, n_ctx))
+            if self.compile_mode:
+                # Contiguous, so that a chunk of classes has strides that do not depend on the class
+                # count: the compiled graph otherwise guarded on a stride equal to the first call's
+                # classes x suffix length x width, and a later chunk of fewer classes compiled again.
+                # (Eager, the layout stays as computed: the CPU results do not move.)
+                state = tuple(t.contiguous() for t in state)
+            part.states[n_ctx] = state
+        return part.states[n_ctx]
+
+    def _prefix_features(
+        self, prefix: torch.Tensor, suffix: torch.Tensor, eot: torch.Tensor, *state: torch.Tensor
+    ) -> torch.Tensor:
+        return text_tower.prefix_shared_features(self.model, prefix, suffix, eot, tuple(state) or None)
+
+    def _prefix_shared_text(self, contexts: torch.Tensor, part: ClassPart) -> torch.Tensor:
+        """Features ``B*C x embed`` through :mod:`benchmark.model.text_tower`, chunked by candidates and classes."""
+        n_cand, n_ctx, _ = contexts.shape
+        n_cls = len(part.classnames)
+        if n_ctx > self.max_ctx(part):
+            raise ValueError(
+                f"{n_ctx} context tokens do not fit: the longest class prompt leaves room for {self.max_ctx(part)}"
+            )
+        pos = self.model.positional_embedding
+        sos = (self.model.token_embedding.weight[self.sot_id] + pos[0]).expand(n_cand, 1, -1)
+        prefix = torch.cat([sos, contexts + pos[1 : 1 + n_ctx]], dim=1)
+        suffix, eot = self._suffix(part, n_ctx), part.lengths
+        state = self._class_state(part, n_ctx) or ()
+        limit = self.chunk_sequences(1 + n_ctx + suffix.shape[1])
+        cand_step, cls_step = max(1, limit // n_cls), min(n_cls, limit)
+        if self.compile_mode:
+            # No chunk of one candidate or one class: its size-1 dimension would make a graph of
+            # its own. A last chunk of one candidate gets a copy of its candidate (dropped after),
+            # as does a lone one; classes are cut so that no chunk holds one.
+            if cand_step == 1:
+                cand_step, cls_step = 2, max(1, cls_step // 2)
+            if n_cand % cand_step == 1:
+                prefix = torch.cat([prefix, prefix[-1:]])
+            cls_step = _step_without_ones(n_cls, cls_step)
+        out = []
+        for b in range(0, prefix.shape[0], cand_step):
+            p = prefix[b : b + cand_step]
+            parts = [
+                self._encode_prefix(p, suffix[c : c + cls_step], eot[c : c + cls_step], *(t[c : c + cls_step] for t in state))
+                .float().unflatten(0, (p.shape[0], -1))
+                for c in range(0, n_cls, cls_step)
+            ]
+            out.append(torch.cat(parts, dim=1))
+        return torch.cat(out)[:n_cand].flatten(0, 1)
+
+    def text_features_grad(self, contexts: torch.Tensor, part: ClassPart) -> torch.Tensor:
+        """Normalised text features that autograd can differentiate with respect to ``contexts``.
+
+        The white-box path (CoOp, and the true gradient the zeroth-order tests compare with):
+        the fast path's prompt assembly and EOT gather in one pass, bf16 autocast on GPU unless
+        ``precision="fp32"``.
+        """
+        contexts = contexts.to(self.device)
+        n_cand, n_cls = contexts.shape[0], len(part.classnames)
+        x, eot = self._sequences(contexts.float(), part, full=False)
+        with self._text_arithmetic():
+            out = self._encode_embeddings(x, eot).float()
+        return F.normalize(out, dim=-1).reshape(n_cand, n_cls, -1)
+
+    @torch.no_grad()
+    def template_features(self, template: str, classnames: Sequence[str]) -> torch.Tensor:
+        """Normalised text features ``classes x embed`` of hand-written prompts (zero-shot CLIP)."""
+        tokens = self.tokenize([template.format(name) for name in classnames]).to(self.device)
+        return F.normalize(self.model.encode_text(tokens).float(), dim=-1)
+
+    # ----------------------------------------------------------------- images
+    @torch.no_grad()
+    def encode_images(
+        self, images: Sequence, transform: Callable, batch_size: int = 256, loader: Callable | None = None,
+        normalize: bool = True,
+    ) -> torch.Tensor:
+        """Image features (``N x embed``, fp32, on the engine's device), normalised unless ``normalize`` is False."""
+        if loader is None:
+            from benchmark.datasets.images import load_image as loader
+        feats = []
+        for start in range(0, len(images), batch_size):
+            batch = torch.stack([transform(loader(p)) for p in images[start : start + batch_size]])
+            with self._autocast():
+                feats.append(self.model.encode_image(batch.to(self.device)).float())
+        if not feats:
+            return torch.zeros(0, self.model.text_projection.shape[-1] if self.model.text_projection is not None else self.width, device=self.device)
+        out = torch.cat(feats)
+        return F.normalize(out, dim=-1) if normalize else out
+
+    def logits(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        """``logit_scale * cos``: ``candidates x images x classes`` (or ``images x classes``)."""
+        if text_features.dim() == 2:
+            return self.logit_scale * image_features @ text_features.T
+        return self.logit_scale * torch.einsum("ne,bce->bnc", image_features, text_features)
+
+
+def _step_without_ones(n: int, step: int) -> int:
+    """A chunk size for ``n`` items near ``step`` that leaves no chunk of one item: the largest not
+    above ``step`` that does, else the smallest above it (``n`` itself at most)."""
+    if n <= step:
+        return n
+    for s in range(step, 1, -1):
+        if n % s != 1:
+            return s
+    return next(s for s in range(step + 1, n + 1) if n % s != 1)
+
+
+def uses_cuda_graphs(mode: str | None) -> bool:
+    """Whether ``torch.compile`` mode ``mode`` replays its kernels as CUDA graphs on a GPU
+    (``reduce-overhead``, ``max-autotune``); raises for a mode torch does not know."""
+    from torch._inductor import list_mode_options
+
+    return bool(mode) and bool(list_mode_options(mode, dynamic=True).get("triton.cudagraphs", False))
+
+
+def _one_graph(compiled: Callable[..., torch.Tensor], cuda_graphs: bool = False) -> Callable[..., torch.Tensor]:
+    """``compiled`` (a ``torch.compile(dynamic=True)`` function) called without duck sizing.
+
+    By default the compiler gives input dimensions of equal size one symbol, and code that fixes
+    one of them fixes both: on the built-in model a chunk of 16 candidates shared its symbol with
+    the 16-wide attention heads, so the graph held for 16 candidates only and every other chunk
+    size compiled again (the first compilation of ViT-B-16 took 80 s on an H100). Without it the graph
+    compiled for the first call serves every candidate count, class count and class-name length
+    (``tests/test_engine.py``).
+
+    Inductor's matmul padding (``shape_padding``, CUDA in bf16 only) is off as well: to judge
+    whether a product is compute-bound it compares symbolic sizes, and each comparison became a
+    guard (``classes x suffix length >= 20``, measured on an H100): every new class count
+    compiled again (13 s for the built-in model; ViT-B-16's first compilation took 72 s), which
+    used up the sweep estimate's window. It pads only dimensions not multiples of 8, and the
+    static ones here (widths) all are. ``tests/test_gpu.py`` counts the graphs on CUDA.
+
+    ``cuda_graphs`` (a mode that replays CUDA graphs): the result is copied out of the graphs'
+    memory, which the next call overwrites, before it is returned; callers make several calls
+    before they use the first result (chunks of classes), and interleaved runs one after another.
+    The copy is the features only (sequences x embed), a pass's last and smallest tensor.
+    """
+    from torch._inductor import config as inductor_config
+    from torch.fx.experimental import _config as fx_config
+
+    def call(*args: torch.Tensor) -> torch.Tensor:
+        with fx_config.patch(use_duck_shape=False), inductor_config.patch(shape_padding=False):
+            out = compiled(*args)
+        return out.clone() if cuda_graphs else out
+
+    return call
+
+
+def _chunk_budget_bytes(device: torch.device) -> int:
+    """Activation memory one forward pass may use: a quarter of the GPU's free memory; on CPU
+    64 MiB (about 1,000 built-in-model prompts: within 10% of the fastest chunk size, 2x faster
+    than one large batch; the MLPs run in cache-sized row blocks inside it, see
+    ``benchmark.model.text_tower.MLP_ROWS``)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free // 4
+    return 64 * 2**20
+
+
+class TrainViews:
+    """Augmented views of the training images (:func:`craft.blackbox.view_split`), encoded on demand.
+
+    ``encode(view)`` returns view ``view``'s raw image features (not normalised) and the number of
+    images it encoded (0 when read from the feature cache). With a deterministic training transform
+    every view is view 0. The last ``keep`` views stay in memory: the runs sharing a task on a model
+    server ask for the same views, generation after generation.
+    """
+
+    def __init__(self, encode: Callable[[int], tuple[torch.Tensor, int]], varies: bool, keep: int = 4) -> None:
+        self._encode = encode
+        self.varies = varies
+        self._keep = keep
+        self._held: dict[int, torch.Tensor] = {}
+        self._lock = threading.Lock()
+
+    def get(self, view: int) -> tuple[torch.Tensor, int]:
+        """View ``view``'s raw features and the images encoded to make them."""
+        view = view if self.varies else 0
+        with self._lock:
+            if view in self._held:
+                return self._held[view], 0
+            feats, encoded = self._encode(view)
+            self._held[view] = feats
+            while len(self._held) > self._keep:
+                self._held.pop(next(iter(self._held)))
+            return feats, encoded
+
+
+@dataclass
+class TaskData:
+    """Everything a run's black box needs about its data: classes and cached image features."""
+
+    classnames: list[str]
+    template: str
+    features: dict[str, torch.Tensor]  # split -> N x embed, normalised
+    class_subset: list[int] | None = None  # restrict logits to these classes (ImageNet-A/R)
+    train_views: TrainViews | None = None
+
+    def images(self, split: str) -> tuple[torch.Tensor, int]:
+        """An image set's features and the images encoded to answer (views are encoded on demand)."""
+        view = parse_view_split(split)
+        if view is None:
+            return self.features[split], 0
+        if self.train_views is None:
+            raise ValueError(f"image set {split!r}: this task has no augmented views of its training images")
+        feats, encoded = self.train_views.get(view[0])
+        return (feats if view[1] else F.normalize(feats, dim=-1)), encoded
+
+
+class EngineBackend:
+    """Implements :class:`craft.blackbox.Backend` for one task on a local :class:`ClipEngine`."""
+
+    def __init__(self, engine: ClipEngine, task: TaskData, output_device: torch.device | str = "cpu",
+                 merge_queries: bool | None = None) -> None:
+        """``output_device``: where logits and features are handed out. ``cpu`` (default) copies
+        them to the host, as a remote user receives them; the engine's device keeps them on the
+        GPU, so that the run's fitness and refinement module run there too (at ImageNet's shapes
+        a generation's logits are 2.6 GB: see docs/throughput.md). ``merge_queries``: whether
+        :meth:`logits_many` runs its queries in one pass (None: on a GPU only)."""
+        self.engine = engine
+        self.task = task
+        self.part = engine.class_part(task.classnames)
+        self.output_device = torch.device(output_device)
+        self.merge_queries = engine.device.type != "cpu" if merge_queries is None else merge_queries
+
+    def info(self) -> BackendInfo:
+        return BackendInfo(
+            width=self.engine.width,
+            max_ctx=self.engine.max_ctx(self.part),
+            n_classes=len(self.task.classnames),
+            split_sizes={k: int(v.shape[0]) for k, v in self.task.features.items()},
+            device=str(self.output_device),
+            train_views=self.task.train_views is not None,
+        )
+
+    def embed_words(self, text: str) -> torch.Tensor:
+        return self.engine.embed_words(text)
+
+    def images(self, split: str, indices: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+        """The image features of ``split`` (rows ``indices``) and the images encoded to get them."""
+        feats, encoded = self.task.images(split)
+        return (feats if indices is None else feats[indices.to(feats.device)]), encoded
+
+    def logits(self, contexts: torch.Tensor, split: str, indices: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+        text = self.engine.text_features(contexts, self.part)
+        images, encoded = self.images(split, indices)
+        return self._out(self.engine.logits(images, text)), encoded
+
+    def logits_many(self, contexts: list[torch.Tensor], split: str | Sequence[str]) -> tuple[list[torch.Tensor], int]:
+        """Logits of several queries (:meth:`craft.blackbox.MeteredBlackBox.logits_many`), their text
+        features from one pass where ``merge_queries``.
+
+        A CraFT generation's refinement query and the next generation's candidates come this way. On a
+        GPU one pass instead of two saves the launches of a whole pass, by the loop's thread and on the
+        GPU (the refinement query alone is a pass of 2 x classes prompts, compiled). On a CPU a pass
+        costs its arithmetic, which merging does not reduce, and the queries go one pass each: BLAS
+        kernels for few rows (one candidate of a few classes) round differently from those for many,
+        so a merged query's logits could differ in their last bits from its own call's, and a run's
+        results from those it had before (tests/test_engine.py)."""
+        splits = [split] * len(contexts) if isinstance(split, str) else list(split)
+        if not self.merge_queries or len({tuple(c.shape[1:]) for c in contexts}) > 1:  # one pass: one context length
+            answers = [self.logits(c, s) for c, s in zip(contexts, splits)]
+            return [out for out, _ in answers], sum(n for _, n in answers)
+        text = self.engine.text_features(torch.cat(list(contexts)), self.part)
+        parts = text.split([c.shape[0] for c in contexts])
+        outs, encoded = [], 0
+        for t, s in zip(parts, splits):
+            images, n = self.images(s)
+            outs.append(self._out(self.engine.logits(images, t)))
+            encoded += n
+        return outs, encoded
+
+    def features(self, contexts: torch.Tensor, split: str, indices: torch.Tensor | None = None) -> tuple[OutputFeatures, int]:
+        text = self.engine.text_features(contexts, self.part)
+        image, encoded = self.images(split, indices)
+        return OutputFeatures(self._out(text), self._out(image.float()), self.engine.logit_scale), encoded
+
+    def template_logits(self, template: str, split: str) -> tuple[torch.Tensor, int]:
+        text = self.engine.template_features(template, self.task.classnames)
+        images, encoded = self.images(split)
+        return self._out(self.engine.logits(images, text)), encoded
+
+    def _out(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` on the output device. A GPU's result copied to the host waits for the GPU: that wait
+        is recorded as one (:mod:`craft.waits`), as a run's own :class:`craft.transfer.HostCopy` is."""
+        if t.device.type == "cuda" and self.output_device.type == "cpu":
+            with blocked("device"):
+                return t.to(self.output_device)
+        return t.to(self.output_device)

@@ -1,0 +1,166 @@
+"""From (dataset, shots, seed) to what a run needs: image features per split, and labels.
+
+The few-shot training set is encoded once with the official training augmentation (one
+augmented pass, seeded by the run's seed), validation and test with open_clip's own
+preprocessing. Further augmented views of the training set (the official refinement module's
+data, a fresh one each generation) are encoded when a run first asks for them
+(:class:`benchmark.model.engine.TrainViews`), seeded by the run's seed and the view's number. Features
+go through the disk cache, keyed by everything that decides them
+(:func:`benchmark.model.feature_keys.image_set_key`: the model, precision, transform, data root and
+each image file's size and modification time; a view's number and whether it is raw).
+Evaluation-only datasets (the ImageNet variants) are added as image sets named
+``test:<key>``, scored in the training dataset's label space.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from dataclasses import dataclass, field
+
+import torch
+
+from benchmark.datasets.check import require_images
+from benchmark.datasets.fewshot import few_shot_splits
+from benchmark.datasets.registry import get_spec, load_dataset
+from benchmark.datasets.transforms import aug_varies, train_transform
+from benchmark.datasets.types import DatasetSplits, Item
+from benchmark.model.engine import ClipEngine, TaskData, TrainViews
+from benchmark.errors import UserError
+from benchmark.model.feature_keys import describe_transform, image_set_key
+from benchmark.model.feature_cache import FeatureCache
+from benchmark.datasets.task_spec import TaskSpec
+
+
+@dataclass
+class PreparedTask:
+    """Features stay with the engine; labels and class names go to the method."""
+
+    data: TaskData
+    labels: dict[str, torch.Tensor]
+    class_subsets: dict[str, list[int]] = field(default_factory=dict)
+    images_encoded: int = 0
+
+
+def weights_id(engine: ClipEngine) -> str | None:
+    """Identifies the weights in feature-cache keys: a pretrained tag; a checkpoint path with its
+    size and modification time; the shipped model's content hash (a release may retrain it);
+    None for random weights (each process draws its own: never cached)."""
+    from benchmark.model.builtin import builtin_model_paths
+    from benchmark.model.loading import BUILTIN, RANDOM
+
+    w = engine.loaded.weights
+    if w == RANDOM:
+        return None
+    if w == BUILTIN:
+        return f"{BUILTIN}:{_file_digest(builtin_model_paths()[1])}"
+    if os.path.isfile(w):
+        st = os.stat(w)
+        return f"{os.path.realpath(w)}:{st.st_size}:{st.st_mtime_ns}"
+    return w
+
+
+# torch's global random state drives torchvision's augmentations: one seeded pass at a time.
+_SEEDED_PASS = threading.Lock()
+
+
+def view_seed(seed: int, view: int) -> int:
+    """The augmentation seed of view ``view`` of a run's training images; view 0 is the run's seed."""
+    if view == 0:
+        return seed
+    return int.from_bytes(hashlib.sha256(f"{seed}:{view}".encode()).digest()[:7], "big")
+
+
+def _file_digest(path: os.PathLike[str] | str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def load_task_splits(spec: TaskSpec) -> tuple[DatasetSplits, list[DatasetSplits]]:
+    """The few-shot dataset and the evaluation-only datasets, checked before any model work."""
+    ds_spec = get_spec(spec.dataset)
+    if ds_spec.test_only:
+        raise UserError(f"dataset {spec.dataset} is test-only; train on {ds_spec.parent} and list it under eval_datasets")
+    full = load_dataset(spec.dataset, spec.root)
+    fs = few_shot_splits(full, spec.shots, spec.seed)
+    splits = ("train", "val", "test") if spec.eval_test else ("train", "val")
+    require_images(fs, splits)
+    extra = []
+    for key in spec.eval_datasets if spec.eval_test else ():
+        e_spec = get_spec(key)
+        if (e_spec.parent or key) != spec.dataset:
+            raise UserError(f"eval dataset {key} is not scored in {spec.dataset}'s label space")
+        ds = load_dataset(key, spec.root)
+        require_images(ds, ("test",))
+        extra.append(ds)
+    return fs, extra
+
+
+def prepare_task(engine: ClipEngine, spec: TaskSpec, cache: FeatureCache | None = None) -> PreparedTask:
+    """Encode (or read from the cache) the images of ``spec`` and collect labels."""
+    fs, extra = load_task_splits(spec)
+    ds_spec = get_spec(spec.dataset)
+    wid = weights_id(engine)
+    cache = cache if wid is not None else None
+    # Features encoded under bf16 autocast are other features than fp32 ones.
+    base = {"backbone": engine.loaded.backbone, "weights": wid, "dataset": spec.dataset,
+            "precision": "bf16" if engine.bf16 else "fp32"}
+    encoded = 0
+
+    def encode(items: list[Item], ds: DatasetSplits, transform, fields: dict, seed: int | None,
+               normalize: bool = True) -> tuple[torch.Tensor, int]:
+        """Features of ``items`` (from the cache if there) and the number of images encoded."""
+        paths = [ds.abspath(it) for it in items]
+        newly = 0
+
+        def compute() -> torch.Tensor:
+            nonlocal newly
+            newly = len(paths)
+            with _SEEDED_PASS:
+                if seed is not None:
+                    torch.manual_seed(seed)  # the augmented pass is a function of the run's seed
+                return engine.encode_images(paths, transform, normalize=normalize)
+
+        if cache is not None:  # the key stats (or hashes) every image: not needed without a cache
+            fields = {**base, **fields, **({"raw": True} if not normalize else {})}
+            fields = image_set_key(ds, items, describe_transform(transform), fields, cache.fingerprint)
+        feats = cache.get_or_compute(fields, compute) if cache is not None else compute()
+        return feats.to(engine.device), newly
+
+    def encode_counted(*args) -> torch.Tensor:
+        nonlocal encoded
+        feats, newly = encode(*args)
+        encoded += newly
+        return feats
+
+    mean, std = engine.loaded.mean_std
+    aug = spec.train_aug or ds_spec.train_aug or "rrc_flip"
+    preprocess = engine.loaded.preprocess
+    train_aug = train_transform(aug, engine.loaded.image_size, mean, std)
+    train_fields = {"split": "train", "shots": spec.shots, "seed": spec.seed, "aug": aug}
+    features = {
+        "train": encode_counted(fs.train, fs, train_aug, train_fields, spec.seed),
+        "val": encode_counted(fs.val, fs, preprocess, {"split": "val", "shots": spec.shots, "seed": spec.seed, "aug": "test"}, None),
+    }
+
+    def encode_view(view: int) -> tuple[torch.Tensor, int]:
+        return encode(fs.train, fs, train_aug, {**train_fields, "view": view}, view_seed(spec.seed, view), False)
+
+    labels = {s: torch.tensor([it.label for it in fs.split(s)]) for s in ("train", "val")}
+    subsets: dict[str, list[int]] = {}
+    if spec.eval_test:
+        features["test"] = encode_counted(fs.test, fs, preprocess, {"split": "test", "aug": "test"}, None)
+        labels["test"] = torch.tensor([it.label for it in fs.test])
+    for ds in extra:
+        name = f"test:{ds.key}"
+        features[name] = encode_counted(ds.test, ds, preprocess, {"dataset": ds.key, "split": "test", "aug": "test"}, None)
+        labels[name] = torch.tensor([it.label for it in ds.test])
+        if ds.class_subset is not None:
+            subsets[name] = list(ds.class_subset)
+    views = TrainViews(encode_view, varies=aug_varies(aug))
+    data = TaskData(classnames=list(fs.classnames), template=fs.template, features=features, train_views=views)
+    return PreparedTask(data, labels, subsets, encoded)

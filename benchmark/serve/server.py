@@ -1,0 +1,199 @@
+"""The model server: one copy of the black-box model that serves many runs.
+
+``ModelServer`` is a plain class (usable in-process); ``benchmark.sweep`` wraps it as a Ray
+actor with several concurrent callers (threads). The server prepares each run's image
+features (through the disk cache) and answers its queries; runs hold a
+:class:`benchmark.serve.client.RemoteBackend` and see logits and output features only; white-box references
+(CoOp) are trained here, beside the model (``run_whitebox``), and so are colocated runs
+(``run_colocated``: a sweep's ``colocate: true``).
+
+Each ``prepare`` hands out a lease on the task (runs of one task share its features; the task
+is dropped when its last lease is released) and the server's busy time is counted per lease.
+On a GPU, concurrent ``logits`` calls are merged into one text-tower pass
+(:mod:`benchmark.serve.batching`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmark.serve.batching import QueryBatcher
+from benchmark.serve.colocate import Interleaver, run_colocated
+from benchmark.model.engine import ClipEngine, EngineBackend
+from benchmark.model.feature_cache import FeatureCache
+from benchmark.model.loading import load_model
+from benchmark.serve.client import UnknownTask
+from benchmark.model.task import PreparedTask, prepare_task
+from benchmark.datasets.task_spec import TaskSpec
+
+
+def task_id(spec: TaskSpec) -> str:
+    return repr(sorted(asdict(spec).items()))
+
+
+class ModelServer:
+    """Holds a :class:`ClipEngine`; prepares tasks and answers their queries."""
+
+    def __init__(
+        self,
+        backbone: str,
+        weights: str,
+        mode: str = "fast",
+        compile: bool | str = False,
+        cache_dir: str | None = None,
+        device: str | None = None,
+        batching: bool | None = None,
+        precision: str = "auto",
+        interleave: bool | None = None,
+        attention: str = "auto",
+    ) -> None:
+        """``batching``: merge concurrent callers' queries (None: on a GPU only, where it pays);
+        ``interleave``: step concurrent colocated runs in turn in one thread, their CMA-ES in worker
+        processes (None: on a GPU only, where one run's CPU work hides behind another's pass; on a
+        CPU they compute in parallel);
+        ``precision``: the engine's (``auto``/``bf16``: bf16 autocast on a GPU; ``fp32``);
+        ``attention``: the kernel the engine's text attention is held to (``auto``: torch's choice)."""
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.engine = ClipEngine(
+            load_model(backbone, weights, device), device, mode=mode, compile=compile, precision=precision,
+            attention=attention,
+        )
+        self.cache = FeatureCache(cache_dir) if cache_dir != "" else None
+        if batching is None:
+            batching = self.engine.device.type == "cuda"
+        self._batcher = QueryBatcher(self.engine) if batching and mode == "fast" else None
+        if interleave is None:
+            interleave = self.engine.device.type == "cuda"
+        self._interleaver = Interleaver(self.engine.device, cma_workers=True) if interleave else None
+        self._tasks: dict[str, tuple[EngineBackend, PreparedTask]] = {}
+        self._leases: dict[str, str] = {}  # lease -> task id
+        self._lease_numbers = itertools.count()
+        self._instance = uuid.uuid4().hex[:8]  # a restarted server hands out new leases, never an old one
+        self._prepare_lock = threading.Lock()
+        self._busy_s: dict[str, float] = defaultdict(float)
+        self._served = 0
+
+    def ping(self) -> dict[str, Any]:
+        batcher = self._batcher
+        return {
+            "backbone": self.engine.loaded.backbone, "device": str(self.engine.device), "tasks": len(self._tasks),
+            "precision": self.engine.precision, "bf16": self.engine.bf16, "compile": self.engine.compile_mode,
+            "attention": self.engine.attention,
+            "pid": os.getpid(), "served": self._served,
+            "batched_passes": batcher.passes if batcher else None, "batched_requests": batcher.requests if batcher else None,
+            "colocated_live_max": self._interleaver.live_max if self._interleaver else None,
+        }
+
+    def prepare(self, spec: TaskSpec) -> dict[str, Any]:
+        """Encode the task's images (or read them from the cache); return what the run needs.
+
+        ``task_id`` in the answer is a lease: pass it to every call, and to :meth:`release`.
+        """
+        tid = task_id(spec)
+        with self._prepare_lock:
+            if tid not in self._tasks:
+                prepared = prepare_task(self.engine, spec, self.cache)
+                self._tasks[tid] = (EngineBackend(self.engine, prepared.data), prepared)
+                fresh = prepared.images_encoded
+            else:
+                fresh = 0
+            lease = f"{self._instance}-{next(self._lease_numbers)}:{tid}"
+            self._leases[lease] = tid
+        backend, prepared = self._tasks[tid]
+        return {
+            "task_id": lease,
+            "info": backend.info(),
+            "classnames": prepared.data.classnames,
+            "template": prepared.data.template,
+            "labels": {k: v.numpy() for k, v in prepared.labels.items()},
+            "class_subsets": prepared.class_subsets,
+            "images_encoded": fresh,
+        }
+
+    def _entry(self, lease: str) -> tuple[EngineBackend, PreparedTask]:
+        try:
+            return self._tasks[self._leases[lease]]
+        except KeyError:
+            raise UnknownTask(lease) from None
+
+    def _backend(self, tid: str) -> EngineBackend:
+        return self._entry(tid)[0]
+
+    def _timed(self, tid: str, fn, *args) -> tuple[np.ndarray, int]:
+        start = time.perf_counter()
+        out, n = fn(*args)
+        self._busy_s[tid] += time.perf_counter() - start
+        self._served += 1
+        return out.numpy(), n
+
+    def logits(self, tid: str, contexts: np.ndarray, split: str, indices: np.ndarray | None) -> tuple[np.ndarray, int]:
+        idx = None if indices is None else torch.as_tensor(indices)
+        backend = self._backend(tid)
+        if self._batcher is not None:
+            out, encoded, share_s = self._batcher.logits(backend, torch.as_tensor(contexts), split, idx)
+            self._busy_s[tid] += share_s
+            self._served += 1
+            return out.numpy(), encoded
+        return self._timed(tid, backend.logits, torch.as_tensor(contexts), split, idx)
+
+    def template_logits(self, tid: str, template: str, split: str) -> tuple[np.ndarray, int]:
+        return self._timed(tid, self._backend(tid).template_logits, template, split)
+
+    def features(
+        self, tid: str, contexts: np.ndarray, split: str, indices: np.ndarray | None
+    ) -> tuple[tuple[np.ndarray, np.ndarray, float], int]:
+        """Output features (text, image, logit scale) of prompt contexts, as numpy, and images encoded."""
+        backend = self._backend(tid)
+        idx = None if indices is None else torch.as_tensor(indices)
+        start = time.perf_counter()
+        out, n = backend.features(torch.as_tensor(contexts), split, idx)
+        self._busy_s[tid] += time.perf_counter() - start
+        self._served += 1
+        return (out.text.numpy(), out.image.numpy(), out.logit_scale), n
+
+    def run_whitebox(
+        self, tid: str, method: str, hparams: dict[str, Any], seed: int, shots: int, dataset: str,
+        eval_splits: tuple[str, ...],
+    ) -> dict[str, Any]:
+        """Train a white-box reference (CoOp) on this server's model; see :mod:`benchmark.serve.whitebox`."""
+        from benchmark.serve.whitebox import run_whitebox
+
+        prepared = self._entry(tid)[1]  # UnknownTask if the server lost it
+        start = time.perf_counter()
+        out = run_whitebox(self.engine, prepared, method, hparams, seed, shots=shots, dataset=dataset, eval_splits=tuple(eval_splits))
+        self._busy_s[tid] += time.perf_counter() - start
+        return out
+
+    def run_colocated(
+        self, tid: str, method: str, hparams: dict[str, Any], seed: int, budget: int, shots: int, dataset: str,
+        eval_splits: tuple[str, ...],
+    ) -> dict[str, Any]:
+        """Run a black-box method here, its logits on this server's device (see :mod:`benchmark.serve.colocate`)."""
+        prepared = self._entry(tid)[1]  # UnknownTask if the server lost it
+        start = time.perf_counter()
+        out = run_colocated(self.engine, prepared, method, hparams, seed, budget=budget, shots=shots,
+                            dataset=dataset, eval_splits=tuple(eval_splits), interleaver=self._interleaver)
+        self._busy_s[tid] += time.perf_counter() - start
+        return out
+
+    def embed_words(self, text: str) -> np.ndarray:
+        return self.engine.embed_words(text).numpy()
+
+    def release(self, tid: str) -> dict[str, float]:
+        """End a lease (the task is forgotten with its last lease); return the lease's server-side cost."""
+        with self._prepare_lock:
+            task = self._leases.pop(tid, None)
+            if task is not None and task not in self._leases.values():
+                self._tasks.pop(task, None)
+        peak = torch.cuda.max_memory_allocated() / 2**20 if self.engine.device.type == "cuda" else None
+        return {"gpu_s": self._busy_s.pop(tid, 0.0), "peak_mem_mb": peak}
