@@ -71,14 +71,15 @@ def measure_server(
     """
     import ray
 
+    from benchmark.serve.options import ServerOptions
     from benchmark.serve.server import ModelServer
-    from benchmark.sweep.runner import init_ray
+    from benchmark.serve.ray_runtime import init_ray
 
     gpu = device.type == "cuda"
     init_ray(None, num_cpus=max(runs + 1, os.cpu_count() or 1), num_gpus=torch.cuda.device_count() if gpu else 0)
     total = warmup + generations + 1  # the last generation also evaluates: it is not timed
     server = ray.remote(ModelServer).options(num_cpus=0, num_gpus=1 if gpu else 0, max_concurrency=2 * runs + 2).remote(
-        backbone, weights, mode="fast", cache_dir="", device=None if gpu else "cpu", precision=precision
+        backbone, weights, ServerOptions(), precision, cache_dir="", device=None if gpu else "cpu"
     )
     spec = TaskSpec(dataset, shots=16, seed=1, eval_test=False)
     try:

@@ -24,7 +24,9 @@ import time
 
 from benchmark.sweep.config import config_from_dict
 from benchmark.sweep.plan import expand
-from benchmark.sweep.runner import init_ray, run_sweep
+from benchmark.serve.options import ServerOptions
+from benchmark.serve.ray_runtime import init_ray
+from benchmark.sweep.runner import run_sweep
 
 SETTINGS = (1, 4)
 
@@ -53,8 +55,8 @@ def main() -> None:
 
     def sweep(runs_per_server: int, batching: str, n: int | None = None) -> float:
         with tempfile.TemporaryDirectory(prefix="sweep-throughput-") as out:
-            s = run_sweep(cells[:n] if n else cells, out, runs_per_server=runs_per_server, progress=False,
-                          batching={"auto": None, "on": True, "off": False}[batching])
+            options = ServerOptions(runs_per_server=runs_per_server, batching={"auto": None, "on": True, "off": False}[batching])
+            s = run_sweep(cells[:n] if n else cells, out, options, progress=False)
             if s.failed:
                 raise SystemExit(f"{s.failed} cells failed: {s.failures[:3]}")
             return s.wall_s

@@ -45,8 +45,8 @@ def test_methods_that_do_not_colocate_run_in_their_task_and_the_server_refuses_t
 def test_colocate_is_a_boolean_sweep_key():
     base = {"out": "unused", "datasets": ["digits_rotate"], "methods": ["craft"], "shots": [2], "seeds": [1],
             "backbones": ["craft-tiny:builtin"]}
-    assert config_from_dict(base).colocate is False
-    assert config_from_dict({**base, "colocate": True}).colocate is True
+    assert config_from_dict(base).server.colocate is False
+    assert config_from_dict({**base, "colocate": True}).server.colocate is True
     with pytest.raises(UserError, match="colocate must be true or false, got 'yes'"):
         config_from_dict({**base, "colocate": "yes"})
 
@@ -69,7 +69,7 @@ def test_a_sweep_with_colocate_runs_craft_on_its_ray_model_server(tmp_path, monk
     cells = expand(cfg)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        summary = run_sweep(cells, cfg.out, runs_per_server=1, progress=False, colocate=cfg.colocate)
+        summary = run_sweep(cells, cfg.out, cfg.server.replace(runs_per_server=1), progress=False)
     finally:
         ray.shutdown()
     assert (summary.done, summary.failed) == (1, 0)

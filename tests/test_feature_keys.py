@@ -14,10 +14,11 @@ from benchmark.datasets.transforms import train_transform
 from benchmark.errors import UserError
 from benchmark.model.feature_keys import describe_transform, image_set_key
 from benchmark.model.feature_cache import FeatureCache
+from benchmark.serve.options import ServerOptions
 from benchmark.serve.server import ModelServer
 from benchmark.sweep.cell import Cell
 from benchmark.sweep.run_cell import run_cell
-from benchmark.sweep.runner import _runtime_env
+from benchmark.serve.ray_runtime import _runtime_env
 
 BASE = {"backbone": "craft-tiny", "weights": "w", "dataset": "digits_rotate", "precision": "fp32", "split": "test"}
 
@@ -41,7 +42,7 @@ def rotate_copy(suite: Path, to: Path, images_from: str = "digits-rotate") -> Pa
 
 def zero_shot(root: Path, cache: Path | None) -> dict:
     """One zero-shot cell on digits_rotate under ``root``, as a fresh sweep would run it."""
-    server = ModelServer("craft-tiny", "builtin", cache_dir=str(cache) if cache else "", batching=False)
+    server = ModelServer("craft-tiny", "builtin", ServerOptions(batching=False), cache_dir=str(cache) if cache else "")
     cell = Cell("zero_shot_clip", "digits_rotate", 1, 1, "craft-tiny", "builtin", root=str(root))
     return run_cell(cell, server)[0]
 

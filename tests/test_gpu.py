@@ -105,11 +105,12 @@ def test_cbbt_and_zero_shot_run_with_outputs_on_the_gpu(tiny):
 
 
 def test_a_colocated_craft_cell_runs_on_the_gpu_server_like_one_in_its_own_task():
+    from benchmark.serve.options import ServerOptions
     from benchmark.serve.server import ModelServer
     from benchmark.sweep.cell import Cell
     from benchmark.sweep.run_cell import run_cell
 
-    server = ModelServer("craft-tiny", "builtin", cache_dir="", device="cuda", precision="fp32")
+    server = ModelServer("craft-tiny", "builtin", ServerOptions(), "fp32", cache_dir="", device="cuda")
     cell = Cell("craft", "digits_rotate", 4, 1, "craft-tiny", "builtin",
                 {"popsize": 6, "intrinsic_dim": 8, "budget": 30, "eval_every": 2})
     [alone] = run_cell(cell, server)

@@ -49,9 +49,9 @@ def test_harness_cell_ids_are_those_from_before_protocols():
 
 
 def test_official_protocol_serves_in_fp32_unless_told_otherwise():
-    assert config_from_dict(BASE).precision == "auto"
-    assert config_from_dict({**BASE, "protocol": "official"}).precision == "fp32"
-    assert config_from_dict({**BASE, "protocol": "official", "precision": "bf16"}).precision == "bf16"
+    assert config_from_dict(BASE).server.precision == "auto"
+    assert config_from_dict({**BASE, "protocol": "official"}).server.precision == "fp32"
+    assert config_from_dict({**BASE, "protocol": "official", "precision": "bf16"}).server.precision == "bf16"
 
 
 def test_a_bad_protocol_is_one_sentence():

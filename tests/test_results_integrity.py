@@ -99,6 +99,7 @@ def test_a_rerun_recomputes_each_damaged_cell_once_and_keeps_the_damaged_files(
     """Done when (issue 23, point 3): corrupt, truncate and zero done files; rerun; each cell once; the table renders."""
     ray = pytest.importorskip("ray")
     from benchmark.datasets.builtin import ensure_builtin_suite
+    from benchmark.serve.options import ServerOptions
     from benchmark.sweep.runner import run_sweep
 
     monkeypatch.setenv("CRAFT_BENCH_CACHE", str(tmp_path / "cache"))
@@ -111,14 +112,14 @@ def test_a_rerun_recomputes_each_damaged_cell_once_and_keeps_the_damaged_files(
     cells = expand(cfg)
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
     try:
-        first = run_sweep(cells, out, runs_per_server=2, progress=False)
+        first = run_sweep(cells, out, ServerOptions(runs_per_server=2), progress=False)
         assert (first.done, first.failed) == (4, 0)
         before = load_results(out).set_index("cell_id")["top1_test"]
         paths = {c.cell_id: str(Path(out) / c.method / c.dataset / f"{c.cell_id}.parquet") for c in cells}
         for damage, cell in zip(DAMAGE.values(), cells[1:]):
             damage(paths[cell.cell_id])
-        second = run_sweep(cells, out, runs_per_server=2, progress=False)
-        third = run_sweep(cells, out, runs_per_server=2, progress=False)
+        second = run_sweep(cells, out, ServerOptions(runs_per_server=2), progress=False)
+        third = run_sweep(cells, out, ServerOptions(runs_per_server=2), progress=False)
     finally:
         ray.shutdown()
     assert (second.done, second.skipped, second.failed, len(second.moved_aside)) == (3, 1, 0, 3)

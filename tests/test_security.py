@@ -35,7 +35,7 @@ def test_tune_errors_never_echo_the_password(tmp_path: Path, capsys: pytest.Capt
 
 
 def test_rays_token_file_is_made_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from benchmark.sweep.runner import protect_auth_token
+    from benchmark.serve.ray_runtime import protect_auth_token
 
     token = tmp_path / ".ray" / "auth_token"
     token.parent.mkdir()

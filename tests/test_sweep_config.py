@@ -51,16 +51,16 @@ def test_this_file_overrides_its_includes_key_by_key(tmp_path: Path) -> None:
 
 
 def test_precision_defaults_to_auto_and_is_read() -> None:
-    assert config_from_dict(BASE).precision == "auto"
-    assert config_from_dict({**BASE, "precision": "fp32"}).precision == "fp32"
+    assert config_from_dict(BASE).server.precision == "auto"
+    assert config_from_dict({**BASE, "precision": "fp32"}).server.precision == "fp32"
 
 
 def test_compile_defaults_to_false_and_is_read() -> None:
-    assert config_from_dict(BASE).compile is False
-    assert config_from_dict({**BASE, "compile": True}).compile is True
-    assert config_from_dict({**BASE, "compile": "reduce-overhead"}).compile == "reduce-overhead"
-    assert config_from_dict(BASE).attention == "auto"
-    assert config_from_dict({**BASE, "attention": "efficient"}).attention == "efficient"
+    assert config_from_dict(BASE).server.compile is False
+    assert config_from_dict({**BASE, "compile": True}).server.compile is True
+    assert config_from_dict({**BASE, "compile": "reduce-overhead"}).server.compile == "reduce-overhead"
+    assert config_from_dict(BASE).server.attention == "auto"
+    assert config_from_dict({**BASE, "attention": "efficient"}).server.attention == "efficient"
 
 
 def test_datasets_and_suite_replace_each_other_across_includes(tmp_path: Path) -> None:

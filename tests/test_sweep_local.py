@@ -16,6 +16,7 @@ def test_a_local_sweep_runs_each_cell_once_one_at_a_time_on_one_cpu(tmp_path: Pa
     task, so the driver caps runs in flight at the CPUs (recorded times are to the second)."""
     ray = pytest.importorskip("ray")
     from benchmark.datasets.builtin import ensure_builtin_suite
+    from benchmark.serve.options import ServerOptions
     from benchmark.sweep.runner import run_sweep
 
     monkeypatch.setenv("CRAFT_BENCH_CACHE", str(tmp_path / "cache"))  # workers inherit it
@@ -28,7 +29,7 @@ def test_a_local_sweep_runs_each_cell_once_one_at_a_time_on_one_cpu(tmp_path: Pa
     cells = expand(cfg)
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
     try:
-        summary = run_sweep(cells, cfg.out, runs_per_server=4, progress=False)
+        summary = run_sweep(cells, cfg.out, ServerOptions(runs_per_server=4), progress=False)
     finally:
         ray.shutdown()
     assert (summary.done, summary.failed) == (3, 0)
@@ -49,29 +50,32 @@ class _Remote:
 
 
 def test_submit_fills_free_slots_in_order_on_the_least_loaded_server() -> None:
-    from benchmark.sweep.runner import ServerPool, _submit
+    from benchmark.serve.options import ServerOptions
+    from benchmark.serve.pool import ServerKey, ServerPool
+    from benchmark.sweep.runner import _submit
 
     cfg = config_from_dict({
         "out": "unused", "datasets": ["digits_rotate"], "methods": ["bbt"], "shots": [2], "seeds": [1, 2, 3, 4, 5],
         "backbones": ["craft-tiny:builtin"],
     })
     cells = expand(cfg)
-    key = (cells[0].backbone, cells[0].weights, "fp32")
-    servers, load, pending, remote = ServerPool({key: ["s0", "s1"]}), {key: [1, 0]}, {}, _Remote()
-    left = _submit(cells, pending, servers, load, 4, remote, True, slots=2)
+    key = ServerKey(cells[0].backbone, cells[0].weights, "fp32")
+    servers, load, pending, remote = ServerPool(ServerOptions(runs_per_server=4), groups={key: ["s0", "s1"]}), {key: [1, 0]}, {}, _Remote()
+    left = _submit(cells, pending, servers, load, remote, True, slots=2)
     assert remote.started == [c.cell_id for c in cells[:2]] and left == cells[2:]
     assert load[key] == [2, 1] and sorted(idx for _, _, idx in pending.values()) == [0, 1]
-    assert _submit(left, pending, servers, load, 4, remote, True, slots=0) == left  # no free CPU: nothing starts
-    left = _submit(left, pending, servers, load, 2, remote, True, slots=9)  # now the servers are full
+    assert _submit(left, pending, servers, load, remote, True, slots=0) == left  # no free CPU: nothing starts
+    servers.options = ServerOptions(runs_per_server=2)
+    left = _submit(left, pending, servers, load, remote, True, slots=9)  # now the servers are full
     assert left == cells[3:] and load[key] == [2, 2]
 
 
 def test_servers_compute_in_fp32_on_cpus_and_for_cbbt_under_auto_on_gpus() -> None:
-    from benchmark.sweep.cell import Cell
-    from benchmark.sweep.runner import ServerPool
+    from benchmark.serve.options import ServerOptions
+    from benchmark.serve.pool import ServerPool
 
-    craft, cbbt = (Cell(m, "digits_rotate", 2, 1, "craft-tiny", "builtin") for m in ("craft", "cbbt"))
-    arith = lambda precision, gpu, cell: ServerPool({}, precision, gpu).key(cell)[2]  # noqa: E731
+    craft, cbbt = "craft", "cbbt"
+    arith = lambda precision, gpu, m: ServerPool(ServerOptions(precision=precision), gpu).key("craft-tiny", "builtin", m).arithmetic  # noqa: E731
     assert (arith("auto", True, craft), arith("auto", True, cbbt)) == ("bf16", "fp32")
     assert (arith("bf16", True, cbbt), arith("fp32", True, craft)) == ("bf16", "fp32")  # a set precision is kept
     assert {arith(p, False, c) for p in ("auto", "bf16") for c in (craft, cbbt)} == {"fp32"}  # one CPU server

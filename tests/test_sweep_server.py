@@ -14,7 +14,8 @@ from benchmark.errors import UserError
 from benchmark.serve.client import RemoteBackend
 from benchmark.serve.server import ModelServer
 from benchmark.sweep.cell import Cell
-from benchmark.sweep.runner import start_servers, stop_servers
+from benchmark.serve.options import ServerOptions
+from benchmark.serve.pool import start_servers, stop_servers
 from benchmark.datasets.task_spec import TaskSpec
 
 SPEC = TaskSpec("digits_rotate", 2, 1)
@@ -47,7 +48,7 @@ def one_thread():
 
 
 def test_concurrent_queries_merge_into_one_pass_with_identical_results(cache, one_thread) -> None:
-    server = ModelServer("craft-tiny", "builtin", batching=True)
+    server = ModelServer("craft-tiny", "builtin", ServerOptions(batching=True))
     engine, batcher = server.engine, server._batcher
     assert isinstance(batcher, QueryBatcher)
     leases = [server.prepare(TaskSpec(ds, 2, seed)) for ds, seed in
@@ -84,7 +85,7 @@ def test_concurrent_queries_merge_into_one_pass_with_identical_results(cache, on
 
 
 def test_leases_share_a_task_and_the_last_release_drops_it(cache) -> None:
-    server = ModelServer("craft-tiny", "builtin", batching=False)
+    server = ModelServer("craft-tiny", "builtin", ServerOptions(batching=False))
     a, b = server.prepare(SPEC), server.prepare(SPEC)
     assert a["task_id"] != b["task_id"] and b["images_encoded"] == 0 and server.ping()["tasks"] == 1
     q = contexts(3, 0, server.engine.width).numpy()
@@ -129,34 +130,34 @@ def test_runs_survive_a_dead_server_and_a_restarted_one(cache) -> None:
         assert backend.release()["gpu_s"] > 0
 
         # On a GPU (declared), CBBT's runs get an fp32 server and the others a bf16 one, sharing it.
-        tiny = [Cell(m, "digits_rotate", 2, 1, "craft-tiny", "builtin") for m in ("craft", "cbbt")]
-        pool = start_servers(tiny, runs_per_server=1, gpus=1, compile="reduce-overhead", attention="math")
+        tiny = [("craft-tiny", "builtin", m) for m in ("craft", "cbbt")]
+        pool = start_servers(tiny, ServerOptions(runs_per_server=1, compile="reduce-overhead", attention="math"), gpus=1)
         pings = {k: ray.get(g[0].ping.remote()) for k, g in pool.groups.items()}
         assert {k: p["precision"] for k, p in pings.items()} == {
             ("craft-tiny", "builtin", "bf16"): "bf16", ("craft-tiny", "builtin", "fp32"): "fp32"}
         assert {p["compile"] for p in pings.values()} == {"reduce-overhead"}  # the sweep's compile key reaches them
         assert {p["attention"] for p in pings.values()} == {"math"}  # and its attention key
-        assert pool.group(tiny[1]) == pool.groups[("craft-tiny", "builtin", "fp32")]
+        assert pool.group(*tiny[1]) == pool.groups[("craft-tiny", "builtin", "fp32")]
         stop_servers(pool)
 
         # A server that cannot start is one sentence, not a restart loop.
-        bad = Cell("zero_shot_clip", "digits_rotate", 2, 1, "RN50", "/nowhere/rn50.pt")
+        bad = ("RN50", "/nowhere/rn50.pt", "zero_shot_clip")
         with pytest.raises(UserError, match=r"^the model server for RN50:/nowhere/rn50.pt could not start: checkpoint file not found"):
-            start_servers([bad], runs_per_server=1)
+            start_servers([bad], ServerOptions(runs_per_server=1))
     finally:
         ray.shutdown()
 
 
 @pytest.mark.filterwarnings("ignore:CUDA is not available")  # the simulated GPU engine's autocast
 def test_bf16_image_features_are_cached_apart_from_fp32_ones(cache) -> None:
-    fp32 = ModelServer("craft-tiny", "builtin", batching=False, precision="fp32")
+    fp32 = ModelServer("craft-tiny", "builtin", ServerOptions(batching=False), "fp32")
     fp32.prepare(SPEC)
     assert fp32.ping()["precision"] == "fp32" and not fp32.ping()["bf16"]
-    assert ModelServer("craft-tiny", "builtin", batching=False).prepare(SPEC)["images_encoded"] == 0  # CPU: fp32 too
-    gpu_like = ModelServer("craft-tiny", "builtin", batching=False)
+    assert ModelServer("craft-tiny", "builtin", ServerOptions(batching=False)).prepare(SPEC)["images_encoded"] == 0  # CPU: fp32 too
+    gpu_like = ModelServer("craft-tiny", "builtin", ServerOptions(batching=False))
     gpu_like.engine.bf16 = True  # as the engine on a GPU under precision auto or bf16
     again = gpu_like.prepare(SPEC)
     assert again["images_encoded"] > 0  # not served the fp32 features
     assert any('"precision": "bf16"' in p.read_text() for p in (cache / "features").rglob("*.json"))
     with pytest.raises(ValueError, match="precision must be one of auto, bf16, fp32, got 'fp16'"):
-        ModelServer("craft-tiny", "builtin", precision="fp16")
+        ModelServer("craft-tiny", "builtin", ServerOptions(), "fp16")

@@ -10,7 +10,8 @@ from benchmark.serve.server import ModelServer
 from benchmark.sweep.run_cell import run_cell
 from craft.methods import METHODS
 from tuning.config import parse_config
-from benchmark.sweep.runner import ServerPool
+from benchmark.serve.options import ServerOptions
+from benchmark.serve.pool import ServerPool
 from tuning.objective import run_trial
 from tuning.studies import plan_studies
 
@@ -29,7 +30,7 @@ def test_a_trial_reports_its_milestones_and_scores_its_cell_on_validation(server
     study = plan_studies(cfg)[0]
     params = study.space.project({"sigma": 0.5, "std": 0.5, "lr": 0.002, "mu": 0.01, "q": 2})
     reports = []
-    run_trial(study, params, ServerPool({("craft-tiny", "builtin", "fp32"): [server]}), reports.append)
+    run_trial(study, params, ServerPool(ServerOptions(), groups={("craft-tiny", "builtin", "fp32"): [server]}), reports.append)
     assert [r["fraction"] for r in reports] == sorted(r["fraction"] for r in reports) and reports[-1]["fraction"] == 1.0
     if method == "craft":  # evaluations land on every milestone (5, 10, 20 generations of 10)
         assert [r["queries"] for r in reports] == list(study.milestones.queries) == [50, 100, 200]

@@ -10,7 +10,8 @@ from benchmark.errors import UserError
 from craft.methods import make_config
 from tuning.config import parse_config
 from tuning.export import best_per_study, exported_hparams, final_cells, write_export
-from benchmark.sweep.runner import ServerPool
+from benchmark.serve.options import ServerOptions
+from benchmark.serve.pool import ServerPool
 from tuning.objective import run_trial
 from tuning.search import _searcher_cls
 from tuning.storage import (
@@ -90,7 +91,7 @@ def test_trial_reports_milestones_over_its_cells_in_turn_and_never_asks_for_test
 
     monkeypatch.setattr("benchmark.sweep.run_cell.run_cell", fake_run_cell)
     reports = []
-    run_trial(study, {"sigma": 0.5}, ServerPool({("craft-tiny", "builtin", "fp32"): ["srv"]}), reports.append)
+    run_trial(study, {"sigma": 0.5}, ServerPool(ServerOptions(), groups={("craft-tiny", "builtin", "fp32"): ["srv"]}), reports.append)
     assert runs == [1, 2]
     assert reports == [
         {"top1_val": 13.0, "queries": 120, "fraction": 0.15}, {"top1_val": 16.0, "queries": 240, "fraction": 0.3},
@@ -112,7 +113,7 @@ def test_a_method_without_query_budget_reports_once_per_cell(monkeypatch) -> Non
 
     monkeypatch.setattr("benchmark.sweep.run_cell.run_cell", fake_run_cell)
     reports = []
-    run_trial(study, {"lr": 0.01}, ServerPool({("craft-tiny", "builtin", "fp32"): ["srv"]}), reports.append)
+    run_trial(study, {"lr": 0.01}, ServerPool(ServerOptions(), groups={("craft-tiny", "builtin", "fp32"): ["srv"]}), reports.append)
     assert reports == [{"top1_val": 10.0, "queries": 0, "fraction": 0.5}, {"top1_val": 15.0, "queries": 0, "fraction": 1.0}]
 
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from tuning.studies import Study
 
 if TYPE_CHECKING:
-    from benchmark.sweep.runner import ServerPool
+    from benchmark.serve.pool import ServerPool
 
 Report = Callable[[dict[str, float]], None]
 
@@ -50,7 +50,7 @@ def run_trial(study: Study, params: dict[str, Any], servers: ServerPool, report:
                     pending.remove(m)
                 send([*finals, float(row["top1_val"])], j * budget + max(reached))
 
-        group = servers.group(cell)
+        group = servers.group(cell.backbone, cell.weights, cell.method)
         server = group[zlib.crc32(f"{salt}{j}".encode()) % len(group)]
         rows = run_cell(cell, server, eval_test=False, on_eval=on_eval if budget else None)
         finals.append(float(rows[0]["top1_val"]))

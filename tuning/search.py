@@ -4,7 +4,7 @@ Optuna storage is the source of truth. On each start, trials a killed driver lef
 marked FAIL (their numbers are never reused), the finished trials (COMPLETE, or PRUNED by ASHA)
 are counted, and only the missing number is run, so ``craft tune CONFIG`` again after a kill
 ends with exactly the requested number. Trials reserve CPU only and share the model server
-actors of ``craft bench`` (:func:`benchmark.sweep.runner.start_servers`).
+actors of ``craft bench`` (:func:`benchmark.serve.pool.start_servers`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from benchmark.sweep.cell import Cell
 from tuning.config import SearchConfig
 from tuning.objective import trainable
 from tuning.storage import enqueue_warm_start, fail_interrupted, finished, open_storage, open_study
@@ -22,7 +21,7 @@ from tuning.studies import Study, plan_studies
 from tuning.warmstart import warm_start_points
 
 if TYPE_CHECKING:
-    from benchmark.sweep.runner import ServerPool
+    from benchmark.serve.pool import ServerPool
 
 METRIC, MODE = "top1_val", "max"
 MAX_ROUNDS = 3  # Tune runs per study while trials fail with errors but others finish
@@ -136,13 +135,9 @@ def _prepare(study: Study, cfg: SearchConfig, storage: Any) -> int:
     return missing
 
 
-def server_cells(studies: list[Study]) -> list[Cell]:
-    """A cell per (method, backbone, weights) the studies need: what :func:`start_servers` takes."""
-    cells: dict[tuple[str, str, str], Cell] = {}
-    for s in studies:
-        for t in s.targets:
-            cells.setdefault((s.method, t.backbone, t.weights), Cell(s.method, t.dataset, t.shots, 1, t.backbone, t.weights))
-    return list(cells.values())
+def server_runs(studies: list[Study]) -> set[tuple[str, str, str]]:
+    """The (backbone, weights, method) of every run the studies make: what :func:`start_servers` serves."""
+    return {(t.backbone, t.weights, s.method) for s in studies for t in s.targets}
 
 
 def run_search(cfg: SearchConfig, *, address: str | None = None, num_cpus: int | None = None,
@@ -157,13 +152,15 @@ def run_search(cfg: SearchConfig, *, address: str | None = None, num_cpus: int |
     if not todo:
         return list(statuses.values())
 
-    from benchmark.sweep.runner import init_ray, start_servers, stop_servers
+    from benchmark.serve.options import ServerOptions
+    from benchmark.serve.pool import start_servers, stop_servers
+    from benchmark.serve.ray_runtime import init_ray
 
     init_ray(address, num_cpus)
     # Ray Tune's own SIGINT handler ends a round "gracefully" and returns, so the loop below would
     # start another; without it Ctrl-C raises KeyboardInterrupt out of fit() and ends the search.
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
-    servers = start_servers(server_cells(todo), runs_per_server=cfg.max_concurrent_trials)
+    servers = start_servers(server_runs(todo), ServerOptions(runs_per_server=cfg.max_concurrent_trials))
     try:
         for study in todo:
             start = time.perf_counter()

@@ -85,7 +85,7 @@ class ClipEngine:
         ``max_sequences``: text sequences per forward pass; None sizes chunks by device memory.
         ``precision`` of the fast and white-box paths on a GPU: ``auto`` or ``bf16`` (bf16
         autocast), ``fp32`` (none; the official path and CPUs are always fp32). A sweep picks it
-        per method (``benchmark.sweep.runner.arithmetic``). ``attention``: the kernel of the fast
+        per method (``benchmark.serve.options.ServerOptions.arithmetic``). ``attention``: the kernel of the fast
         and white-box paths' attention, of :data:`ATTENTION_KERNELS` (``auto``: torch's choice;
         ``python -m measurement.attention_backends`` times them; one that cannot run a call fails it)."""
         if mode not in ("fast", "official"):

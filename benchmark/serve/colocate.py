@@ -111,7 +111,7 @@ def run_colocated(
     ``interleaver``: step the run there with the server's other colocated runs (else in the
     calling thread, alone)."""
     runner = get_method(method)
-    if not getattr(runner, "colocatable", False):
+    if not runner.colocatable:
         raise ValueError(f"{method!r} does not run colocated: only methods whose work is on every candidate's "
                          "logits do (colocatable = True: bbt, craft)")
     config = make_config(method, hparams)

@@ -33,6 +33,7 @@ from benchmark.model.engine import ClipEngine, EngineBackend
 from benchmark.model.feature_cache import FeatureCache
 from benchmark.model.loading import load_model
 from benchmark.serve.client import UnknownTask
+from benchmark.serve.options import ServerOptions
 from benchmark.model.task import PreparedTask, prepare_task
 from benchmark.datasets.task_spec import TaskSpec
 
@@ -48,29 +49,24 @@ class ModelServer:
         self,
         backbone: str,
         weights: str,
-        mode: str = "fast",
-        compile: bool | str = False,
+        options: ServerOptions | None = None,
+        arithmetic: str = "auto",
+        *,
         cache_dir: str | None = None,
         device: str | None = None,
-        batching: bool | None = None,
-        precision: str = "auto",
         interleave: bool | None = None,
-        attention: str = "auto",
+        mode: str = "fast",
     ) -> None:
-        """``batching``: merge concurrent callers' queries (None: on a GPU only, where it pays);
-        ``interleave``: step concurrent colocated runs in turn in one thread, their CMA-ES in worker
-        processes (None: on a GPU only, where one run's CPU work hides behind another's pass; on a
-        CPU they compute in parallel);
-        ``precision``: the engine's (``auto``/``bf16``: bf16 autocast on a GPU; ``fp32``);
-        ``attention``: the kernel the engine's text attention is held to (``auto``: torch's choice)."""
+        """Serve ``backbone:weights`` with ``options``, computing in ``arithmetic`` (the pool's choice for
+        this server: ``bf16`` or ``fp32``; ``auto`` leaves it to the engine). ``interleave``: step
+        concurrent colocated runs in turn in one thread, their CMA-ES in worker processes (None: on a
+        GPU only, where one run's CPU work hides behind another's pass; on a CPU they compute in
+        parallel). ``mode``: the engine's query path (``official`` is measurement's reference)."""
+        options = options or ServerOptions()
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.engine = ClipEngine(
-            load_model(backbone, weights, device), device, mode=mode, compile=compile, precision=precision,
-            attention=attention,
-        )
+        self.engine = ClipEngine(load_model(backbone, weights, device), device, mode=mode, **options.engine_kwargs(arithmetic))
         self.cache = FeatureCache(cache_dir) if cache_dir != "" else None
-        if batching is None:
-            batching = self.engine.device.type == "cuda"
+        batching = self.engine.device.type == "cuda" if options.batching is None else options.batching
         self._batcher = QueryBatcher(self.engine) if batching and mode == "fast" else None
         if interleave is None:
             interleave = self.engine.device.type == "cuda"

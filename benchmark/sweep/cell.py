@@ -11,6 +11,7 @@ from benchmark.datasets.registry import get_spec
 from benchmark.sweep.protocol import HARNESS, protocol_train_aug
 from craft.budget import default_budget
 from craft.methods import get_method, make_config
+from craft.methods.base import SERVER
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ class Cell:
         depends on the number of training images, ``shots x classes``, and on ImageNet on the backbone).
         """
         method = get_method(self.method)
-        if self.method == "zero_shot_clip" or getattr(method, "whitebox", False):
+        if not method.learns or method.runs_on == SERVER:
             return 0
         config = make_config(self.method, self.hparams, f"cell {self.method}/{self.dataset}")
         if getattr(config, "budget", None) is not None:  # an explicit value, 0 included, is never the default

@@ -52,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     check_location(cfg.out)
 
     from benchmark.results.store import clean_temporaries, lock_results
-    from benchmark.sweep.runner import init_ray, pending_cells, run_sweep
+    from benchmark.serve.ray_runtime import init_ray
+    from benchmark.sweep.runner import pending_cells, run_sweep
 
     with lock_results(cfg.out):  # before Ray starts: a second driver on this folder is refused at once
         clean_temporaries(cfg.out)  # what dead writers left, even when nothing is left to run
@@ -68,11 +69,8 @@ def run(args: argparse.Namespace) -> int:
             have = int(ray.cluster_resources().get("GPU", 0))
             if args.gpus > have:
                 raise UserError(f"--gpus {args.gpus}: this machine has {have} GPU(s) for Ray (an autoscaling cluster could add more)")
-        summary = run_sweep(
-            cells, cfg.out, runs_per_server=cfg.runs_per_server, rerun_failed=args.rerun_failed,
-            progress=not args.no_progress, gpus=args.gpus, precision=cfg.precision, colocate=cfg.colocate,
-            compile=cfg.compile, attention=cfg.attention,
-        )
+        summary = run_sweep(cells, cfg.out, cfg.server, rerun_failed=args.rerun_failed, progress=not args.no_progress,
+                            gpus=args.gpus)
     print(
         f"{summary.done} cells done, {summary.skipped} already done or failed before (skipped), "
         f"{summary.failed} failed, in {summary.wall_s:.1f} s; results and per-cell logs in {cfg.out}"

@@ -23,6 +23,8 @@ from typing import Any
 
 from benchmark.config_yaml import read_yaml
 from benchmark.errors import UserError, show
+from benchmark.serve.options import KEYS as SERVER_KEYS
+from benchmark.serve.options import ServerOptions, check_keys
 
 KEYS = {
     "include": "configs merged first: names of benchmark/configs/*.yaml or paths relative to this file",
@@ -37,13 +39,8 @@ KEYS = {
     "backbones": "backbones as [name:weights, ...] or {name: weights}",
     "hparams": "method -> dataset ('*' = every dataset) -> hyperparameter: value",
     "protocol": "harness (default: every method's defaults) or official (every fidelity switch on the official code's side; docs/fidelity.md)",
-    "runs_per_server": "runs served at once by one model server",
-    "precision": "model servers' arithmetic on a GPU: auto (bf16, CBBT fp32; the default), bf16 or fp32 for all (CPUs: fp32; protocol official: fp32)",
-    "colocate": "true: CraFT and BBT runs execute in their model server's process, logits on its GPU (default false)",
-    "attention": "the kernel the servers' text attention is held to: auto (torch's choice, default), math, efficient, cudnn or flash (python -m measurement.attention_backends times them)",
-    "compile": "true (or a torch.compile mode, e.g. reduce-overhead: CUDA graphs on a GPU): model servers run the text tower under torch.compile, one graph each, compiled in its first query (default false)",
+    **SERVER_KEYS,
 }
-DEFAULT_RUNS_PER_SERVER = 4
 MAX_INCLUDE_DEPTH = 32  # files in one include chain (Python's recursion would end a deeper one with a traceback)
 # Seeds seed numpy, torch and pycma and are stored as int32 (benchmark/results/schema.py): 0 <= seed < 2**31.
 SEED_LIMIT = 2**31
@@ -67,11 +64,7 @@ class SweepConfig:
     root: str | None = None
     eval_datasets: dict[str, tuple[str, ...]] = field(default_factory=dict)
     hparams: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
-    runs_per_server: int = DEFAULT_RUNS_PER_SERVER
-    precision: str = "auto"
-    colocate: bool = False
-    compile: bool | str = False
-    attention: str = "auto"
+    server: ServerOptions = ServerOptions()
     protocol: str = "harness"
     includes: tuple[str, ...] = ()
 
@@ -277,24 +270,7 @@ def _check_layer(raw: dict[str, Any], where: str) -> None:
         check_seeds(raw["seeds"], "seeds", where)
     if "backbones" in raw:
         parse_backbones(raw["backbones"], where)
-    if "runs_per_server" in raw:
-        v = raw["runs_per_server"]
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise UserError(f"{where}: runs_per_server must be an integer >= 1, got {show(v)}")
-    if "precision" in raw:
-        from benchmark.model.engine import PRECISIONS
-
-        if raw["precision"] not in PRECISIONS:
-            raise UserError(f"{where}: precision must be one of {', '.join(PRECISIONS)}, got {show(raw['precision'])}")
-    if "colocate" in raw and not isinstance(raw["colocate"], bool):
-        raise UserError(f"{where}: colocate must be true or false, got {show(raw['colocate'])}")
-    if "compile" in raw and not isinstance(raw["compile"], bool):
-        _check_compile_mode(raw["compile"], where)
-    if "attention" in raw:
-        from benchmark.model.engine import ATTENTION_KERNELS
-
-        if raw["attention"] not in ATTENTION_KERNELS:
-            raise UserError(f"{where}: attention must be one of {', '.join(ATTENTION_KERNELS)}, got {show(raw['attention'])}")
+    check_keys(raw, where)
     if "eval_datasets" in raw:
         _check_eval_datasets(raw["eval_datasets"], where)
     if "hparams" in raw:
@@ -304,19 +280,6 @@ def _check_layer(raw: dict[str, Any], where: str) -> None:
 
         if raw["protocol"] not in PROTOCOLS:
             raise UserError(f"{where}: protocol must be one of {', '.join(PROTOCOLS)}, got {raw['protocol']!r}")
-
-
-def _check_compile_mode(value: Any, where: str) -> None:
-    from benchmark.model.engine import uses_cuda_graphs
-
-    if isinstance(value, str):
-        try:
-            uses_cuda_graphs(value)
-            return
-        except RuntimeError:  # a mode torch does not know
-            pass
-    raise UserError(f"{where}: compile must be true, false or a torch.compile mode (default, reduce-overhead, "
-                    f"max-autotune, max-autotune-no-cudagraphs), got {show(value)}")
 
 
 def _check_eval_datasets(value: Any, where: str) -> None:
@@ -430,11 +393,7 @@ def _finish(raw: dict[str, Any], where: str, includes: tuple[str, ...]) -> Sweep
         backbones=tuple(parse_backbones(raw["backbones"], where)),
         eval_datasets=eval_datasets,
         hparams={m: {ds: _normalise(m, v) for ds, v in by_ds.items()} for m, by_ds in (raw.get("hparams") or {}).items()},
-        runs_per_server=raw.get("runs_per_server", DEFAULT_RUNS_PER_SERVER),
-        precision=raw.get("precision", official_precision(protocol)),
-        colocate=raw.get("colocate", False),
-        compile=raw.get("compile", False),
-        attention=raw.get("attention", "auto"),
+        server=ServerOptions.from_config(raw, where, official_precision(protocol)),
         protocol=protocol,
         includes=includes,
     )

@@ -53,8 +53,7 @@ def run(args: argparse.Namespace) -> int:
     for note in check_inputs(cfg):  # said once, before anything runs
         print(f"note: {note}", file=sys.stderr)
     start = time.perf_counter()
-    summary = run_sweep(cells, cfg.out, num_cpus=args.num_cpus, runs_per_server=cfg.runs_per_server,
-                        progress=not args.no_progress, precision=cfg.precision, colocate=cfg.colocate)
+    summary = run_sweep(cells, cfg.out, cfg.server, num_cpus=args.num_cpus, progress=not args.no_progress)
     wall = time.perf_counter() - start
     print(
         f"\n{summary.done} runs done, {summary.skipped} already done (skipped), {summary.failed} failed "

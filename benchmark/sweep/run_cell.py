@@ -17,6 +17,7 @@ from benchmark.sweep.cell import Cell
 from benchmark.datasets.task_spec import TaskSpec
 from craft.blackbox import MeteredBlackBox
 from craft.methods import RunResult, Task, get_method, make_config
+from craft.methods.base import SERVER
 
 
 def task_spec(cell: Cell, eval_test: bool = True) -> TaskSpec:
@@ -44,8 +45,8 @@ def run_cell(
     task = Task(cell.dataset, prep["classnames"], prep["template"], labels, cell.shots, eval_splits, prep["class_subsets"],
                 on_eval, cell.backbone)
     whitebox_peak_mb = None
-    on_server = colocate and getattr(method, "colocatable", False)
-    if getattr(method, "whitebox", False) or on_server:
+    on_server = colocate and method.colocatable
+    if method.runs_on == SERVER or on_server:
         if on_server:  # beside the model, its logits on the server's device (benchmark.serve.colocate)
             out = backend.run_colocated(cell.method, cell.hparams, cell.seed, box.budget, eval_splits)
         else:  # needs the model: trained on the server (benchmark.serve.whitebox)

@@ -11,7 +11,7 @@ from craft.methods.collaborative import BBT, BBTConfig, CraFT, CraFTConfig
 from craft.methods.whitebox import CoOp, CoOpConfig
 from craft.methods.zeroshot import ZeroShot, ZeroShotConfig
 
-# ``coop`` is a white-box reference (``whitebox = True``): the cell runner trains it on the server.
+# ``coop`` is a white-box reference (``runs_on = SERVER``): the cell runner trains it on the server.
 METHODS: dict[str, Method] = {m.name: m for m in (ZeroShot(), BBT(), CraFT(), CBBT(), CoOp())}
 
 

@@ -155,13 +155,29 @@ def drive(steps: Steps) -> RunResult:
             return stop.value
 
 
+CLIENT, SERVER = "client", "server"
+
+
 class Method(Protocol):
-    """A method: a name, a config dataclass and ``run``."""
+    """A method: a name, a config dataclass, ``run``, and the traits that tell a sweep how to run it."""
 
     name: str
     config_cls: type
+    learns: bool  # False: nothing is fitted (zero-shot): one run per dataset, whatever its shots
+    runs_on: str  # CLIENT: through the black box; SERVER: beside the model (white-box references, which need it)
+    colocatable: bool  # may run in its model server's process, logits on its device (a sweep's colocate: true)
+    needs_fp32: bool  # its server computes in fp32 under precision auto (bf16 rounding swamps its arithmetic)
 
     def run(self, box: BlackBox, task: Task, config: Any, seed: int) -> RunResult: ...
+
+
+class MethodTraits:
+    """The traits' defaults: a learning method that runs through the black box, in the server's default arithmetic."""
+
+    learns: bool = True
+    runs_on: str = CLIENT
+    colocatable: bool = False
+    needs_fp32: bool = False
 
 
 class Timer:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from craft.adapter import SIDES, OutputAdapter
 from craft.blackbox import BlackBox, OutputFeatures
-from craft.methods.base import RunResult, Task, Timer, _restrict, accuracy, evaluate, reject_invalid
+from craft.methods.base import MethodTraits, RunResult, Task, Timer, _restrict, accuracy, evaluate, reject_invalid
 from craft.schedule import steps_per_epoch, warmup_cosine
 from craft.zeroth_order import combine, default_mu, directions, perturbed, queries_per_step
 
@@ -145,9 +145,10 @@ def evaluate_adapted(box: BlackBox, task: Task, ctx: torch.Tensor, adapter: Outp
     return out
 
 
-class CBBT:
+class CBBT(MethodTraits):
     name = "cbbt"
     config_cls = CBBTConfig
+    needs_fp32 = True  # difference prompts 0.001-0.02 apart: bf16 rounding swamps them (docs/fidelity.md)
 
     def default_budget(self, config: CBBTConfig, n_train: int, dataset: str, backbone: str = "") -> int:
         """The cell's budget when the config sets none: the cost of the whole schedule."""

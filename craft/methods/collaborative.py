@@ -25,7 +25,7 @@ from craft.blackbox import TRAIN, BlackBox, view_split
 from craft.budget import default_budget
 from craft.cma_es import PROMPT_SOURCES, STEP_RULES, new_cma
 from craft.losses import prompt_fitness, refinement_loss
-from craft.methods.base import RunResult, Steps, Task, Timer, drive, evaluate, evaluate_async, reject_invalid
+from craft.methods.base import MethodTraits, RunResult, Steps, Task, Timer, drive, evaluate, evaluate_async, reject_invalid
 from craft.prompt import PROJECTION_INITS, PromptGenerator
 from craft.refine import RefinementMLP, refinement_optimizer
 from craft.transfer import HostCopy, to_device
@@ -240,7 +240,7 @@ def _settle(due: list[tuple[dict, HostCopy]], n_images: int) -> None:
     due.clear()
 
 
-class BBT:
+class BBT(MethodTraits):
     name = "bbt"
     config_cls = BBTConfig
     # Its per-generation work is on every candidate's logits: a sweep may run it beside the model,
@@ -260,7 +260,7 @@ class BBT:
         )
 
 
-class CraFT:
+class CraFT(MethodTraits):
     name = "craft"
     config_cls = CraFTConfig
     colocatable = True  # as BBT

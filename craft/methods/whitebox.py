@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from craft.blackbox import BlackBox
-from craft.methods.base import RunResult, Task, reject_invalid
+from craft.methods.base import SERVER, MethodTraits, RunResult, Task, reject_invalid
 
 # CoOp's epochs by shots (its scripts: rn50_ep50 for 1 shot, rn50_ep100 for 2/4, rn50 for 8/16).
 COOP_EPOCHS_BY_SHOTS = {1: 50, 2: 100, 4: 100, 8: 200, 16: 200}
@@ -75,12 +75,12 @@ def validate_coop(cfg: CoOpConfig) -> None:
                                 "train_views fresh or cached")
 
 
-class CoOp:
+class CoOp(MethodTraits):
     """White-box CoOp: a labelled reference that needs the model, not a black-box method."""
 
     name = "coop"
     config_cls = CoOpConfig
-    whitebox = True
+    runs_on = SERVER  # needs the model's weights: trained on the model server
 
     def run(self, box: BlackBox, task: Task, config: Any, seed: int) -> RunResult:
         raise TypeError(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from craft.blackbox import BlackBox
-from craft.methods.base import RunResult, Task, Timer, evaluate
+from craft.methods.base import MethodTraits, RunResult, Task, Timer, evaluate
 
 
 @dataclass
@@ -13,9 +13,10 @@ class ZeroShotConfig:
     """Zero-shot CLIP has no hyperparameters."""
 
 
-class ZeroShot:
+class ZeroShot(MethodTraits):
     name = "zero_shot_clip"
     config_cls = ZeroShotConfig
+    learns = False
 
     def run(self, box: BlackBox, task: Task, config: ZeroShotConfig, seed: int) -> RunResult:
         timer = Timer()
