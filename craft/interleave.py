@@ -9,8 +9,8 @@ runs on the CPU, and no run waits for work queued after its own (:mod:`craft.tra
 Threads would do the same work with every run's Python contending for the interpreter lock;
 here one thread does it in turn.
 
-The thread's own CPU work then bounds the runs together: pycma's ask and tell (about 10 ms a
-generation at dimension 512) is the largest part of it. With ``cma_workers`` each run's CMA-ES
+The thread's own CPU work then bounds the runs together: pycma's ask and tell is the largest
+part of it (docs/throughput.md, CMA-ES workers). With ``cma_workers`` each run's CMA-ES
 runs in a worker process (:class:`craft.cma_es.CMAWorkers`): a run sends its fitness and yields,
 and takes its next candidates on its next turn, so the strategies compute on other cores.
 

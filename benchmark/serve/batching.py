@@ -1,11 +1,11 @@
 """Cross-caller query batching for a model server: concurrent runs' prompts in one forward pass.
 
 A server answers several runs at once (one thread each). On a GPU, one text-tower pass over
-many candidates is far cheaper than several small ones (the reference figures: 14k sequences/s
-one candidate a call against 33k batched), so the :class:`QueryBatcher` merges requests that
-arrive while a pass is running: the next pass takes the oldest waiting request and every other
-waiting request for the same class list and context length (runs on one dataset, whatever
-their seed, shots or method), concatenated along the candidate axis, up to ``max_sequences``.
+many candidates costs far less per sequence than several small ones (docs/throughput.md), so
+the :class:`QueryBatcher` merges requests that arrive while a pass is running: the next pass
+takes the oldest waiting request and every other waiting request for the same class list and
+context length (runs on one dataset, whatever their seed, shots or method), concatenated along
+the candidate axis, up to ``max_sequences``.
 No request waits for a timer: an idle server runs a request at once. Each candidate's prompts
 are computed exactly as alone (candidates do not interact in the tower); what may differ is
 only floating-point rounding where a kernel's blocking depends on the batch size.

@@ -2,21 +2,16 @@
 
 A run's own work (fitness of every candidate, refinement module, evaluation) scales with its
 logits: 2.6 GB a generation at ImageNet's 16-shot shapes. Sent to a run's process, they cross
-the object store and are worked on by one CPU core (about 27 s a generation there; see
-docs/throughput.md). Colocated, the run executes beside the engine and its logits never leave
-the server's device: on one H100 a Caltech101-shaped generation took 0.068 s this way against
-0.156 s with the logits copied to the host (``craft perf --user-device both``).
+the object store and are worked on by one CPU core. Colocated, the run executes beside the
+engine and its logits never leave the server's device.
 
 The method still sees the model only through a :class:`craft.blackbox.MeteredBlackBox`:
 logits in, queries counted and capped, as in a run of its own.
 
 On a GPU the server's colocated runs are interleaved in one thread (:class:`Interleaver`, see
 :mod:`craft.interleave`): while one run's text-tower pass runs, the next run's CMA-ES step
-runs on the CPU, and each run's CMA-ES runs in a worker process of its own. On one H100
-(ViT-B-16, Caltech101's shapes, compiled with CUDA graphs) four runs so made 168,197 sequences/s
-together against 110,605 for one run alone (compiled without CUDA graphs: 130,249 to 142,451);
-as threads of their own (the server's concurrent callers, before) four made 44,563 against 67,283
-(docs/throughput.md).
+runs on the CPU, and each run's CMA-ES runs in a worker process of its own, so that several runs
+keep the GPU busy where one run, or runs as threads, cannot. What it gains: docs/throughput.md.
 """
 
 from __future__ import annotations

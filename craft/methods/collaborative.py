@@ -48,8 +48,8 @@ class BBTConfig:
     eval_every: int = 10
     # Generations between CMA-ES's eigendecompositions of its covariance, in units of pycma's own
     # interval 1 / (10 N (c1 + c_mu)) (1: pycma's default, the official code's). At 10 it falls
-    # from every 2.4 to every 24 generations at N = 512, popsize 40: the largest part of a run's
-    # CPU time (python -m measurement.cma_cost), with accuracy within seed noise (docs/fidelity.md).
+    # from every 2.4 to every 24 generations at N = 512, popsize 40: they are the largest part of a
+    # run's CPU time. Time and accuracy, measured: docs/fidelity.md.
     cma_eigen_gap: float = 10.0
     # CMA-ES's step-size rule, pinned whatever pycma is installed: csa (the official code's) or tpa
     # (pycma 4.5's default at dimension >= 300, which refuses a second ask per tell).
