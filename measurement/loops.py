@@ -285,7 +285,7 @@ def measure_loop(engine, data, task, popsize: int, intrinsic_dim: int, generatio
 
     from benchmark.model.engine import EngineBackend
     from craft.cma_es import CMAWorkers
-    from craft.interleave import run_interleaved
+    from measurement.interleaved import run_interleaved
     from craft.methods import get_method
     from craft.waits import WAITS, Waits
 

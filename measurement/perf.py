@@ -34,6 +34,7 @@ from typing import Any, Callable
 import torch
 
 from benchmark.model.engine import ATTENTION_KERNELS, PRECISIONS, uses_cuda_graphs
+from measurement.official_path import OfficialEngine
 from benchmark.errors import UserError
 from measurement.loops import (
     SEEDS, agreement, amortised, cma_seconds, dataset_shapes, device_name, measure_eval, measure_loop, measure_raw, padded_classnames,
@@ -148,8 +149,8 @@ def run(args: argparse.Namespace) -> int:
     paths.append(QueryPath("fast", "fast", False))
     if args.compile:
         paths += [QueryPath(compiled_path_name(mode), "fast", mode) for mode in compile_modes]
-    engines = {p.name: ClipEngine(loaded, device, mode=p.mode, compile=p.compile, precision=args.precision,
-                                  attention=args.attention if p.mode == "fast" else "auto")
+    engines = {p.name: OfficialEngine(loaded, device) if p.mode == "official" else
+               ClipEngine(loaded, device, compile=p.compile, precision=args.precision, attention=args.attention)
                for p in paths}
     ref = engines["fast"]
     p0 = ref.embed_words("a photo of a")

@@ -50,11 +50,12 @@ def main(argv: list[str] | None = None) -> None:
     from benchmark.model.engine import ClipEngine
     from benchmark.model.loading import BUILTIN, RANDOM, load_model
     from measurement.loops import dataset_shapes, padded_classnames
+    from measurement.official_path import OfficialEngine
 
     torch.set_num_threads(1)
     loaded = load_model(args.backbone, BUILTIN if args.backbone == "craft-tiny" else RANDOM, "cpu")
-    official = ClipEngine(loaded, "cpu", mode="official")
-    fast = ClipEngine(loaded, "cpu", mode="fast")
+    official = OfficialEngine(loaded, "cpu")
+    fast = ClipEngine(loaded, "cpu")
     p0 = fast.embed_words("a photo of a")
     classes = dataset_shapes(args.dataset).classes
     names = padded_classnames(loaded.tokenizer, classes, args.prompt_tokens, p0.shape[0], fast.context_length)

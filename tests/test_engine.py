@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.model.engine import ClipEngine, EngineBackend, TaskData
+from measurement.official_path import OfficialEngine
 from benchmark.errors import UserError
 from benchmark.model.loading import load_model
 
@@ -21,7 +22,7 @@ def tiny():
 
 @pytest.mark.parametrize("mode", ["fast", "official"])
 def test_logits_equal_open_clip_encode_text_and_encode_image(tiny, mode):
-    engine = ClipEngine(tiny, mode=mode)
+    engine = ClipEngine(tiny) if mode == "fast" else OfficialEngine(tiny)
     p0 = engine.embed_words("a photo of a")
     assert p0.shape == (4, engine.width)
     ours = engine.text_features(p0.unsqueeze(0), engine.class_part(NAMES))[0]
@@ -46,8 +47,8 @@ def test_eot_gather_a_prompt_feature_ignores_longer_prompts_in_its_batch(tiny):
 
 def test_fast_and_official_paths_agree_on_random_contexts(tiny):
     ctx = torch.randn(6, 4, 64) * 0.2
-    fast = ClipEngine(tiny, mode="fast", max_sequences=5)  # chunked across calls
-    official = ClipEngine(tiny, mode="official")
+    fast = ClipEngine(tiny, max_sequences=5)  # chunked across calls
+    official = OfficialEngine(tiny)
     a = fast.text_features(ctx, fast.class_part(NAMES))
     b = official.text_features(ctx, official.class_part(NAMES))
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

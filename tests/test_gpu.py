@@ -29,8 +29,10 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("precision, tolerance", [("fp32", 1e-4), ("bf16", 3e-2)])
 def test_fast_path_matches_the_official_path(tiny, precision, tolerance):
-    fast = ClipEngine(tiny, torch.device("cuda"), mode="fast", precision=precision)
-    official = ClipEngine(tiny, torch.device("cuda"), mode="official")
+    from measurement.official_path import OfficialEngine
+
+    fast = ClipEngine(tiny, torch.device("cuda"), precision=precision)
+    official = OfficialEngine(tiny, torch.device("cuda"))
     p0 = fast.embed_words("a photo of a")
     ctx = p0 + 0.2 * torch.randn(6, *p0.shape, generator=torch.Generator().manual_seed(0))
     a = fast.text_features(ctx, fast.class_part(NAMES))
@@ -175,7 +177,7 @@ def test_logits_copied_to_the_host_are_a_recorded_wait_for_the_gpu(tiny):
 
 
 def test_interleaved_runs_on_the_gpu_give_the_results_of_each_alone(tiny):
-    from craft.interleave import run_interleaved
+    from measurement.interleaved import run_interleaved
     from craft.methods.base import drive
 
     engine = ClipEngine(tiny, torch.device("cuda"), precision="fp32")
@@ -196,7 +198,7 @@ def test_interleaved_runs_on_the_gpu_give_the_results_of_each_alone(tiny):
 def test_interleaved_runs_on_cuda_graphs_give_the_results_of_each_alone(tiny):
     """compile="reduce-overhead": each call's features are copied out of the graphs' memory before
     the next run's pass overwrites it (benchmark.model.engine._one_graph)."""
-    from craft.interleave import run_interleaved
+    from measurement.interleaved import run_interleaved
     from craft.methods.base import drive
 
     engine = ClipEngine(tiny, torch.device("cuda"), precision="fp32", compile="reduce-overhead")

@@ -27,7 +27,7 @@ from benchmark.model.engine import ClipEngine, EngineBackend
 from benchmark.model.loading import load_model
 from measurement.loops import Shapes, synthetic_task
 from craft.blackbox import MeteredBlackBox
-from craft.interleave import run_interleaved
+from measurement.interleaved import run_interleaved
 from craft.methods import get_method, make_config
 
 # Operations whose output depends on a tensor's values in host memory: on CUDA each synchronises.

@@ -12,7 +12,7 @@ from threadpoolctl import threadpool_limits
 
 from benchmark.serve.colocate import Interleaver
 from craft.blackbox import MeteredBlackBox
-from craft.interleave import run_interleaved
+from measurement.interleaved import run_interleaved
 from craft.methods import Task, get_method, make_config
 from craft.methods.base import drive
 from tests.fakes import LinearBackend

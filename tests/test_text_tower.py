@@ -60,7 +60,7 @@ def test_fast_logits_match_open_clip_within_stated_tolerance(kind):
         "one_layer": lambda: small_clip(layers=1),  # the first block is the last
         "two_layers": lambda: small_clip(layers=2),  # no middle block
     }[kind]()
-    engine = ClipEngine(loaded, mode="fast")
+    engine = ClipEngine(loaded)
     assert engine.prefix_shared
     ctx = engine.embed_words("a photo of a") + 0.3 * torch.randn(5, 4, engine.width)
     ours = engine.text_features(ctx, engine.class_part(WORDS))
@@ -80,7 +80,7 @@ def test_fast_logits_match_open_clip_within_stated_tolerance(kind):
 )
 def test_fast_path_matches_open_clip_for_any_batch_context_and_chunking(n_cand, n_ctx, names, max_sequences, seed):
     loaded = _shared_small()
-    engine = ClipEngine(loaded, mode="fast", max_sequences=max_sequences)
+    engine = ClipEngine(loaded, max_sequences=max_sequences)
     ctx = torch.randn(n_cand, n_ctx, engine.width, generator=torch.Generator().manual_seed(seed)) * 0.5
     ours = engine.text_features(ctx, engine.class_part(names))
     assert ours.shape == (n_cand, len(names), 32)
@@ -99,7 +99,7 @@ def _shared_small() -> LoadedModel:
 def test_unsupported_blocks_fall_back_to_the_plain_fast_path_with_the_same_features():
     loaded = small_clip(qk_norm=True)  # open_clip's CustomResidualAttentionBlock
     assert not text_tower.supports(loaded.model)
-    engine = ClipEngine(loaded, mode="fast")
+    engine = ClipEngine(loaded)
     assert not engine.prefix_shared
     ctx = torch.randn(3, 4, engine.width) * 0.3
     assert rel_err(engine.text_features(ctx, engine.class_part(WORDS)), open_clip_features(loaded, ctx, WORDS)) < REL_TOL
@@ -107,7 +107,7 @@ def test_unsupported_blocks_fall_back_to_the_plain_fast_path_with_the_same_featu
 
 def test_prefix_sharing_runs_fewer_tokens_through_the_mlps_than_truncation_alone():
     loaded = _shared_small()
-    engine = ClipEngine(loaded, mode="fast")
+    engine = ClipEngine(loaded)
     part = engine.class_part(WORDS)
     rows = []
     hooks = [b.mlp.register_forward_hook(lambda mod, inp, out: rows.append(inp[0].numel() // 64))
@@ -126,16 +126,16 @@ def test_prefix_sharing_runs_fewer_tokens_through_the_mlps_than_truncation_alone
 
 
 def test_chunk_size_follows_max_sequences_or_the_memory_budget():
-    engine = ClipEngine(_shared_small(), mode="fast")
+    engine = ClipEngine(_shared_small())
     assert engine.chunk_sequences(8) == pytest.approx(2 * engine.chunk_sequences(16), abs=2)  # inversely with length
     assert engine.chunk_sequences(10_000) == 256  # never below 256 sequences
-    assert ClipEngine(_shared_small(), mode="fast", max_sequences=7).chunk_sequences(20) == 7
+    assert ClipEngine(_shared_small(), max_sequences=7).chunk_sequences(20) == 7
 
 
 @pytest.mark.parametrize("kind", ["plain", "quick_gelu+layer_scale"])
 def test_cpu_mlp_row_blocks_give_open_clip_features(kind, monkeypatch):
     loaded = small_clip() if kind == "plain" else small_clip(quick_gelu=True, ls=1.0)
-    engine = ClipEngine(loaded, mode="fast")
+    engine = ClipEngine(loaded)
     ctx = engine.embed_words("a photo of a") + 0.3 * torch.randn(3, 4, engine.width)
     blocks = []
     into = text_tower._linear_into
@@ -147,7 +147,7 @@ def test_cpu_mlp_row_blocks_give_open_clip_features(kind, monkeypatch):
 
 
 def test_first_block_class_state_is_computed_once_per_class_list_and_context_length(monkeypatch):
-    engine = ClipEngine(_shared_small(), mode="fast")
+    engine = ClipEngine(_shared_small())
     part = engine.class_part(WORDS)
     made = []
     real = text_tower.class_state

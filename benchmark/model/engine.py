@@ -6,16 +6,13 @@ list and reused. The text feature of each prompt is gathered at its own end-of-t
 Every text reaches the tokenizer through :meth:`ClipEngine.tokenize`, which writes class names'
 underscores as spaces, as the official codes do (:func:`spoken`).
 
-Two query paths compute the same features:
-
-* ``official``: like the official CraFT code, one candidate at a time, fp32, padded to the
-  model's full context length (77 for CLIP).
-* ``fast``: every candidate of a call in one forward pass (chunked), each batch cut to its
-  longest real prompt (the causal mask makes positions after a prompt's end irrelevant to
-  its feature), bf16 autocast on GPU (``precision="fp32"`` turns it off), optionally
-  ``torch.compile``-d. On open_clip's default
-  text blocks, the ``[SOS] + ctx`` prefix shared by a candidate's prompts is run once per
-  candidate, not once per class (``benchmark.model.text_tower``); chunks are sized by device memory.
+Every candidate of a call goes through one forward pass (chunked, chunks sized by device memory),
+each batch cut to its longest real prompt (the causal mask makes positions after a prompt's end
+irrelevant to its feature), in bf16 autocast on a GPU (``precision="fp32"`` turns it off),
+optionally ``torch.compile``-d. On open_clip's default text blocks, the ``[SOS] + ctx`` prefix
+shared by a candidate's prompts is run once per candidate, not once per class
+(``benchmark.model.text_tower``). The official code's path (one candidate at a time, fp32,
+padded to 77 tokens) is measurement's reference: :class:`measurement.official_path.OfficialEngine`.
 """
 
 from __future__ import annotations
@@ -75,7 +72,6 @@ class ClipEngine:
         self,
         loaded: LoadedModel,
         device: str | torch.device = "cpu",
-        mode: str = "fast",
         compile: bool | str = False,
         max_sequences: int | None = None,
         precision: str = "auto",
@@ -83,13 +79,10 @@ class ClipEngine:
     ) -> None:
         """``compile``: False, True (``torch.compile`` default mode) or a ``torch.compile`` mode name.
         ``max_sequences``: text sequences per forward pass; None sizes chunks by device memory.
-        ``precision`` of the fast and white-box paths on a GPU: ``auto`` or ``bf16`` (bf16
-        autocast), ``fp32`` (none; the official path and CPUs are always fp32). A sweep picks it
-        per method (``benchmark.serve.options.ServerOptions.arithmetic``). ``attention``: the kernel of the fast
-        and white-box paths' attention, of :data:`ATTENTION_KERNELS` (``auto``: torch's choice;
-        ``python -m measurement.attention_backends`` times them; one that cannot run a call fails it)."""
-        if mode not in ("fast", "official"):
-            raise ValueError(f"mode must be 'fast' or 'official', got {mode!r}")
+        ``precision`` on a GPU: ``auto`` or ``bf16`` (bf16 autocast), ``fp32`` (none; CPUs are always
+        fp32). A sweep picks it per method (:meth:`benchmark.serve.options.ServerOptions.arithmetic`).
+        ``attention``: the kernel of the text attention, of :data:`ATTENTION_KERNELS` (``auto``: torch's
+        choice; one that cannot run a call fails it)."""
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if attention not in ATTENTION_KERNELS:
@@ -108,10 +101,9 @@ class ClipEngine:
         self.model = model.to(self.device).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
-        self.mode = mode
         self.precision = precision
         self.attention = attention
-        self.bf16 = self.device.type == "cuda" and precision != "fp32" and mode == "fast"  # autocast on
+        self.bf16 = self.device.type == "cuda" and precision != "fp32"  # autocast on
         self.context_length = int(model.positional_embedding.shape[0])
         self.width = int(model.token_embedding.weight.shape[1])
         self.max_sequences = max_sequences
@@ -206,12 +198,6 @@ class ClipEngine:
         """Normalised text features ``candidates x classes x embed`` for prompt contexts."""
         contexts = contexts.to(self.device, torch.float32)
         n_cand, n_cls = contexts.shape[0], len(part.classnames)
-        if self.mode == "official":
-            feats = []
-            for c in range(n_cand):  # one candidate a call, fp32, padded to the full length
-                x, eot = self._sequences(contexts[c : c + 1], part, full=True)
-                feats.append(self._encode_embeddings(x, eot).float())
-            return F.normalize(torch.cat(feats), dim=-1).reshape(n_cand, n_cls, -1)
         with self._text_arithmetic():
             if self.prefix_shared:
                 feats = self._prefix_shared_text(contexts, part)

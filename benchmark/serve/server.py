@@ -55,19 +55,18 @@ class ModelServer:
         cache_dir: str | None = None,
         device: str | None = None,
         interleave: bool | None = None,
-        mode: str = "fast",
     ) -> None:
         """Serve ``backbone:weights`` with ``options``, computing in ``arithmetic`` (the pool's choice for
         this server: ``bf16`` or ``fp32``; ``auto`` leaves it to the engine). ``interleave``: step
         concurrent colocated runs in turn in one thread, their CMA-ES in worker processes (None: on a
         GPU only, where one run's CPU work hides behind another's pass; on a CPU they compute in
-        parallel). ``mode``: the engine's query path (``official`` is measurement's reference)."""
+        parallel)."""
         options = options or ServerOptions()
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.engine = ClipEngine(load_model(backbone, weights, device), device, mode=mode, **options.engine_kwargs(arithmetic))
+        self.engine = ClipEngine(load_model(backbone, weights, device), device, **options.engine_kwargs(arithmetic))
         self.cache = FeatureCache(cache_dir) if cache_dir != "" else None
         batching = self.engine.device.type == "cuda" if options.batching is None else options.batching
-        self._batcher = QueryBatcher(self.engine) if batching and mode == "fast" else None
+        self._batcher = QueryBatcher(self.engine) if batching else None
         if interleave is None:
             interleave = self.engine.device.type == "cuda"
         self._interleaver = Interleaver(self.engine.device, cma_workers=True) if interleave else None
