@@ -39,7 +39,7 @@ def expand(cfg: SweepConfig) -> list[Cell]:
 def estimated_queries(cell: Cell) -> int:
     """Budgeted queries the cell will use: its budget, in whole CMA-ES generations where it has them."""
     budget = cell.budget()
-    popsize = cell.full_hparams().get("popsize")
+    popsize = getattr(cell.config, "popsize", None)
     return budget - budget % popsize if popsize else budget
 
 
