@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from benchmark.datasets.registry import get_spec
 from benchmark.sweep.protocol import HARNESS, protocol_train_aug
-from craft.budget import default_budget
+from craft.budget import run_budget
 from craft.methods import METHODS, get_method, make_config
 
 
@@ -19,9 +19,9 @@ from craft.methods import METHODS, get_method, make_config
 class Cell:
     """Everything that defines a run. ``cell_id`` hashes all of it except where the data lives.
 
-    The method's typed config (``config``: every hyperparameter, defaults filled in) and the id
-    are made once, when the cell is; the config is frozen (:func:`frozen_config`), so neither can
-    drift from the other. ``hparams`` keeps what was given, as the model servers take it.
+    The method's typed config (``config``: every hyperparameter, defaults filled in), the id and
+    the budget are made once, when the cell is; the config is frozen (:func:`frozen_config`), so
+    none of them can drift from the others. ``hparams`` keeps what was given, as the model servers take it.
     """
 
     method: str
@@ -37,10 +37,13 @@ class Cell:
     if TYPE_CHECKING:  # set once by __post_init__; not fields, so that asdict(cell) is what defines the cell
         config: Any  # the method's frozen, typed config
         cell_id: str
+        _budget: int
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "config", frozen_config(self.method, self.hparams, f"cell {self.method}/{self.dataset}"))
         object.__setattr__(self, "cell_id", self._id())
+        object.__setattr__(self, "_budget", run_budget(get_method(self.method), self.config, self.shots, self.dataset,
+                                                       get_spec(self.dataset).classes, self.backbone))
 
     def _id(self) -> str:
         """The hash of the cell's definition; ids of cells from before protocols (and train_aug) stay as they were."""
@@ -66,21 +69,9 @@ class Cell:
         return asdict(self.config)
 
     def budget(self) -> int:
-        """The query budget: the config's, else the method's default; 0 for zero-shot and white-box runs.
-
-        The default is by shots as in the official CraFT scripts, except for methods with a
-        ``default_budget`` of their own (CBBT: the query cost of its official schedule, which
-        depends on the number of training images, ``shots x classes``, and on ImageNet on the backbone).
-        """
-        method = get_method(self.method)
-        if self.method == "zero_shot_clip" or getattr(method, "whitebox", False):
-            return 0
-        config = self.config
-        if getattr(config, "budget", None) is not None:  # an explicit value, 0 included, is never the default
-            return int(config.budget)
-        if hasattr(method, "default_budget"):
-            return int(method.default_budget(config, self.shots * get_spec(self.dataset).classes, self.dataset, self.backbone))
-        return default_budget(self.shots, self.dataset)
+        """The query budget (:func:`craft.budget.run_budget`): the config's, else the method's default;
+        0 for zero-shot and white-box runs."""
+        return self._budget
 
     def label(self) -> str:
         return f"{self.method}/{self.dataset}/{self.shots}shot/seed{self.seed}/{self.backbone}"

@@ -376,18 +376,19 @@ def check_budgets(grid: Grid, where: str) -> None:
     A budget below one CMA-ES generation (or one CBBT estimate) would run no query and be reported
     as if trained; ``budget: 0`` is such a budget, never "the default".
     """
-    from benchmark.sweep.cell import Cell
-    from craft.budget import one_step
-    from craft.methods import make_config
+    from benchmark.datasets.registry import get_spec
+    from craft.budget import one_step, run_budget
+    from craft.methods import get_method, make_config
 
     for method in grid.methods:
         for ds in grid.datasets:
             values = grid.hparams_for(method, ds)
-            step = one_step(make_config(method, values, f"hparams.{method} for {ds}"))
+            config = make_config(method, values, f"hparams.{method} for {ds}")
+            step = one_step(config)
             if step is None:
                 continue
             for shots in grid.shots:
-                budget = Cell(method, ds, shots, 0, "", "", values).budget()
+                budget = run_budget(get_method(method), config, shots, ds, get_spec(ds).classes)
                 given = values.get("budget") is not None
                 what = (f"hparams.{method}.budget {budget} (for {ds})" if given
                         else f"{method}'s default budget on {ds} at {shots} shots, {budget} queries,")

@@ -15,6 +15,7 @@ from benchmark.errors import UserError
 from benchmark.results.store import parse_cell_file, scan_cells
 from benchmark.sweep.cell import Cell
 from benchmark.sweep.config import SweepConfig
+from craft.budget import whole_steps
 
 ZERO_SHOT = "zero_shot_clip"
 
@@ -38,9 +39,7 @@ def expand(cfg: SweepConfig) -> list[Cell]:
 
 def estimated_queries(cell: Cell) -> int:
     """Budgeted queries the cell will use: its budget, in whole CMA-ES generations where it has them."""
-    budget = cell.budget()
-    popsize = getattr(cell.config, "popsize", None)
-    return budget - budget % popsize if popsize else budget
+    return whole_steps(cell.budget(), cell.config)
 
 
 @dataclass
