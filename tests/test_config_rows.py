@@ -143,3 +143,19 @@ def test_a_budget_that_cannot_buy_one_step_is_refused_naming_key_and_value(metho
     if method == "craft" and "popsize" in hparams:
         ok["budget"] = 5000
     assert expand(config_from_dict({**raw, "hparams": {method: {"*": ok}}}))[0].budget() == ok["budget"]
+
+
+@pytest.mark.parametrize("method, hparams, budget, spent", [
+    ("craft", {}, 2000, 2000), ("craft", {"budget": 1001}, 1001, 1000), ("bbt", {"popsize": 30}, 2000, 1980),
+    ("cbbt", {"epochs": 2}, 2 * 1 * 257, 2 * 1 * 257), ("coop", {}, 0, 0), ("zero_shot_clip", {}, 0, 0),
+])
+def test_cells_and_checks_take_the_budget_from_one_function(method: str, hparams: dict, budget: int, spent: int) -> None:
+    """craft.budget.run_budget: a cell's budget, the config check's and a study's are one number."""
+    from benchmark.sweep.cell import Cell
+    from benchmark.sweep.plan import estimated_queries
+    from craft.budget import run_budget, whole_steps
+    from craft.methods import get_method
+
+    cell = Cell(method, "digits_noise", 1, 1, "craft-tiny", "builtin", hparams)
+    assert cell.budget() == run_budget(get_method(method), make_config(method, hparams), 1, "digits_noise", 10) == budget
+    assert estimated_queries(cell) == whole_steps(budget, cell.config) == spent

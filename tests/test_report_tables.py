@@ -259,6 +259,16 @@ def test_vs_paper(tmp_path: Path) -> None:
     }
 
 
+def test_quickgelu_rows_meet_the_papers_backbone(tmp_path: Path) -> None:
+    """open_clip's RN50-quickgelu (OpenAI's RN50 as trained) is the paper's RN50 in every table."""
+    rows = [row("craft", "dtd", 16, s, backbone="RN50-quickgelu") for s in (1, 2, 3)]
+    df = load_results(write_results(tmp_path, rows))
+    table = build_table(df, "vs-paper", backbone="RN50")
+    craft = table.find(method="craft", eval_dataset="dtd", shots=16)
+    assert craft["paper"].value == 59.26 and craft["seeds"].value == 3
+    assert md_cells(render(table, "md"), "RN50", "CraFT", "16", "DescribableTextures")[6] == "59.26"
+
+
 def test_cost_table(tmp_path: Path) -> None:
     costs = {"coop": (0, 4000.0, 2048), "craft": (8000, 50.0, 200_000), "zero_shot_clip": (0, 30.0, 0)}
     rows = []

@@ -148,3 +148,25 @@ def test_example_configs_load() -> None:
     paper = load_config(root / "configs" / "paper_rn50.yaml")
     assert paper.backbones == (("RN50", "openai"),) and paper.shots == (1, 2, 4, 8, 16)
     assert paper.hparams_for("craft", "oxford_pets")["batch_size"] == 64
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"backbones": ["RN51:openai"]}, ["backbones: unknown backbone 'RN51' (did you mean 'RN50'?)", "open_clip.list_models()"]),
+    ({"backbones": ["RN50:builtin"]}, ["backbones: weights 'builtin' exist only for craft-tiny, not RN50"]),
+    ({"backbones": ["ViT-B/32:openai", "ViT-B-32:openai"]}, ["backbones lists", "with a repeat"]),
+    ({"datasets": ["imagenet_a"]}, ["datasets[0]: imagenet_a is a test set only", "eval_datasets: {imagenet: [imagenet_a]}"]),
+])
+def test_the_grid_refuses_backbones_and_test_sets_when_the_config_is_read(tmp_path: Path, change: dict, words: list[str]) -> None:
+    """benchmark.sweep.grid: one sentence naming the file and key, before any data or Ray."""
+    path = write(tmp_path / "sweep.yaml", {**BASE, **change})
+    with pytest.raises(UserError) as err:
+        load_config(path)
+    assert str(err.value).startswith(f"{path}: ") and "\n" not in str(err.value)
+    for w in words:
+        assert w in str(err.value), str(err.value)
+
+
+def test_backbones_in_the_papers_spelling_are_open_clips() -> None:
+    cfg = config_from_dict({**BASE, "backbones": {"ViT-B/32": "openai", "RN50-quickgelu": "openai"}})
+    assert cfg.backbones == (("ViT-B-32", "openai"), ("RN50-quickgelu", "openai"))
+    assert {c.backbone for c in expand(cfg)} == {"ViT-B-32", "RN50-quickgelu"}

@@ -120,3 +120,26 @@ def test_bad_locations_and_roots_are_user_errors(tmp_path: Path) -> None:
     cfg = config_from_dict({**SWEEP, "backbones": ["RN50:/nowhere/rn50.pt"]})
     with pytest.raises(UserError, match="checkpoint /nowhere/rn50.pt"):
         check_inputs(cfg)
+
+
+def test_a_cell_makes_its_typed_config_and_id_once_and_keeps_them() -> None:
+    """Ids of existing results stay what they were (these are from before the config was held by the cell)."""
+    import dataclasses
+    import pickle
+
+    from benchmark.sweep.cell import Cell
+    from craft.methods import CraFTConfig, make_config
+
+    demo = config_from_dict({"out": "unused", "methods": ["zero_shot_clip", "bbt", "craft"], "datasets": ["digits_noise"],
+                             "shots": [16], "seeds": [1], "backbones": ["craft-tiny:builtin"]})
+    assert [c.cell_id for c in expand(demo)] == ["aaf00a1bf8a617a81b47", "1e857e72b55dc53a9d74", "70f4a86656b058862abd"]
+    cbbt = Cell("cbbt", "imagenet", 1, 1, "RN50", "openai", {"select": "best_test"}, protocol="official")
+    assert cbbt.cell_id == "a35a1eb7f888df651891" and cbbt.budget() == 95604
+    cell = Cell("craft", "dtd", 16, 1, "RN50", "openai", {"sigma": 0.5})
+    assert isinstance(cell.config, CraFTConfig) and cell.config.sigma == 0.5
+    assert cell.full_hparams() == dataclasses.asdict(make_config("craft", {"sigma": 0.5}))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cell.config.sigma = 1.0  # type: ignore[misc]
+    back = pickle.loads(pickle.dumps(cell))  # as Ray sends it
+    assert back == cell and back.cell_id == cell.cell_id and back.config.sigma == 0.5
+    assert dataclasses.replace(cell, hparams={"sigma": 0.25}).cell_id != cell.cell_id  # made again for the new cell

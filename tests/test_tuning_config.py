@@ -163,3 +163,22 @@ def test_milestones_land_on_generations(budget, popsize, pruning, expected, ever
     if pruning:
         rf = pruning["reduction_factor"]
         assert all(m.grace * rf**k in m.queries for k in range(len(m.queries) - 1))
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"datasets": ["imagenet_v2"]}, "x.yaml: datasets[0]: imagenet_v2 is a test set only (no training images)"),
+    ({"backbones": {"RN51": "openai"}}, "x.yaml: backbones: unknown backbone 'RN51' (did you mean 'RN50'?)"),
+    ({"backbones": ["RN50:builtin"]}, "x.yaml: backbones: weights 'builtin' exist only for craft-tiny, not RN50"),
+    ({"methods": ["crafty"]}, "x.yaml: methods: unknown method 'crafty' (did you mean 'craft'?)"),
+    ({"shots": [0]}, "x.yaml: shots must all be >= 1"),
+])
+def test_the_grid_is_checked_as_craft_bench_checks_it(change: dict, message: str) -> None:
+    """benchmark.sweep.grid reads a search's grid: the same sentence as for a sweep config."""
+    with pytest.raises(UserError) as err:
+        parse_config({**BASE, **change}, "x.yaml", check_data=False)
+    assert str(err.value).startswith(message), str(err.value)
+
+
+def test_the_grid_spells_backbones_as_open_clip() -> None:
+    cfg = parse_config({**BASE, "backbones": {"ViT-B/32": "openai"}}, "x.yaml", check_data=False)
+    assert cfg.backbones == {"ViT-B-32": "openai"}

@@ -2,6 +2,8 @@
 
 Everything is checked here, before Ray starts: keys, types, methods, datasets (train and
 validation images present), backbones, hyperparameters and search spaces, the storage location.
+The grid keys (methods, datasets, shots, backbones, hparams) are read by :mod:`benchmark.sweep.grid`,
+as ``craft bench`` reads a sweep's.
 Relative paths (``out``, ``storage``, ``root``) are relative to the current directory, as every
 ``craft`` option; ``storage`` defaults to ``<out>/optuna.journal``.
 """
@@ -18,7 +20,8 @@ from typing import Any
 from benchmark.config_yaml import read_yaml
 from benchmark.errors import UserError, show
 from benchmark.results.store import check_location
-from benchmark.sweep.config import SEED_LIMIT, check_seeds, expand_home
+from benchmark.sweep.config import expand_home
+from benchmark.sweep.grid import SEED_LIMIT, Grid, check_seeds, hparams_for, parse_grid
 from craft.methods import METHODS
 from tuning.space import Space, default_space, parse_space
 
@@ -83,24 +86,10 @@ class SearchConfig:
 
     def fixed(self, method: str, dataset: str) -> dict[str, Any]:
         """Fixed hyperparameters of ``method`` on ``dataset``: the ``'*'`` entry, then the dataset's."""
-        by_ds = self.hparams.get(method, {})
-        return {**by_ds.get("*", {}), **by_ds.get(dataset, {})}
+        return hparams_for(self.hparams, method, dataset)
 
     def is_url(self) -> bool:
         return "://" in self.storage
-
-
-def _list(raw: dict, key: str, kind: type, where: str, default: list | None = None) -> list:
-    value = raw.get(key, default)
-    if value is None:
-        raise UserError(f"{where}: missing key {show(key)} ({KEYS[key]})")
-    if isinstance(value, kind) and not isinstance(value, bool):
-        value = [value]
-    if not isinstance(value, list) or not value or any(isinstance(v, bool) or not isinstance(v, kind) for v in value):
-        raise UserError(f"{where}: {key} must be a non-empty list of {kind.__name__}, got {show(value)}")
-    if len(set(value)) != len(value):
-        raise UserError(f"{where}: {key} lists a value twice: {show(value)}")
-    return value
 
 
 def _int(raw: dict, key: str, default: int, low: int, where: str) -> int:
@@ -142,23 +131,17 @@ def _storage(raw: dict, out: str, where: str) -> str:
     return storage
 
 
-def _hparams(raw: Any, methods: list[str], datasets: list[str], bench: dict[str, Any], where: str) -> dict[str, dict[str, dict[str, Any]]]:
-    """Fixed hyperparameters, checked and normalised by ``craft bench``'s own config parser (so a
-    trial's cells and the exported ones are the bench's cells: ``sigma: 1`` is ``1.0`` there too)."""
-    from benchmark.sweep.config import config_from_dict
-
-    raw = raw or {}
-    if not isinstance(raw, dict):
-        raise UserError(f"{where}: hparams must map method -> dataset ('*' = all) -> key: value, got {show(raw)}")
-    for method, by_ds in raw.items():
+def _check_fixed(raw: Any, methods: tuple[str, ...], datasets: tuple[str, ...], where: str) -> None:
+    """What a search's fixed hyperparameters may not give beyond a bench config's: settings of
+    methods or datasets it does not tune, or ``eval_every`` (the search places evaluations)."""
+    for method, by_ds in (raw or {}).items():
         if method not in methods:
             raise UserError(f"{where}: hparams.{method} is not one of the tuned methods ({', '.join(methods)})")
-        for ds, values in (by_ds.items() if isinstance(by_ds, dict) else ()):
+        for ds, values in by_ds.items():
             if ds != "*" and ds not in datasets:
                 raise UserError(f"{where}: hparams.{method}.{ds} is not one of the datasets ({', '.join(datasets)}) nor '*'")
-            if isinstance(values, dict) and "eval_every" in values:
+            if "eval_every" in values:
                 raise UserError(f"{where}: hparams.{method}.{ds}.eval_every is set by the search (evaluations land on the query milestones); remove it")
-    return config_from_dict({**bench, "hparams": raw}, where).hparams
 
 
 def _spaces(raw: Any, methods: list[str], fixed_union: dict[str, dict[str, Any]], where: str) -> dict[str, Space]:
@@ -197,10 +180,13 @@ def _pruning(raw: Any, where: str) -> Pruning | None:
 
 
 def _check_data(cfg: SearchConfig, where: str) -> None:
-    """Train and validation images of every (dataset, shots, search seed) exist; test is never looked at."""
+    """Train and validation images of every (dataset, shots, search seed) exist, and checkpoint files
+    given as weights; test is never looked at."""
     from benchmark.model.task import load_task_splits
     from benchmark.datasets.task_spec import TaskSpec
+    from benchmark.sweep.grid import check_backbone_files
 
+    check_backbone_files(list(cfg.backbones.items()), where)
     for ds in cfg.datasets:
         for k in cfg.shots:
             for seed in cfg.search_seeds:
@@ -210,20 +196,10 @@ def _check_data(cfg: SearchConfig, where: str) -> None:
                     raise UserError(f"{where}: {exc}") from None
 
 
-def _check_backbones(value: Any, where: str) -> dict[str, str]:
-    from benchmark.model.loading import known_backbones
-    from benchmark.sweep.config import parse_backbones
-
-    if value is None:
-        raise UserError(f"{where}: missing key 'backbones' ({KEYS['backbones']})")
-    pairs = parse_backbones(value, where)
-    known = set(known_backbones())
-    for name, _ in pairs:
-        if name not in known:
-            raise UserError(f"{where}: unknown backbone {show(name)} (any name from open_clip.list_models() or craft-tiny)")
-    if len({name for name, _ in pairs}) != len(pairs):
+def _check_one_weights_each(grid: Grid, value: Any, where: str) -> None:
+    """A study is named by its backbones: one set of weights each."""
+    if len({name for name, _ in grid.backbones}) != len(grid.backbones):
         raise UserError(f"{where}: backbones gives {show(value)}: one set of weights per backbone in a search")
-    return dict(pairs)
 
 
 def parse_config(raw: Any, path: str, *, check_data: bool = True) -> SearchConfig:
@@ -237,24 +213,18 @@ def parse_config(raw: Any, path: str, *, check_data: bool = True) -> SearchConfi
     name = raw.get("name", Path(path).stem)
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9._-]+", name):
         raise UserError(f"{where}: name must be letters, digits, '.', '_' or '-', got {show(name)}")
-    methods = _list(raw, "methods", str, where)
-    for m in methods:
-        if m not in METHODS:
-            raise UserError(f"{where}: unknown method {show(m)}; known methods: {', '.join(sorted(METHODS))}")
-        if m == "zero_shot_clip":
-            raise UserError(f"{where}: method zero_shot_clip has no hyperparameters to search")
-    datasets = _list(raw, "datasets", str, where)
-    from benchmark.datasets.registry import get_spec
-
-    for ds in datasets:
-        try:
-            get_spec(ds)
-        except UserError as exc:
-            raise UserError(f"{where}: {exc}") from None
-    shots = _list(raw, "shots", int, where, default=[16])
-    if any(k < 1 for k in shots):
-        raise UserError(f"{where}: shots must be positive, got {show(shots)}")
-    backbones = _check_backbones(raw.get("backbones"), where)
+    # The grid (methods, datasets, shots, backbones, fixed hyperparameters), read as craft bench
+    # reads a sweep's (benchmark.sweep.grid), so that a trial's cells and the exported ones are the
+    # bench's cells (``sigma: 1`` is ``1.0`` there too); a search is scored on its search_seeds.
+    given = {k: raw[k] for k in ("methods", "datasets", "backbones", "hparams") if k in raw}
+    grid = parse_grid({**given, "shots": raw.get("shots", [16]), "search_seeds": raw.get("search_seeds", [1])},
+                      where, keys=KEYS, seeds_key="search_seeds")
+    methods, datasets = list(grid.methods), list(grid.datasets)
+    fixed = [m for m in methods if not METHODS[m].learns]
+    if fixed:
+        raise UserError(f"{where}: method {fixed[0]} has no hyperparameters to search")
+    _check_fixed(raw.get("hparams"), grid.methods, grid.datasets, where)
+    _check_one_weights_each(grid, raw.get("backbones"), where)
     out = raw.get("out", os.path.join("results", name))
     if not isinstance(out, str) or not out:
         raise UserError(f"{where}: out must be a folder path or URI, got {show(out)}")
@@ -264,10 +234,7 @@ def parse_config(raw: Any, path: str, *, check_data: bool = True) -> SearchConfi
     root = expand_home(root) if isinstance(root, str) else root
     if root is not None and (not isinstance(root, str) or not Path(root).is_dir()):
         raise UserError(f"{where}: root {show(root)} is not a folder (it must hold the dataset folders)")
-    search_seeds = check_seeds(_list(raw, "search_seeds", int, where, default=[1]), "search_seeds", where)
-    bench = {"out": out, "root": root, "methods": methods, "datasets": datasets, "shots": shots, "seeds": search_seeds,
-             "backbones": [f"{b}:{w}" for b, w in backbones.items()]}
-    hparams = _hparams(raw.get("hparams"), methods, datasets, bench, where)
+    hparams = grid.hparams
     fixed_union = {m: {k: v for by_ds in hparams.get(m, {}).values() for k, v in by_ds.items()} for m in methods}
     spaces = _spaces(raw.get("space"), methods, fixed_union, where)
     sampler = raw.get("sampler", "tpe")
@@ -283,12 +250,12 @@ def parse_config(raw: Any, path: str, *, check_data: bool = True) -> SearchConfi
     if not isinstance(pool, list) or any(p not in POOLABLE for p in pool):
         raise UserError(f"{where}: pool must be a list of {', '.join(POOLABLE)}, got {show(pool)}")
     cfg = SearchConfig(
-        path=path, name=name, methods=methods, datasets=datasets, shots=shots, backbones=backbones,
+        path=path, name=name, methods=methods, datasets=datasets, shots=list(grid.shots), backbones=dict(grid.backbones),
         out=out, storage=_storage(raw, out, where), root=root, hparams=hparams, spaces=spaces,
         trials=_int(raw, "trials", 30, 1, where), max_concurrent_trials=_int(raw, "max_concurrent_trials", 2, 1, where),
         sampler=sampler, seed=_sampler_seed(raw, where), pruning=_pruning(raw.get("pruning", True), where),
-        warm_start=warm, search_seeds=search_seeds,
-        test_seeds=check_seeds(_list(raw, "test_seeds", int, where, default=[1, 2, 3]), "test_seeds", where),
+        warm_start=warm, search_seeds=list(grid.seeds),
+        test_seeds=list(dict.fromkeys(check_seeds(raw.get("test_seeds", [1, 2, 3]), "test_seeds", where))),
         pool=list(pool),
     )
     if check_data:

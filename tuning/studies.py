@@ -16,7 +16,6 @@ from typing import Any
 
 from benchmark.errors import UserError
 from benchmark.sweep.cell import Cell
-from craft.methods import make_config
 from tuning.config import SearchConfig
 from tuning.space import Space
 
@@ -119,7 +118,7 @@ class Study:
 def _budget_and_popsize(cfg: SearchConfig, method: str, target: Target) -> tuple[int, int | None]:
     fixed = cfg.fixed(method, target.dataset)
     cell = Cell(method, target.dataset, target.shots, cfg.search_seeds[0], target.backbone, target.weights, fixed)
-    popsize = make_config(method, fixed).popsize if method in GENERATION_METHODS else None
+    popsize = cell.config.popsize if method in GENERATION_METHODS else None
     return cell.budget(), popsize
 
 

@@ -10,7 +10,7 @@ import pandas as pd
 from benchmark.datasets.registry import SUITES, list_datasets
 from benchmark.errors import UserError
 from benchmark.report.labels import ZERO_SHOT, backbone_key, dataset_key, paper_datasets
-from benchmark.report.published import normalise_backbone
+from benchmark.results.backbones import backbone_id
 from benchmark.results.schema import selected_on_test
 
 RUN_KEYS = ["method", "backbone", "dataset", "eval_dataset", "shots", "seed"]
@@ -21,13 +21,14 @@ def prepare(df: pd.DataFrame, *, backbone: str | None = None, shots: Sequence[in
     """Keep ``ok`` rows, filter, check one run per cell, and put zero-shot rows at shots 0 (they learn nothing).
 
     Adds :data:`ON_TEST`: whether the row reports the epoch best on test (:func:`selected_on_test`).
+    Backbones become their :func:`backbone_id` (``RN50-quickgelu`` is the paper's ``RN50``).
     """
     if "status" in df:
         df = df[df["status"] == "ok"]
     on_test = df["hparams"].map(selected_on_test).astype(bool) if "hparams" in df else False
-    df = df.assign(backbone=df["backbone"].map(normalise_backbone), **{ON_TEST: on_test})
+    df = df.assign(backbone=df["backbone"].map(backbone_id), **{ON_TEST: on_test})
     if backbone is not None:
-        wanted = normalise_backbone(backbone)
+        wanted = backbone_id(backbone)
         if wanted not in set(df["backbone"]):
             raise UserError(f"no results for backbone {backbone}; present: {', '.join(sorted_backbones(df))}")
         df = df[df["backbone"] == wanted]

@@ -8,6 +8,7 @@ from importlib import resources
 import pandas as pd
 
 from benchmark.errors import UserError
+from benchmark.results.backbones import backbone_id
 
 PUBLISHED_SOURCE = (
     "published: CraFT paper (Connecting the Dots: Collaborative Fine-tuning for Black-Box "
@@ -15,11 +16,6 @@ PUBLISHED_SOURCE = (
 )
 # Table kinds that have a published counterpart, and the csv's name for it.
 PUBLISHED_TABLES = {"few-shot": "few_shot", "shift": "distribution_shift"}
-
-
-def normalise_backbone(name: str) -> str:
-    """The paper's backbone name (``ViT-B/32``) as open_clip spells it (``ViT-B-32``)."""
-    return name.replace("/", "-")
 
 
 @cache
@@ -34,7 +30,7 @@ def _read() -> pd.DataFrame:
             "method": raw["method"],
             "dataset": raw["train_dataset"],
             "eval_dataset": raw["eval_dataset"],
-            "backbone": raw["backbone"].map(normalise_backbone),
+            "backbone": raw["backbone"].map(backbone_id),  # ViT-B/32 -> ViT-B-32
             "shots": raw["shots"].astype("int64"),
             "seed": float("nan"),
             "top1_test": raw["top1"].astype("float64"),

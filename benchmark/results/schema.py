@@ -7,7 +7,7 @@ ImageNet variants of the distribution-shift table). Accuracies are top-1 in perc
 
 | column | meaning |
 |---|---|
-| cell_id | stable hash of everything that defines the cell (see ``benchmark.sweep.plan``) |
+| cell_id | stable hash of everything that defines the cell (see ``benchmark.sweep.cell``) |
 | status | ``ok`` or ``failed`` (then ``error`` says why, metrics are null) |
 | method, dataset, eval_dataset, backbone, weights, shots, seed | what was run |
 | hparams | the method's full hyperparameters, JSON (every fidelity switch among them: docs/fidelity.md); ``select: best_test`` (CBBT): accuracies of the epoch best on test (:func:`selected_on_test`) |

@@ -10,38 +10,36 @@ from __future__ import annotations
 import os
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
 from benchmark.errors import UserError
 from benchmark.results.store import parse_cell_file, scan_cells
 from benchmark.sweep.cell import Cell
-from benchmark.sweep.protocol import protocol_hparams
 from benchmark.sweep.config import SweepConfig
+from craft.budget import whole_steps
+from craft.methods import METHODS
 
-ZERO_SHOT = "zero_shot_clip"
 
 
 def expand(cfg: SweepConfig) -> list[Cell]:
     """Every cell of ``cfg``, in run order, each once."""
+    grid = cfg.grid
     cells: list[Cell] = []
-    for backbone, weights in cfg.backbones:
-        for ds in cfg.datasets:
+    for backbone, weights in grid.backbones:
+        for ds in grid.datasets:
             extra = cfg.eval_datasets.get(ds, ())
-            for shots in cfg.shots:
-                for seed in cfg.seeds:
-                    for method in cfg.methods:
-                        if method == ZERO_SHOT and shots != max(cfg.shots):
+            for shots in grid.shots:
+                for seed in grid.seeds:
+                    for method in grid.methods:
+                        if not METHODS[method].learns and shots != max(grid.shots):
                             continue
-                        hparams = {**protocol_hparams(cfg.protocol, method), **cfg.hparams_for(method, ds)}
+                        hparams = grid.cell_hparams(method, ds)
                         cells.append(Cell(method, ds, shots, seed, backbone, weights, hparams, extra, cfg.root, cfg.protocol))
     return list({c.cell_id: c for c in cells}.values())
 
 
 def estimated_queries(cell: Cell) -> int:
     """Budgeted queries the cell will use: its budget, in whole CMA-ES generations where it has them."""
-    budget = cell.budget()
-    popsize = cell.full_hparams().get("popsize")
-    return budget - budget % popsize if popsize else budget
+    return whole_steps(cell.budget(), cell.config)
 
 
 @dataclass
@@ -70,14 +68,14 @@ def make_plan(cells: list[Cell], out: str) -> Plan:
 
 
 def check_inputs(cfg: SweepConfig) -> list[str]:
-    """What can be checked before Ray starts: the data root, every dataset's files, the backbones.
+    """What can be read before Ray starts: the data root, every dataset's files, the backbones'
+    checkpoint files (their names were checked with the config, :mod:`benchmark.sweep.grid`).
 
     Returns notes to show once: a dataset with a class that has fewer training images than a
     sweep's shots (its cells at those shots train on every image of such classes).
     """
     from benchmark.datasets.registry import load_dataset
-    from benchmark.model.loading import known_backbones
-    from benchmark.model.builtin import BUILTIN_BACKBONE
+    from benchmark.sweep.grid import check_backbone_files
 
     if cfg.root is not None and not os.path.isdir(cfg.root):
         raise UserError(f"{cfg.path}: root {cfg.root} does not exist or is not a folder (it must hold the dataset folders)")
@@ -97,14 +95,7 @@ def check_inputs(cfg: SweepConfig) -> list[str]:
                     notes.append(f"{ds}: {short} of {len(per_class)} classes have fewer training images than "
                                  f"{max(over)} (the fewest: {fewest}); its {', '.join(map(str, over))}-shot cells use "
                                  "every image of such classes")
-    known = set(known_backbones())
-    for name, weights in cfg.backbones:
-        if name not in known:
-            raise UserError(f"{cfg.path}: unknown backbone {name!r} (any name from open_clip.list_models(), or {BUILTIN_BACKBONE})")
-        if weights == "builtin" and name != BUILTIN_BACKBONE:
-            raise UserError(f"{cfg.path}: weights 'builtin' exist only for {BUILTIN_BACKBONE}, not {name}")
-        if ("/" in weights or weights.endswith((".pt", ".pth", ".bin", ".safetensors"))) and not Path(weights).is_file():
-            raise UserError(f"{cfg.path}: checkpoint {weights} (weights of {name}) does not exist")
+    check_backbone_files(cfg.backbones, cfg.path)
     return notes
 
 

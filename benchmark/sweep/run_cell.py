@@ -16,7 +16,7 @@ from benchmark.serve.client import RemoteBackend
 from benchmark.sweep.cell import Cell
 from benchmark.datasets.task_spec import TaskSpec
 from craft.blackbox import MeteredBlackBox
-from craft.methods import RunResult, Task, get_method, make_config
+from craft.methods import RunResult, Task, get_method
 from craft.methods.base import SERVER
 
 
@@ -36,7 +36,6 @@ def run_cell(
     """
     started = dt.datetime.now(dt.timezone.utc)
     method = get_method(cell.method)
-    config = make_config(cell.method, cell.hparams)
     backend = RemoteBackend(server, task_spec(cell, eval_test))
     prep = backend.prepared
     box = MeteredBlackBox(backend, cell.budget())
@@ -58,7 +57,7 @@ def run_cell(
     else:
         # One BLAS thread: CMA-ES's eigendecompositions crawl when two OpenBLAS threads fight other runs.
         with threadpool_limits(1):
-            result = method.run(box, task, config, cell.seed)
+            result = method.run(box, task, cell.config, cell.seed)
     server_cost = backend.release()
     return result_rows(cell, result, box.budget, started, backend.images_encoded, server_cost,
                        whitebox_peak_mb or server_cost.get("peak_mem_mb") or _peak_rss_mb(),

@@ -9,6 +9,7 @@ from benchmark.model.engine import ClipEngine
 from benchmark.model.task import PreparedTask
 from benchmark.serve.whitebox.coop import train_coop
 from craft.methods import get_method, make_config
+from craft.methods.base import SERVER
 
 TRAINERS = {"coop": train_coop}
 
@@ -18,7 +19,7 @@ def run_whitebox(
     *, shots: int, dataset: str, eval_splits: tuple[str, ...],
 ) -> dict[str, Any]:
     """Train white-box ``method`` on a prepared task: ``{"result": RunResult fields, "peak_mem_mb": ...}``."""
-    if not getattr(get_method(method), "whitebox", False) or method not in TRAINERS:
+    if get_method(method).runs_on != SERVER or method not in TRAINERS:
         raise ValueError(f"{method!r} is not a white-box method; white-box methods: {', '.join(sorted(TRAINERS))}")
     config = make_config(method, hparams)
     result, peak_mb = TRAINERS[method](
