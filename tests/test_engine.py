@@ -208,3 +208,27 @@ def test_the_attention_kernel_can_be_held_to_one_backend(tiny):
     held.encode_images([torch.zeros(3, 32, 32)], transform=lambda x: x, loader=lambda x: x)  # the image tower is not held
     with pytest.raises(ValueError, match="attention must be one of auto, math, efficient, cudnn, flash, got 'fastest'"):
         ClipEngine(tiny, attention="fastest")
+
+
+def test_a_tag_trained_with_quick_gelu_is_built_with_it(monkeypatch) -> None:
+    """open_clip 3 builds ``RN50`` with GELU even for its ``openai`` tag (it only warns): the loader
+    asks for QuickGELU wherever the tag was trained with it, and never for a checkpoint path."""
+    import open_clip
+
+    import benchmark.model.loading as loading
+
+    seen = []
+
+    def create(backbone, pretrained=None, device=None, force_quick_gelu=False):
+        seen.append((backbone, pretrained, force_quick_gelu))
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(open_clip, "create_model_and_transforms", create)
+    monkeypatch.setattr(loading, "_cached_pretrained", lambda backbone, tag: "/cache/file")
+    for backbone, tag in (("RN50", "openai"), ("ViT-B-16", "openai"), ("ViT-B-32", "laion2b_s34b_b79k")):
+        with pytest.raises(UserError):
+            load_model(backbone, tag)
+    with pytest.raises(UserError):
+        load_model("RN50", __file__)  # a path: the backbone's name decides (RN50-quickgelu for OpenAI files)
+    assert seen == [("RN50", "openai", True), ("ViT-B-16", "openai", True), ("ViT-B-32", "laion2b_s34b_b79k", False),
+                    ("RN50", __file__, False)]

@@ -136,11 +136,15 @@ def load_model(
                 f"as weights (e.g. --weights /data/ckpt/{backbone}.pt)"
             )
         pretrained = weights
+    # A tag trained with QuickGELU (every ``openai`` tag) on an architecture whose config has GELU
+    # (``RN50``): open_clip 3 only warns and builds GELU, so the model would not be the one trained.
+    is_tag = weights not in (BUILTIN, RANDOM) and not _looks_like_path(weights)
+    quick_gelu = is_tag and tag_quick_gelu(backbone, weights)
 
     try:
         with _offline(not allow_download):
             model, _, preprocess = open_clip.create_model_and_transforms(
-                backbone, pretrained=pretrained, device=device
+                backbone, pretrained=pretrained, device=device, force_quick_gelu=quick_gelu
             )
     except UserError:
         raise
@@ -158,6 +162,13 @@ def load_model(
 
 
 _URL_CACHE = Path.home() / ".cache" / "clip"
+
+
+def tag_quick_gelu(backbone: str, tag: str) -> bool:
+    """Whether open_clip's pretrained ``tag`` of ``backbone`` was trained with QuickGELU activations."""
+    import open_clip
+
+    return bool(open_clip.get_pretrained_cfg(backbone, tag).get("quick_gelu", False))
 
 
 def _cached_pretrained(backbone: str, tag: str) -> str | None:
