@@ -170,3 +170,18 @@ def test_backbones_in_the_papers_spelling_are_open_clips() -> None:
     cfg = config_from_dict({**BASE, "backbones": {"ViT-B/32": "openai", "RN50-quickgelu": "openai"}})
     assert cfg.backbones == (("ViT-B-32", "openai"), ("RN50-quickgelu", "openai"))
     assert {c.backbone for c in expand(cfg)} == {"ViT-B-32", "RN50-quickgelu"}
+
+
+def test_max_sequences_reaches_the_engine_through_the_server_options() -> None:
+    """A server option is a field of ServerOptions and a keyword of the engine, nothing between."""
+    from benchmark.serve.options import ServerOptions
+    from benchmark.serve.server import ModelServer
+
+    assert config_from_dict(BASE).server.max_sequences is None
+    options = config_from_dict({**BASE, "max_sequences": 7}).server
+    assert options.max_sequences == 7
+    assert ModelServer("craft-tiny", "builtin", options, cache_dir="").engine.chunk_sequences(20) == 7
+    assert ModelServer("craft-tiny", "builtin", ServerOptions(), cache_dir="").engine.chunk_sequences(20) > 7
+    for bad in (0, -1, 2**31, "many", True):
+        with pytest.raises(UserError, match="max_sequences must be an integer >= 1"):
+            config_from_dict({**BASE, "max_sequences": bad})

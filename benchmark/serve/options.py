@@ -27,8 +27,10 @@ KEYS = {
                  "cudnn or flash",
     "compile": "true (or a torch.compile mode, e.g. reduce-overhead: CUDA graphs on a GPU): model servers run the text "
                "tower under torch.compile, one graph each, compiled in its first query (default false)",
+    "max_sequences": "text sequences per forward pass of a server (default: sized by the device's memory); "
+                     "lower it where another process shares the GPU",
 }
-ENGINE_FIELDS = ("compile", "attention")  # passed to ClipEngine as they are; precision is resolved per method
+ENGINE_FIELDS = ("compile", "attention", "max_sequences")  # passed to ClipEngine as they are; precision is resolved per method
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ class ServerOptions:
     colocate: bool = False
     attention: str = "auto"
     compile: bool | str = False
+    max_sequences: int | None = None
     batching: bool | None = None
 
     @classmethod
@@ -82,6 +85,10 @@ def check_keys(raw: Mapping[str, Any], where: str) -> None:
         raise UserError(f"{where}: colocate must be true or false, got {show(raw['colocate'])}")
     if "compile" in raw and not isinstance(raw["compile"], bool):
         _check_compile_mode(raw["compile"], where)
+    if raw.get("max_sequences") is not None:
+        v = raw["max_sequences"]
+        if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v < 2**31:
+            raise UserError(f"{where}: max_sequences must be an integer >= 1 (or null: sized by memory), got {show(v)}")
     if "attention" in raw:
         from benchmark.model.engine import ATTENTION_KERNELS
 
