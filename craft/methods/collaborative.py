@@ -22,7 +22,6 @@ import numpy as np
 import torch
 
 from craft.blackbox import TRAIN, BlackBox, view_split
-from craft.budget import default_budget
 from craft.cma_es import PROMPT_SOURCES, STEP_RULES, new_cma
 from craft.losses import prompt_fitness, refinement_loss
 from craft.methods.base import MethodTraits, RunResult, Steps, Task, Timer, drive, evaluate, evaluate_async, reject_invalid
@@ -44,7 +43,7 @@ class BBTConfig:
     popsize: int = 40
     intrinsic_dim: int = 512
     ctx_init: str = "a photo of a"
-    budget: int | None = None  # None: by shots, as the official scripts
+    budget: int | None = None  # None: the black box's (a sweep gives the cell's: by shots, as the official scripts)
     eval_every: int = 10
     # Generations between CMA-ES's eigendecompositions of its covariance, in units of pycma's own
     # interval 1 / (10 N (c1 + c_mu)) (1: pycma's default, the official code's). At 10 it falls
@@ -141,7 +140,7 @@ def _search(box: BlackBox, task: Task, cfg: BBTConfig, seed: int, refine: bool) 
     CMA-ES runs in a worker process (:func:`craft.cma_es.new_cma`), after sending it the fitness."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    budget = min(default_budget(task.shots, task.dataset) if cfg.budget is None else cfg.budget, box.remaining())
+    budget = box.remaining() if cfg.budget is None else min(cfg.budget, box.remaining())  # the cell's, in the box
     p0 = box.embed_words(cfg.ctx_init)
     device = torch.device(box.info.device)  # where the logits arrive: fitness and refinement run there
     prompt = PromptGenerator(p0, cfg.intrinsic_dim, cfg.std, gen, cfg.projection_init).to(device)
