@@ -83,7 +83,7 @@ class RemoteBackend:
                         ) from exc
                     time.sleep(pause)
                     pause = min(2 * pause, 15.0)
-                if name in ("logits", "template_logits", "features", "run_whitebox", "run_colocated", "release"):
+                if name in ("logits", "template_logits", "features", "run_here", "release"):
                     raise UnknownTask("moved to another server") from exc  # prepare there, then repeat
 
     def _get(self, ref: Any) -> Any:
@@ -143,13 +143,10 @@ class RemoteBackend:
         (text, image, scale), n = self._task_call("features", contexts.detach().cpu().numpy(), split, idx)
         return OutputFeatures(_tensor(text), _tensor(image), float(scale)), n
 
-    def run_whitebox(self, method: str, hparams: dict[str, Any], seed: int, eval_splits: tuple[str, ...]) -> dict[str, Any]:
-        """Have the server train a white-box reference on this task (the model never leaves it)."""
-        return self._task_call("run_whitebox", method, hparams, seed, self.spec.shots, self.spec.dataset, tuple(eval_splits))
-
-    def run_colocated(self, method: str, hparams: dict[str, Any], seed: int, budget: int, eval_splits: tuple[str, ...]) -> dict[str, Any]:
-        """Have the server run a black-box method beside its model (:mod:`benchmark.serve.colocate`)."""
-        return self._task_call("run_colocated", method, hparams, seed, budget, self.spec.shots, self.spec.dataset,
+    def run_here(self, method: str, hparams: dict[str, Any], seed: int, budget: int, eval_splits: tuple[str, ...]) -> dict[str, Any]:
+        """Have the server run ``method`` beside its model: a white-box reference (the model never leaves
+        it) or a colocated black-box run (``budget`` queries)."""
+        return self._task_call("run_here", method, hparams, seed, budget, self.spec.shots, self.spec.dataset,
                                tuple(eval_splits))
 
     def release(self) -> dict[str, float]:

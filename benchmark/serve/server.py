@@ -4,8 +4,8 @@
 actor with several concurrent callers (threads). The server prepares each run's image
 features (through the disk cache) and answers its queries; runs hold a
 :class:`benchmark.serve.client.RemoteBackend` and see logits and output features only; white-box references
-(CoOp) are trained here, beside the model (``run_whitebox``), and so are colocated runs
-(``run_colocated``: a sweep's ``colocate: true``).
+(CoOp) are trained here, beside the model, and colocated runs run here too (a sweep's
+``colocate: true``): both through ``run_here``.
 
 Each ``prepare`` hands out a lease on the task (runs of one task share its features; the task
 is dropped when its last lease is released) and the server's busy time is counted per lease.
@@ -34,6 +34,8 @@ from benchmark.model.feature_cache import FeatureCache
 from benchmark.model.loading import load_model
 from benchmark.serve.client import UnknownTask
 from benchmark.serve.options import ServerOptions
+from craft.methods import get_method
+from craft.methods.base import SERVER
 from benchmark.model.task import PreparedTask, prepare_task
 from benchmark.datasets.task_spec import TaskSpec
 
@@ -156,28 +158,23 @@ class ModelServer:
         self._served += 1
         return (out.text.numpy(), out.image.numpy(), out.logit_scale), n
 
-    def run_whitebox(
-        self, tid: str, method: str, hparams: dict[str, Any], seed: int, shots: int, dataset: str,
-        eval_splits: tuple[str, ...],
-    ) -> dict[str, Any]:
-        """Train a white-box reference (CoOp) on this server's model; see :mod:`benchmark.serve.whitebox`."""
-        from benchmark.serve.whitebox import run_whitebox
-
-        prepared = self._entry(tid)[1]  # UnknownTask if the server lost it
-        start = time.perf_counter()
-        out = run_whitebox(self.engine, prepared, method, hparams, seed, shots=shots, dataset=dataset, eval_splits=tuple(eval_splits))
-        self._busy_s[tid] += time.perf_counter() - start
-        return out
-
-    def run_colocated(
+    def run_here(
         self, tid: str, method: str, hparams: dict[str, Any], seed: int, budget: int, shots: int, dataset: str,
         eval_splits: tuple[str, ...],
     ) -> dict[str, Any]:
-        """Run a black-box method here, its logits on this server's device (see :mod:`benchmark.serve.colocate`)."""
+        """Run ``method`` on this server, beside the model: a white-box reference (CoOp: it needs the
+        model, :mod:`benchmark.serve.whitebox`), or a black-box method colocated with its logits on
+        this server's device (:mod:`benchmark.serve.colocate`). ``{"result": RunResult fields, "peak_mem_mb": ...}``."""
+        from benchmark.serve.whitebox import run_whitebox
+
         prepared = self._entry(tid)[1]  # UnknownTask if the server lost it
+        where = dict(shots=shots, dataset=dataset, eval_splits=tuple(eval_splits))
         start = time.perf_counter()
-        out = run_colocated(self.engine, prepared, method, hparams, seed, budget=budget, shots=shots,
-                            dataset=dataset, eval_splits=tuple(eval_splits), interleaver=self._interleaver)
+        if get_method(method).runs_on == SERVER:
+            out = run_whitebox(self.engine, prepared, method, hparams, seed, **where)
+        else:
+            out = run_colocated(self.engine, prepared, method, hparams, seed, budget=budget, interleaver=self._interleaver,
+                                **where)
         self._busy_s[tid] += time.perf_counter() - start
         return out
 

@@ -46,10 +46,8 @@ def run_cell(
     whitebox_peak_mb = None
     on_server = colocate and method.colocatable
     if method.runs_on == SERVER or on_server:
-        if on_server:  # beside the model, its logits on the server's device (benchmark.serve.colocate)
-            out = backend.run_colocated(cell.method, cell.hparams, cell.seed, box.budget, eval_splits)
-        else:  # needs the model: trained on the server (benchmark.serve.whitebox)
-            out = backend.run_whitebox(cell.method, cell.hparams, cell.seed, eval_splits)
+        # beside the model: a white-box reference needs it; a colocated run has its logits on its device
+        out = backend.run_here(cell.method, cell.hparams, cell.seed, box.budget, eval_splits)
         result, whitebox_peak_mb = RunResult(**out["result"]), out["peak_mem_mb"]
         for row in result.trace:  # evaluations ran remotely: report them now, in order
             if task.on_eval is not None and any(k.startswith("top1_") for k in row):
