@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import tarfile
 import zipfile
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "pack_ray.py"
 
 
 def _pack_ray():
-    spec = importlib.util.spec_from_file_location("pack_ray", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from measurement import pack_ray
+
+    return pack_ray
 
 
 def test_pack_keeps_core_and_file_modes_and_leaves_out_the_jar_and_libraries(tmp_path):
