@@ -62,12 +62,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # Find the subcommand first, then let its module add arguments and parse for real.
     known, _ = parser.parse_known_args(argv[:1] or argv)
-    module = importlib.import_module(known._module)
-    sub_parser = argparse.ArgumentParser(
-        prog=f"craft {known.command}", description=subcommands()[known.command][1]
-    )
+    return run_command(known.command, known._module, subcommands()[known.command][1], argv[1:])
+
+
+def run_command(command: str, module_name: str, description: str, argv: list[str]) -> int:
+    """Run subcommand ``command`` of module ``module_name`` on ``argv``: a user error is one sentence
+    on stderr and exit 2, Ctrl-C exit 130, a closed pipe exit 141. A plugin's module may call it from
+    its own ``__main__`` (``python -m measurement.perf`` where no entry point is installed)."""
+    module = importlib.import_module(module_name)
+    sub_parser = argparse.ArgumentParser(prog=f"craft {command}", description=description)
     module.add_arguments(sub_parser)
-    args = sub_parser.parse_args(argv[1:])
+    args = sub_parser.parse_args(argv)
     try:
         status = int(module.run(args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, not in Python's exit flush
@@ -76,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         message = str(exc)
         if len(message) > MAX_MESSAGE_CHARS:  # whatever echoes a value, one sentence stays short
             message = message[: MAX_MESSAGE_CHARS - 3] + "..."
-        print(f"craft {known.command}: error: {message}", file=sys.stderr)
+        print(f"craft {command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

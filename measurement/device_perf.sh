@@ -68,10 +68,10 @@ fi
 export PYTHONPATH="/tmp/craft_site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if ! command -v craft >/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile -e . >/tmp/install.log 2>&1 \
-        || { cp /tmp/install.log "$OUT/"; echo "editable install failed (see install.log): running benchmark.cli from the tree" >&2; }
+        || { cp /tmp/install.log "$OUT/"; echo "editable install failed (see install.log): running python -m measurement.perf from the tree" >&2; }
 fi
-CRAFT=(craft)
-command -v craft >/dev/null || CRAFT=(python3 -m benchmark.cli)
+CRAFT=(craft perf)
+command -v craft >/dev/null || CRAFT=(python3 -m measurement.perf)
 
 {
     nvidia-smi
@@ -116,9 +116,9 @@ if python3 -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
     [[ $# -gt 0 ]] || timeout 60 python3 -m measurement.attention_backends --json "$OUT/attention.json" 2>&1 \
         | grep -v -E "^(USDT|ERROR|W[0-9])"
 fi
-echo "setup took $((SECONDS - start)) s; running: ${CRAFT[*]} perf ${ARGS[*]} --json $OUT/perf.json"
+echo "setup took $((SECONDS - start)) s; running: ${CRAFT[*]} ${ARGS[*]} --json $OUT/perf.json"
 PERF_TIMEOUT="${PERF_TIMEOUT:-300}"  # with the setup, the tests and the attention benchmark above, at most 9.6 minutes in all
-timeout "$PERF_TIMEOUT" "${CRAFT[@]}" perf "${ARGS[@]}" --json "$OUT/perf.json" 2>&1 | tee "$OUT/perf.log"
+timeout "$PERF_TIMEOUT" "${CRAFT[@]}" "${ARGS[@]}" --json "$OUT/perf.json" 2>&1 | tee "$OUT/perf.log"
 rc=${PIPESTATUS[0]}
 echo "craft perf exit code $rc after $((SECONDS - start)) s (124: cut off at $PERF_TIMEOUT s; perf.json holds the phases done)"
 exit "$rc"

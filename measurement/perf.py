@@ -663,3 +663,10 @@ def render(result: dict[str, Any]) -> str:
                         " (TORCH_LOGS=cudagraphs says why)" if result["cudagraph_skips"] else ""))
     lines.append(f"targets met: {t.get('met')} ({', '.join(f'{k}={_fmt(v)}' for k, v in t.items() if k != 'met')})")
     return "\n".join(lines)
+
+
+if __name__ == "__main__":  # ``python -m measurement.perf ARGS``: ``craft perf`` where its entry point is not installed
+    from benchmark.cli import run_command
+    from measurement.commands import PERF
+
+    sys.exit(run_command("perf", PERF[0], PERF[1], sys.argv[1:]))

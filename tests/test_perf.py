@@ -373,3 +373,16 @@ def test_the_attention_benchmark_runs_each_backend_and_reports_those_that_cannot
     assert "efficient: error" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         attention_main(["--backends", "auto,fastest"])
+
+
+def test_perf_runs_as_a_module_where_its_entry_point_is_not_installed() -> None:
+    """The device script's fallback, ``python -m measurement.perf``: the same command, the same one-sentence errors."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-m", "measurement.perf", "--backbone", "nope"], capture_output=True, text=True,
+                         cwd=repo, timeout=120)
+    assert out.returncode == 2 and out.stderr.startswith("craft perf: error: unknown backbone 'nope'")
+    assert out.stderr.count("\n") == 1
