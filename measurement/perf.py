@@ -87,7 +87,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the fast paths' attention kernel (auto: torch's choice; python -m measurement.attention_backends "
                         "times each)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="the fast paths' arithmetic on a GPU: auto or bf16 (bf16 autocast), fp32 (CPUs: always fp32)")
+                   help="the fast paths' precision on a GPU: auto or bf16 (bf16 autocast), fp32 (CPUs: always fp32)")
     p.add_argument("--sweep", choices=("auto", "measure", "scale", "off"), default="auto",
                    help="sweep estimate: run each coop11 dataset's loop (measure), scale the main one (scale); auto: measure on GPU")
     p.add_argument("--sweep-generations", type=int, default=2, help="timed generations per dataset when measuring the sweep")

@@ -80,7 +80,7 @@ class ClipEngine:
         """``compile``: False, True (``torch.compile`` default mode) or a ``torch.compile`` mode name.
         ``max_sequences``: text sequences per forward pass; None sizes chunks by device memory.
         ``precision`` on a GPU: ``auto`` or ``bf16`` (bf16 autocast), ``fp32`` (none; CPUs are always
-        fp32). A sweep picks it per method (:meth:`benchmark.serve.options.ServerOptions.arithmetic`).
+        fp32). A sweep picks it per method (:meth:`benchmark.serve.options.ServerOptions.precision_for`).
         ``attention``: the kernel of the text attention, of :data:`ATTENTION_KERNELS` (``auto``: torch's
         choice; one that cannot run a call fails it)."""
         if precision not in PRECISIONS:
@@ -198,7 +198,7 @@ class ClipEngine:
         """Normalised text features ``candidates x classes x embed`` for prompt contexts."""
         contexts = contexts.to(self.device, torch.float32)
         n_cand, n_cls = contexts.shape[0], len(part.classnames)
-        with self._text_arithmetic():
+        with self._text_precision():
             if self.prefix_shared:
                 feats = self._prefix_shared_text(contexts, part)
             else:
@@ -212,7 +212,7 @@ class ClipEngine:
     def _autocast(self) -> torch.autocast:
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16)
 
-    def _text_arithmetic(self) -> contextlib.AbstractContextManager:
+    def _text_precision(self) -> contextlib.AbstractContextManager:
         """The text tower's: bf16 autocast where the engine computes in bf16, and the attention
         kernel it is held to."""
         stack = contextlib.ExitStack()
@@ -305,7 +305,7 @@ class ClipEngine:
         contexts = contexts.to(self.device)
         n_cand, n_cls = contexts.shape[0], len(part.classnames)
         x, eot = self._sequences(contexts.float(), part, full=False)
-        with self._text_arithmetic():
+        with self._text_precision():
             out = self._encode_embeddings(x, eot).float()
         return F.normalize(out, dim=-1).reshape(n_cand, n_cls, -1)
 

@@ -20,7 +20,7 @@ DEFAULT_RUNS_PER_SERVER = 4
 # config key -> its help; every key is a field of ServerOptions
 KEYS = {
     "runs_per_server": "runs served at once by one model server",
-    "precision": "model servers' arithmetic on a GPU: auto (bf16, CBBT fp32; the default), bf16 or fp32 for all "
+    "precision": "model servers' precision on a GPU: auto (bf16, CBBT fp32; the default), bf16 or fp32 for all "
                  "(CPUs: fp32; protocol official: fp32)",
     "colocate": "true: CraFT and BBT runs execute in their model server's process, logits on its GPU (default false)",
     "attention": "the kernel the servers' text attention is held to: auto (torch's choice, default), math, efficient, "
@@ -53,7 +53,7 @@ class ServerOptions:
         given = {k: raw[k] for k in KEYS if k in raw}
         return cls(**{"precision": default_precision, **given})
 
-    def arithmetic(self, needs_fp32: bool, gpu: bool) -> str:
+    def precision_for(self, needs_fp32: bool, gpu: bool) -> str:
         """What a server computes in: fp32 on CPUs; on GPUs ``precision``, where ``auto`` is bf16
         except for methods that need fp32 (:attr:`craft.methods.base.Method.needs_fp32`)."""
         if not gpu:
@@ -62,9 +62,9 @@ class ServerOptions:
             return "fp32" if needs_fp32 else "bf16"
         return self.precision
 
-    def engine_kwargs(self, arithmetic: str) -> dict[str, Any]:
-        """Keyword arguments of :class:`~benchmark.model.engine.ClipEngine` for a server in ``arithmetic``."""
-        return {"precision": arithmetic, **{k: getattr(self, k) for k in ENGINE_FIELDS}}
+    def engine_kwargs(self, precision: str) -> dict[str, Any]:
+        """Keyword arguments of :class:`~benchmark.model.engine.ClipEngine` for a server computing in ``precision``."""
+        return {"precision": precision, **{k: getattr(self, k) for k in ENGINE_FIELDS}}
 
     def replace(self, **changes: Any) -> ServerOptions:
         return dataclasses.replace(self, **changes)

@@ -1,8 +1,8 @@
-"""The server pool: model server actors on Ray, by (backbone, weights, arithmetic).
+"""The server pool: model server actors on Ray, by (backbone, weights, precision).
 
 Servers: one per GPU and key, each reserving ``1 / keys`` of a GPU, spread over the nodes (Ray's
-SPREAD strategy; one CPU server per key where the cluster has no GPU). The arithmetic is bf16
-autocast or fp32 (:meth:`ServerOptions.arithmetic`): under the default ``precision: auto`` on a GPU,
+SPREAD strategy; one CPU server per key where the cluster has no GPU). The precision is bf16
+autocast or fp32 (:meth:`ServerOptions.precision_for`): under the default ``precision: auto`` on a GPU,
 methods that need fp32 (CBBT) get fp32 servers and the others bf16 ones. A server that dies is
 restarted by Ray (``max_restarts=-1``); its runs prepare their tasks again meanwhile.
 """
@@ -21,11 +21,11 @@ SERVER_START_TIMEOUT_S = 1800.0  # GPU nodes of an autoscaling cluster may take 
 
 
 class ServerKey(NamedTuple):
-    """What makes two servers interchangeable: the model and the arithmetic it computes in."""
+    """What makes two servers interchangeable: the model and the precision it computes in (``bf16`` or ``fp32``)."""
 
     backbone: str
     weights: str
-    arithmetic: str
+    precision: str
 
 
 @dataclass
@@ -37,8 +37,8 @@ class ServerPool:
     groups: dict[ServerKey, list[Any]] = field(default_factory=dict)
 
     def key(self, backbone: str, weights: str, method: str) -> ServerKey:
-        """The servers a ``method`` run on ``backbone:weights`` needs (its arithmetic from the method's traits)."""
-        return ServerKey(backbone, weights, self.options.arithmetic(get_method(method).needs_fp32, self.gpu))
+        """The servers a ``method`` run on ``backbone:weights`` needs (its precision from the method's traits)."""
+        return ServerKey(backbone, weights, self.options.precision_for(get_method(method).needs_fp32, self.gpu))
 
     def group(self, backbone: str, weights: str, method: str) -> list[Any]:
         """The servers for a ``method`` run on ``backbone:weights``."""
@@ -77,7 +77,7 @@ def start_servers(
     for _ in range(per_key):  # interleaved, so that each GPU tends to get one server of each key
         for key in keys:
             pool.groups[key].append(actor_cls.options(**actor_options).remote(
-                key.backbone, key.weights, options, key.arithmetic, cache_dir=cache_dir))
+                key.backbone, key.weights, options, key.precision, cache_dir=cache_dir))
     for key, group in pool.groups.items():  # fail fast: weights missing, unknown backbone
         try:
             _wait([s.ping.remote() for s in group], f"the model servers of {key.backbone}:{key.weights}")

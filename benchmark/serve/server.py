@@ -52,20 +52,20 @@ class ModelServer:
         backbone: str,
         weights: str,
         options: ServerOptions | None = None,
-        arithmetic: str = "auto",
+        precision: str = "auto",
         *,
         cache_dir: str | None = None,
         device: str | None = None,
         interleave: bool | None = None,
     ) -> None:
-        """Serve ``backbone:weights`` with ``options``, computing in ``arithmetic`` (the pool's choice for
+        """Serve ``backbone:weights`` with ``options``, computing in ``precision`` (the pool's choice for
         this server: ``bf16`` or ``fp32``; ``auto`` leaves it to the engine). ``interleave``: step
         concurrent colocated runs in turn in one thread, their CMA-ES in worker processes (None: on a
         GPU only, where one run's CPU work hides behind another's pass; on a CPU they compute in
         parallel)."""
         options = options or ServerOptions()
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.engine = ClipEngine(load_model(backbone, weights, device), device, **options.engine_kwargs(arithmetic))
+        self.engine = ClipEngine(load_model(backbone, weights, device), device, **options.engine_kwargs(precision))
         self.cache = FeatureCache(cache_dir) if cache_dir != "" else None
         batching = self.engine.device.type == "cuda" if options.batching is None else options.batching
         self._batcher = QueryBatcher(self.engine) if batching else None

@@ -172,7 +172,7 @@ class Method(Protocol):
 
 
 class MethodTraits:
-    """The traits' defaults: a learning method that runs through the black box, in the server's default arithmetic."""
+    """The traits' defaults: a learning method that runs through the black box, in the server's default precision."""
 
     learns: bool = True
     runs_on: str = CLIENT
