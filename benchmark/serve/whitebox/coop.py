@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.model.engine import ClipEngine, TaskData
-from benchmark.serve.whitebox.memory import peak_memory
+from benchmark.memory import peak_memory
 from craft.blackbox import Usage, view_split
 from craft.methods.base import RunResult, Timer, _restrict, accuracy
 from craft.methods.whitebox import CoOpConfig, coop_epochs
