@@ -9,9 +9,7 @@ import types
 from pathlib import Path
 
 import pytest
-import torch
 
-from benchmark.datasets.label_space import restrict_logits
 from benchmark.datasets.loaders import MissingDataset
 from benchmark.datasets.registry import get_spec, list_datasets, load_dataset
 from benchmark.errors import UserError
@@ -76,17 +74,6 @@ def test_variants_are_scored_in_imagenet_label_space(tree):
         assert ds.classnames == [name for _, name in IMAGENET]
         assert {i.label for i in ds.test} == set(subset)
         assert all(i.path.split("/")[0] == IMAGENET[i.label][0] for i in ds.test)
-
-
-def test_restrict_logits_matches_crafts_label_mapping():
-    torch.manual_seed(0)
-    logits, subset = torch.randn(64, 10), [1, 4, 5, 9]
-    mapping = torch.zeros(10, len(subset))  # CraFT: logits @ label_mapping, labels in subset order
-    mapping[subset, range(len(subset))] = 1
-    theirs = torch.tensor(subset)[(logits @ mapping).argmax(1)]
-    ours = restrict_logits(logits, subset).argmax(1)
-    assert torch.equal(ours, theirs)
-    assert restrict_logits(logits, None) is logits
 
 
 def test_builtin_suite_loads_from_root_or_its_generator(tmp_path, monkeypatch):

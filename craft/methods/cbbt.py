@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from craft.adapter import SIDES, OutputAdapter
 from craft.blackbox import BlackBox, OutputFeatures
-from craft.methods.base import RunResult, Task, Timer, _restrict, accuracy, evaluate, reject_invalid
+from craft.methods.base import RunResult, Task, Timer, accuracy, evaluate, reject_invalid, restrict_logits
 from craft.schedule import steps_per_epoch, warmup_cosine
 from craft.zeroth_order import combine, default_mu, directions, perturbed, queries_per_step
 
@@ -140,7 +140,7 @@ def evaluate_adapted(box: BlackBox, task: Task, ctx: torch.Tensor, adapter: Outp
         with torch.no_grad():
             logits = adapter.logits(_on_cpu(box.features(ctx, split, budgeted=False)))[0]
         if split in task.class_subsets:
-            logits = _restrict(logits, task.class_subsets[split])
+            logits = restrict_logits(logits, task.class_subsets[split])
         out[f"top1_{split}"] = accuracy(logits, task.labels[split])
     return out
 
