@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
-import types
 from pathlib import Path
 
 import pytest
 
-from benchmark.datasets.loaders import MissingDataset
-from benchmark.datasets.registry import get_spec, list_datasets, load_dataset
+from benchmark.datasets import loaders
+from benchmark.datasets.loaders import MissingDataset, load_dataset
+from benchmark.datasets.registry import get_spec, list_datasets
 from benchmark.errors import UserError
 from dataset_trees import IMAGENET, SUBSETS, build_tree
 
@@ -82,9 +81,7 @@ def test_builtin_suite_loads_from_root_or_its_generator(tmp_path, monkeypatch):
     assert ds.classnames == expected["digits_rotate"]["classnames"]
     assert [len(ds.train), len(ds.val), len(ds.test)] == [12, 6, 6]
     assert ds.template == "a photo of the digit {}."
-    fake = types.ModuleType("benchmark.datasets.builtin")
-    fake.ensure_builtin_suite = lambda root=None: tmp_path
-    monkeypatch.setitem(sys.modules, "benchmark.datasets.builtin", fake)
+    monkeypatch.setattr(loaders, "ensure_builtin_suite", lambda root=None: tmp_path)
     assert load_dataset("digits_noise", None).test == load_dataset("digits_noise", tmp_path).test
 
 

@@ -14,7 +14,8 @@ from torchvision import transforms as T
 from benchmark.cli import main
 from benchmark.datasets.fewshot import few_shot_splits
 from benchmark.datasets.images import load_image
-from benchmark.datasets.registry import get_spec, list_datasets, load_dataset
+from benchmark.datasets.loaders import load_dataset
+from benchmark.datasets.registry import get_spec, list_datasets
 from benchmark.datasets.transforms import train_transform
 from benchmark.errors import UserError
 

@@ -1,4 +1,5 @@
-"""One loader per on-disk layout, each reading CoOp's exact files (see CoOp's DATASETS.md).
+"""Loading a dataset (:func:`load_dataset`): one loader per on-disk layout, each reading CoOp's exact
+files (see CoOp's DATASETS.md), the synthetic paper-shapes stand-ins and the generated built-in suite.
 
 Item paths are kept relative to ``DatasetSplits.image_root``. Every malformed input is a
 ``UserError`` that names the file and the place in it; a missing dataset folder is the
@@ -12,7 +13,9 @@ import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from benchmark.datasets.registry import DatasetSpec
+from benchmark.datasets.builtin import ensure_builtin_suite
+from benchmark.datasets.registry import DatasetSpec, get_spec
+from benchmark.datasets.synthetic import load_synthetic
 from benchmark.datasets.types import DatasetSplits, Item
 from benchmark.errors import UserError
 
@@ -52,6 +55,34 @@ def load_layout(spec: DatasetSpec, root: Path) -> DatasetSplits:
     ds = LOADERS[spec.layout](spec, folder)
     ds.image_root = str(folder / spec.image_dir) if spec.image_dir else str(folder)
     return ds
+
+
+def load_dataset(key: str, root: str | Path | None) -> DatasetSplits:
+    """Load every split of ``key`` from ``root`` (the folder holding CoOp's dataset folders).
+
+    ``root`` may be None for the synthetic paper-shapes suite and for the built-in suite, which is
+    then generated into its cache on first use.
+    """
+    spec = get_spec(key)
+    if spec.layout == "synthetic":
+        return load_synthetic(spec, get_spec(spec.parent) if spec.parent else None)
+    if root is None:
+        root = _default_root(spec)
+    ds = load_layout(spec, Path(root))
+    if spec.parent:
+        ds.label_space = spec.parent
+        if spec.classes < get_spec(spec.parent).classes:
+            ds.class_subset = sorted({item.label for item in ds.test})
+    return ds
+
+
+def _default_root(spec: DatasetSpec) -> Path:
+    if "builtin" not in spec.suites:
+        raise UserError(
+            f"dataset {spec.key} needs a data root: pass --root DIR, the folder that holds {spec.folder}/ "
+            "(CoOp's DATASETS.md describes the download)"
+        )
+    return Path(ensure_builtin_suite())
 
 
 def _splits(spec: DatasetSpec, classnames: list[str], **splits: list[Item]) -> DatasetSplits:

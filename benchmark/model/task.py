@@ -23,7 +23,8 @@ import torch
 
 from benchmark.datasets.check import require_images
 from benchmark.datasets.fewshot import few_shot_splits
-from benchmark.datasets.registry import get_spec, load_dataset
+from benchmark.datasets.loaders import load_dataset
+from benchmark.datasets.registry import get_spec
 from benchmark.datasets.transforms import aug_varies, train_transform
 from benchmark.datasets.types import DatasetSplits, Item
 from benchmark.model.engine import ClipEngine, TaskData, TrainViews
