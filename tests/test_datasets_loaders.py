@@ -63,13 +63,13 @@ def test_variants_are_scored_in_imagenet_label_space(tree):
     root, _ = tree
     for key in ("imagenet_v2", "imagenet_sketch"):
         ds = load_dataset(key, root)
-        assert ds.label_space == "imagenet" and ds.class_subset is None
+        assert get_spec(key).parent == "imagenet" and ds.class_subset is None
         assert {i.label for i in ds.test} == {0, 1, 2, 3}
     v2 = load_dataset("imagenet_v2", root)
     assert all(i.path.split("/")[0] == str(i.label) for i in v2.test)
     for key, subset in SUBSETS.items():
         ds = load_dataset(key, root)
-        assert ds.label_space == "imagenet" and ds.class_subset == subset
+        assert get_spec(key).parent == "imagenet" and ds.class_subset == subset
         assert ds.classnames == [name for _, name in IMAGENET]
         assert {i.label for i in ds.test} == set(subset)
         assert all(i.path.split("/")[0] == IMAGENET[i.label][0] for i in ds.test)

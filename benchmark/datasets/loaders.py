@@ -69,10 +69,8 @@ def load_dataset(key: str, root: str | Path | None) -> DatasetSplits:
     if root is None:
         root = _default_root(spec)
     ds = load_layout(spec, Path(root))
-    if spec.parent:
-        ds.label_space = spec.parent
-        if spec.classes < get_spec(spec.parent).classes:
-            ds.class_subset = sorted({item.label for item in ds.test})
+    if spec.parent and spec.classes < get_spec(spec.parent).classes:
+        ds.class_subset = sorted({item.label for item in ds.test})
     return ds
 
 
