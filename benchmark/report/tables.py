@@ -1,7 +1,7 @@
 """The paper's tables as a table model, built by pure functions from a results DataFrame.
 
 A :class:`Table` holds cells, not text: ``render.py`` turns it into Markdown, LaTeX or CSV.
-A cell without data is ``Cell(None)`` (a dash) and is named in ``Table.missing``; an average
+A cell without data is ``TableCell(None)`` (a dash) and is named in ``Table.missing``; an average
 over datasets is a dash as soon as one of its datasets is missing.
 """
 
@@ -49,7 +49,7 @@ class Column:
 
 
 @dataclass(frozen=True)
-class Cell:
+class TableCell:
     """A value (None: missing), its std over seeds, whether it is the best of its block; ``label`` displays a key."""
 
     value: float | int | str | None = None
@@ -64,12 +64,12 @@ class Table:
 
     title: str
     columns: list[Column]
-    rows: list[list[Cell]]
+    rows: list[list[TableCell]]
     breaks: list[int] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
-    def find(self, **keys: object) -> dict[str, Cell]:
+    def find(self, **keys: object) -> dict[str, TableCell]:
         """The one row whose key cells hold ``keys`` (e.g. ``method="craft", shots=16``), by column key."""
         found = [
             dict(zip((c.key for c in self.columns), row))
@@ -83,7 +83,7 @@ class Table:
 
 @dataclass
 class _Row:
-    keys: list[Cell]
+    keys: list[TableCell]
     values: dict[str, tuple[float, float]]  # column key -> (mean, std)
     name: str  # how a missing cell of this row is listed; COL stands for the column's key
 
@@ -138,8 +138,8 @@ def few_shot_table(df: pd.DataFrame, datasets: Sequence[str] | None = None) -> T
                     values["average"] = avg[(b, m, k)]
                 name = describe_run(m, COL, k, b if multi else None)
                 fewer += _fewer_seeds(name, {d: stats[(b, m, k, d)][2] for d in cols if (b, m, k, d) in stats})
-                block.append(_Row(([Cell(b)] if multi else []) + [Cell(int(k)), _method_cell(m, (b, m, k) in on_test)],
-                                  values, name))
+                keys_cells = [TableCell(int(k)), _method_cell(m, (b, m, k) in on_test)]
+                block.append(_Row(([TableCell(b)] if multi else []) + keys_cells, values, name))
             blocks.append(block)
     key_columns = ([Column("backbone", "Backbone", False)] if multi else []) + [
         Column("shots", "Shots", False),
@@ -181,7 +181,8 @@ def shift_table(df: pd.DataFrame) -> Table:
                 values["average"] = avg[(b, m, k)]
             name = describe_run(m, COL, k, b)
             fewer += _fewer_seeds(name, {t: stats[(b, m, k, t)][2] for t in targets if (b, m, k, t) in stats})
-            keys_cells = [Cell(b), _method_cell(m, (b, m, k) in on_test)] + ([Cell(int(k))] if show_shots else [])
+            keys_cells = [TableCell(b), _method_cell(m, (b, m, k) in on_test)]
+            keys_cells += [TableCell(int(k))] if show_shots else []
             block.append(_Row(keys_cells, values, name))
         blocks.append(block)
     key_columns = [Column("backbone", "Backbone", False), Column("method", "Method", False)]
@@ -232,7 +233,8 @@ def vs_paper_table(df: pd.DataFrame, published: pd.DataFrame, datasets: Sequence
             if "ours" in values and "paper" in values:
                 values["delta"] = (values["ours"][0] - values["paper"][0], math.nan)
             name = describe_run(m, e, k, b)
-            keys_cells = [Cell(b), _method_cell(m, (b, m, k) in on_test), Cell(int(k)), Cell(e, label=dataset_label(e))]
+            keys_cells = [TableCell(b), _method_cell(m, (b, m, k) in on_test), TableCell(int(k)),
+                          TableCell(e, label=dataset_label(e))]
             block.append(_Row(keys_cells, values, name))
         blocks.append(block)
     key_columns = [
@@ -307,7 +309,7 @@ def cost_table(df: pd.DataFrame, datasets: Sequence[str] | None = None) -> Table
                         scale = 2**20 if num == "learned_bytes" else 1
                         values[col] = (values[num][0] / (white_mem * scale), math.nan)
             name = f"{b + '/' if multi else ''}{m}/{COL}"
-            block.append(_Row(([Cell(b)] if multi else []) + [_method_cell(m)], values, name))
+            block.append(_Row(([TableCell(b)] if multi else []) + [_method_cell(m)], values, name))
         blocks.append(block)
     key_columns = ([Column("backbone", "Backbone", False)] if multi else []) + [Column("method", "Method", False)]
     value_columns = [Column("runs", "Runs", fmt=".0f"), *COST_METRICS, *(RATIO_COLUMNS if with_ratio else [])]
@@ -336,9 +338,9 @@ def _has_std(stats: dict[tuple, tuple[float, ...]]) -> bool:
     return any(not math.isnan(v[1]) for v in stats.values())
 
 
-def _method_cell(method: str, on_test: bool = False) -> Cell:
+def _method_cell(method: str, on_test: bool = False) -> TableCell:
     """A method's key cell; ``on_test``: its label carries :data:`ON_TEST_MARK` (see :data:`ON_TEST_NOTE`)."""
-    return Cell(method, label=method_label(method) + (ON_TEST_MARK if on_test else ""))
+    return TableCell(method, label=method_label(method) + (ON_TEST_MARK if on_test else ""))
 
 
 def _on_test_note(marked: set[tuple]) -> list[str]:
@@ -394,12 +396,12 @@ def _assemble(
             cells = list(r.keys)
             for c in value_columns:
                 if c.key not in r.values:
-                    cells.append(Cell(None))
+                    cells.append(TableCell(None))
                     if c.key in listed:
                         table.missing.append(r.name.replace(COL, c.key))
                     continue
                 mean, std = r.values[c.key]
                 is_best = c.key in best and float(format(mean, c.fmt)) == best[c.key]
-                cells.append(Cell(mean, None if math.isnan(std) else std, is_best))
+                cells.append(TableCell(mean, None if math.isnan(std) else std, is_best))
             table.rows.append(cells)
     return table

@@ -55,7 +55,7 @@ class RunResult:
 C = TypeVar("C")
 
 
-def config_from_dict(cls: type[C], values: dict[str, Any] | None, where: str = "") -> C:
+def method_config_from_dict(cls: type[C], values: dict[str, Any] | None, where: str = "") -> C:
     """Build a method config dataclass, rejecting unknown keys with the list of known ones."""
     values = dict(values or {})
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
