@@ -15,16 +15,8 @@ import pandas as pd
 
 from benchmark.datasets.registry import list_datasets
 from benchmark.errors import UserError
-from benchmark.report.aggregate import (
-    average_over,
-    describe_run,
-    fewshot_rows,
-    marked_on_test,
-    prepare,
-    seed_stats,
-    select_datasets,
-    sorted_backbones,
-)
+from benchmark.report.aggregate import (average_over, describe_run, fewshot_rows, marked_on_test, prepare, seed_stats,
+                                        select_datasets, sorted_backbones)
 from benchmark.report.labels import WHITE_BOX, backbone_key, dataset_key, dataset_label, method_key, method_label
 from benchmark.report.published import PUBLISHED_SOURCE, published_results
 
@@ -133,28 +125,21 @@ def few_shot_table(df: pd.DataFrame, datasets: Sequence[str] | None = None) -> T
         for k in sorted(combos["shots"].unique()):
             block = []
             for m in sorted(combos.loc[combos["shots"] == k, "method"], key=method_key):
-                values = {d: stats[(b, m, k, d)][:2] for d in cols if (b, m, k, d) in stats}
-                if (b, m, k) in avg:
-                    values["average"] = avg[(b, m, k)]
                 name = describe_run(m, COL, k, b if multi else None)
-                fewer += _fewer_seeds(name, {d: stats[(b, m, k, d)][2] for d in cols if (b, m, k, d) in stats})
-                keys_cells = [TableCell(int(k)), _method_cell(m, (b, m, k) in on_test)]
-                block.append(_Row(([TableCell(b)] if multi else []) + keys_cells, values, name))
+                keys_cells = [TableCell(b)] if multi else []
+                keys_cells += [TableCell(int(k)), _method_cell(m, (b, m, k) in on_test)]
+                block.append(_averaged_row(stats, avg, (b, m, k), cols, keys_cells, name, fewer))
             blocks.append(block)
     key_columns = ([Column("backbone", "Backbone", False)] if multi else []) + [
         Column("shots", "Shots", False),
         Column("method", "Method", False),
     ]
-    value_columns = [Column(d, dataset_label(d)) for d in cols] + [Column("average", "Average")]
     where = f" on {backbones[0]}" if not multi else ""
     title = (
         f"Few-shot top-1 accuracy (%){where}{_OVER_SEEDS if _has_std(stats) else ''}; "
         f"Average over the {len(cols)} datasets; bold: best per column at equal shots"
     )
-    return _assemble(
-        title, key_columns, value_columns, blocks, bold=True, listed=set(cols),
-        notes=_seeds_note(fewer) + _shots_note(rows) + _on_test_note(on_test),
-    )
+    return _averaged_table(title, key_columns, cols, blocks, rows, fewer, on_test)
 
 
 def shift_table(df: pd.DataFrame) -> Table:
@@ -176,26 +161,17 @@ def shift_table(df: pd.DataFrame) -> Table:
         combos = rows.loc[rows["backbone"] == b, ["method", "shots"]].drop_duplicates()
         block = []
         for m, k in sorted(combos.itertuples(index=False), key=lambda mk: (method_key(mk[0]), mk[1])):
-            values = {t: stats[(b, m, k, t)][:2] for t in targets if (b, m, k, t) in stats}
-            if (b, m, k) in avg:
-                values["average"] = avg[(b, m, k)]
-            name = describe_run(m, COL, k, b)
-            fewer += _fewer_seeds(name, {t: stats[(b, m, k, t)][2] for t in targets if (b, m, k, t) in stats})
             keys_cells = [TableCell(b), _method_cell(m, (b, m, k) in on_test)]
             keys_cells += [TableCell(int(k))] if show_shots else []
-            block.append(_Row(keys_cells, values, name))
+            block.append(_averaged_row(stats, avg, (b, m, k), targets, keys_cells, describe_run(m, COL, k, b), fewer))
         blocks.append(block)
     key_columns = [Column("backbone", "Backbone", False), Column("method", "Method", False)]
     key_columns += [Column("shots", "Shots", False)] if show_shots else []
-    value_columns = [Column(t, dataset_label(t)) for t in targets] + [Column("average", "Average")]
     title = (
         f"Distribution shift: top-1 accuracy (%) trained on ImageNet{_OVER_SEEDS if _has_std(stats) else ''}; "
         f"Average over the {len(variants)} variants; bold: best per column and backbone"
     )
-    return _assemble(
-        title, key_columns, value_columns, blocks, bold=True, listed=set(targets),
-        notes=_seeds_note(fewer) + _shots_note(rows) + _on_test_note(on_test),
-    )
+    return _averaged_table(title, key_columns, targets, blocks, rows, fewer, on_test)
 
 
 def vs_paper_table(df: pd.DataFrame, published: pd.DataFrame, datasets: Sequence[str] | None = None) -> Table:
@@ -322,6 +298,32 @@ def cost_table(df: pd.DataFrame, datasets: Sequence[str] | None = None) -> Table
     title = "Cost per run (means over runs; one run per cell)"
     listed = {c.key for c in COST_METRICS}
     return _assemble(title, key_columns, value_columns, blocks, bold=False, listed=listed, notes=notes)
+
+
+def _averaged_row(
+    stats: dict[tuple, tuple[float, ...]], avg: dict[tuple, tuple[float, ...]], run: tuple, columns: Sequence[str],
+    keys_cells: list[TableCell], name: str, fewer: list[str],
+) -> _Row:
+    """The row of ``run`` (backbone, method, shots): its mean and std in each of ``columns`` and its
+    ``average``; those of its columns measured over fewer seeds than its others are added to ``fewer``."""
+    values = {c: stats[(*run, c)][:2] for c in columns if (*run, c) in stats}
+    if run in avg:
+        values["average"] = avg[run]
+    fewer += _fewer_seeds(name, {c: stats[(*run, c)][2] for c in columns if (*run, c) in stats})
+    return _Row(keys_cells, values, name)
+
+
+def _averaged_table(
+    title: str, key_columns: list[Column], columns: list[str], blocks: list[list[_Row]], rows: pd.DataFrame,
+    fewer: list[str], on_test: set[tuple],
+) -> Table:
+    """A table of :func:`_averaged_row` rows: a dataset per column of ``columns``, then Average; bold on
+    the best of each column in a block; notes on fewer seeds, fewer shots and epochs chosen on test."""
+    value_columns = [Column(c, dataset_label(c)) for c in columns] + [Column("average", "Average")]
+    return _assemble(
+        title, key_columns, value_columns, blocks, bold=True, listed=set(columns),
+        notes=_seeds_note(fewer) + _shots_note(rows) + _on_test_note(on_test),
+    )
 
 
 def _lookup(frame: pd.DataFrame, values: Sequence[str] = ("mean", "std", "n")) -> dict[tuple, tuple[float, ...]]:
