@@ -1,4 +1,5 @@
-"""Writing a file whole or not at all: the one atomic write of results, feature cache and search export.
+"""Writing a file whole or not at all: the one atomic write of results, feature cache and search export;
+and the one digest of a file's bytes.
 
 The bytes go to a temporary file beside the target, which is then renamed onto it, so a reader
 (or a run after a killed writer) sees the old file, the new one or none, never half of one. A
@@ -9,6 +10,7 @@ folder, ``s3://...``); torch-free, and pyarrow is imported on the first write.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import uuid
@@ -26,6 +28,15 @@ TMP_SUFFIX = ".tmp"
 def tmp_name() -> str:
     """A fresh temporary file name that names this process and host."""
     return f"{TMP_PREFIX}{os.getpid()}@{socket.gethostname()}@{uuid.uuid4().hex}{TMP_SUFFIX}"
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The sha256 of the file's bytes (hex), read 1 MiB at a time."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def write_atomic(path: str | Path, write: Callable[[Any], object], fs: pafs.FileSystem | None = None) -> None:

@@ -207,7 +207,10 @@ def _scan(
     return items
 
 
-def _wnid_labels(spec: DatasetSpec, wnids: list[str], source: Path) -> Callable[[str], int]:
+def _wnid_labels(spec: DatasetSpec, folder: Path) -> tuple[list[str], Callable[[str], int]]:
+    """ImageNet's class names, and the label of a class folder named by its wnid (from ``spec.split_file``)."""
+    source = folder / spec.split_file
+    wnids, names = read_classnames(spec, source)
     index = {wnid: i for i, wnid in enumerate(wnids)}
 
     def label_of(folder: str) -> int:
@@ -215,14 +218,12 @@ def _wnid_labels(spec: DatasetSpec, wnids: list[str], source: Path) -> Callable[
             raise UserError(f"dataset {spec.key}: class folder {folder!r} is not listed in {source}")
         return index[folder]
 
-    return label_of
+    return names, label_of
 
 
 def load_imagenet(spec: DatasetSpec, folder: Path) -> DatasetSplits:
     """CoOp's imagenet.py: train from images/train; val and test are both images/val."""
-    source = folder / spec.split_file
-    wnids, names = read_classnames(spec, source)
-    label_of = _wnid_labels(spec, wnids, source)
+    names, label_of = _wnid_labels(spec, folder)
     images = folder / spec.image_dir
     train = _scan(spec, images / "train", "train", label_of, names)
     test = _scan(spec, images / "val", "val", label_of, names)
@@ -248,9 +249,7 @@ def load_imagenet_v2(spec: DatasetSpec, folder: Path) -> DatasetSplits:
 
 def load_imagenet_folders(spec: DatasetSpec, folder: Path) -> DatasetSplits:
     """ImageNet-Sketch, -A, -R: one folder per wnid, labelled in ImageNet's label space."""
-    source = folder / spec.split_file
-    wnids, names = read_classnames(spec, source)
-    label_of = _wnid_labels(spec, wnids, source)
+    names, label_of = _wnid_labels(spec, folder)
     return _splits(spec, names, test=_scan(spec, folder / spec.image_dir, "", label_of, names))
 
 

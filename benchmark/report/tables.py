@@ -113,10 +113,7 @@ def few_shot_table(df: pd.DataFrame, datasets: Sequence[str] | None = None) -> T
     rows = rows[rows["dataset"].isin(cols)]
     if rows.empty:
         raise UserError(f"no few-shot results (rows with eval_dataset == dataset) on {', '.join(cols)}")
-    keys = ["backbone", "method", "shots"]
-    stats = _lookup(seed_stats(rows, [*keys, "dataset"]))
-    avg = _lookup(average_over(rows, keys, cols, "dataset"), ("mean", "std"))
-    on_test = marked_on_test(rows, keys)
+    stats, avg, on_test = _run_stats(rows, "dataset", cols)
     backbones = sorted_backbones(rows)
     multi = len(backbones) > 1
     blocks, fewer = [], []
@@ -151,10 +148,7 @@ def shift_table(df: pd.DataFrame) -> Table:
         raise UserError(
             f"no distribution-shift results: rows trained on imagenet and evaluated on {', '.join(targets)}"
         )
-    keys = ["backbone", "method", "shots"]
-    stats = _lookup(seed_stats(rows, [*keys, "eval_dataset"]))
-    avg = _lookup(average_over(rows, keys, variants, "eval_dataset"), ("mean", "std"))
-    on_test = marked_on_test(rows, keys)
+    stats, avg, on_test = _run_stats(rows, "eval_dataset", variants)
     show_shots = rows.loc[rows["shots"] > 0, "shots"].nunique() > 1
     blocks, fewer = [], []
     for b in sorted_backbones(rows):
@@ -298,6 +292,15 @@ def cost_table(df: pd.DataFrame, datasets: Sequence[str] | None = None) -> Table
     title = "Cost per run (means over runs; one run per cell)"
     listed = {c.key for c in COST_METRICS}
     return _assemble(title, key_columns, value_columns, blocks, bold=False, listed=listed, notes=notes)
+
+
+def _run_stats(rows: pd.DataFrame, column: str, averaged: Sequence[str]) -> tuple[dict, dict, set[tuple]]:
+    """Per run (backbone, method, shots) and value of ``column``: mean, std and n over seeds; per run: the
+    mean and std of its average over the ``averaged`` values; and the runs whose epoch was chosen on test."""
+    run = ["backbone", "method", "shots"]
+    stats = _lookup(seed_stats(rows, [*run, column]))
+    avg = _lookup(average_over(rows, run, averaged, column), ("mean", "std"))
+    return stats, avg, marked_on_test(rows, run)
 
 
 def _averaged_row(
