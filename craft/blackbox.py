@@ -24,7 +24,7 @@ refinement module on a fresh view each generation, with image features not norma
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import NamedTuple, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, NamedTuple, Protocol, Sequence, runtime_checkable
 
 import torch
 
@@ -132,23 +132,11 @@ class BlackBox(Protocol):
 
     def embed_words(self, text: str) -> torch.Tensor: ...
 
-    def logits(
-        self,
-        contexts: torch.Tensor,
-        split: str = TRAIN,
-        indices: torch.Tensor | None = None,
-        *,
-        budgeted: bool = True,
-    ) -> torch.Tensor: ...
+    def logits(self, contexts: torch.Tensor, split: str = TRAIN, indices: torch.Tensor | None = None, *,
+               budgeted: bool = True) -> torch.Tensor: ...
 
-    def features(
-        self,
-        contexts: torch.Tensor,
-        split: str = TRAIN,
-        indices: torch.Tensor | None = None,
-        *,
-        budgeted: bool = True,
-    ) -> OutputFeatures: ...
+    def features(self, contexts: torch.Tensor, split: str = TRAIN, indices: torch.Tensor | None = None, *,
+                 budgeted: bool = True) -> OutputFeatures: ...
 
     def logits_many(
         self, queries: Sequence[tuple[torch.Tensor, bool]], split: str | Sequence[str] = TRAIN
@@ -186,18 +174,9 @@ class MeteredBlackBox:
     def embed_words(self, text: str) -> torch.Tensor:
         return self._backend.embed_words(text)
 
-    def logits(
-        self,
-        contexts: torch.Tensor,
-        split: str = TRAIN,
-        indices: torch.Tensor | None = None,
-        *,
-        budgeted: bool = True,
-    ) -> torch.Tensor:
-        contexts = self._admit(contexts, split, budgeted)
-        out, images_encoded = self._backend.logits(contexts, split, indices)
-        self._record(contexts.shape[0], budgeted=budgeted, images_encoded=images_encoded)
-        return out
+    def logits(self, contexts: torch.Tensor, split: str = TRAIN, indices: torch.Tensor | None = None, *,
+               budgeted: bool = True) -> torch.Tensor:
+        return self._query(self._backend.logits, contexts, split, indices, budgeted)
 
     def logits_many(
         self, queries: Sequence[tuple[torch.Tensor, bool]], split: str | Sequence[str] = TRAIN
@@ -229,19 +208,18 @@ class MeteredBlackBox:
             self._record(contexts.shape[0], budgeted=budgeted, images_encoded=images_encoded if i == 0 else 0)
         return outs
 
-    def features(
-        self,
-        contexts: torch.Tensor,
-        split: str = TRAIN,
-        indices: torch.Tensor | None = None,
-        *,
-        budgeted: bool = True,
-    ) -> OutputFeatures:
+    def features(self, contexts: torch.Tensor, split: str = TRAIN, indices: torch.Tensor | None = None, *,
+                 budgeted: bool = True) -> OutputFeatures:
         """Output features of prompt contexts on an image set; counted exactly as :meth:`logits`."""
+        return OutputFeatures(*self._query(self._backend.features, contexts, split, indices, budgeted))
+
+    def _query(self, ask: Callable, contexts: torch.Tensor, split: str, indices: torch.Tensor | None,
+               budgeted: bool) -> Any:
+        """One call of the backend's ``ask`` (its logits or features): admitted before, counted after."""
         contexts = self._admit(contexts, split, budgeted)
-        out, images_encoded = self._backend.features(contexts, split, indices)
+        out, images_encoded = ask(contexts, split, indices)
         self._record(contexts.shape[0], budgeted=budgeted, images_encoded=images_encoded)
-        return OutputFeatures(*out)
+        return out
 
     def _admit(self, contexts: torch.Tensor, split: str, budgeted: bool, already: int = 0) -> torch.Tensor:
         """Checked contexts; refuses, before any compute, a budgeted call off ``train`` or past the budget

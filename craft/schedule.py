@@ -3,6 +3,23 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+
+
+@dataclass
+class DasslSchedule:
+    """The training fields that CBBT's and CoOp's configs share (a mixin; their defaults are both methods'):
+    ``epochs`` of mini-batches of ``batch_size``, at ``lr`` with ``weight_decay`` after ``warmup_epochs``
+    at ``warmup_lr`` (:func:`warmup_cosine`), accuracy every ``eval_every`` epochs. ``epochs=None``:
+    the method's official count."""
+
+    lr: float = 0.002
+    weight_decay: float = 5e-4
+    batch_size: int = 32
+    epochs: int | None = None
+    warmup_epochs: int = 1
+    warmup_lr: float = 1e-5
+    eval_every: int = 10
 
 
 def warmup_cosine(epoch: int, epochs: int, lr: float, warmup_epochs: int = 1, warmup_lr: float = 1e-5) -> float:

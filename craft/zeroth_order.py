@@ -13,8 +13,6 @@ that makes the estimate unbiased for the smoothed loss (``E[u u^T] = I / numel``
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 
 
@@ -58,19 +56,3 @@ def combine(losses: torch.Tensor, dirs: torch.Tensor, mu: float, two_sided: bool
     weights = slopes.view(q, *([1] * (dirs.dim() - 1)))
     return ((weights * dirs.double()).sum(0) / (q * mu)).to(dirs.dtype)
 
-
-def estimate_gradient(
-    loss_fn: Callable[[torch.Tensor], torch.Tensor],
-    p: torch.Tensor,
-    q: int,
-    mu: float | None = None,
-    two_sided: bool = False,
-    generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The estimate at ``p`` and ``L(p)``; ``loss_fn`` maps ``n x p.shape`` prompts to ``n`` losses."""
-    if q < 1:
-        raise ValueError(f"q (directions per estimate) must be >= 1, got {q}")
-    mu = default_mu(p.numel()) if mu is None else mu
-    dirs = directions(tuple(p.shape), q, generator)
-    losses = loss_fn(perturbed(p, dirs, mu, two_sided))
-    return combine(losses, dirs, mu, two_sided), losses[0]

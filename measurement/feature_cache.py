@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from benchmark.datasets.registry import load_dataset
+from benchmark.datasets.loaders import load_dataset
 from benchmark.model.engine import ClipEngine
 from benchmark.model.feature_cache import FeatureCache
 from benchmark.model.loading import load_model

@@ -56,7 +56,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.root:
-            from benchmark.datasets.registry import load_dataset
+            from benchmark.datasets.loaders import load_dataset
 
             ds = load_dataset(args.dataset, args.root)
             items = ds.split(args.split)

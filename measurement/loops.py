@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import math
 import platform
-import re
 import statistics
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from benchmark.errors import UserError
+from benchmark.memory import peak_memory
 
 SEEDS = 3
 SHOTS = 16
@@ -36,38 +35,6 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return platform.processor() or platform.machine()
-
-
-@contextmanager
-def peak_memory(device: torch.device) -> Iterator[dict[str, Any]]:
-    """Peak memory of the block: CUDA allocations on GPU, the process's peak RSS on CPU (MiB)."""
-    out: dict[str, Any] = {}
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    else:
-        try:  # Linux: writing 5 resets the peak RSS (VmHWM) of this process
-            Path("/proc/self/clear_refs").write_text("5")
-        except OSError:
-            pass
-    yield out
-    if device.type == "cuda":
-        out["peak_mem_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
-        out["peak_mem_kind"] = "cuda max_memory_allocated"
-    else:
-        out["peak_mem_mib"] = _peak_rss_mib()
-        out["peak_mem_kind"] = "process peak RSS (model weights included)"
-
-
-def _peak_rss_mib() -> float:
-    try:
-        m = re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text())
-        if m:
-            return int(m.group(1)) / 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # ------------------------------------------------------------------------------- synthetic task
@@ -168,14 +135,14 @@ def measure_raw(
     for r in range(repeats):
         for name in live if r % 2 == 0 else live[::-1]:
             eng, entry = engines[name], out[name]
-            with peak_memory(eng.device) as mem:
+            with peak_memory(eng.device, resident_bytes=None) as mem:
                 c0, t0 = time.process_time(), time.perf_counter()
                 eng.text_features(contexts, eng.class_part(classnames))
                 sync(eng.device)
                 entry["seconds"].append(time.perf_counter() - t0)
                 entry["cpu_seconds"].append(time.process_time() - c0)
-            entry["peak_mem_mib"] = max(entry["peak_mem_mib"], mem["peak_mem_mib"])
-            entry["peak_mem_kind"] = mem["peak_mem_kind"]
+            entry["peak_mem_mib"] = max(entry["peak_mem_mib"], mem.mb)
+            entry["peak_mem_kind"] = mem.how
     for name in live:
         e = out[name]
         e["sequences_per_s"] = n_seq / statistics.median(e["seconds"])
@@ -299,7 +266,7 @@ def measure_loop(engine, data, task, popsize: int, intrinsic_dim: int, generatio
     waits = Waits()
     token = WAITS.set(waits)
     try:
-        with threadpool_limits(1, user_api="blas"), peak_memory(engine.device) as mem, \
+        with threadpool_limits(1, user_api="blas"), peak_memory(engine.device, resident_bytes=None) as mem, \
                 (CMAWorkers() if cma_workers else nullcontext()) as workers:
             outcomes = run_interleaved([method.steps(box, task, cfg, seed=i) for i, box in enumerate(boxes)], workers)
     finally:
@@ -314,7 +281,8 @@ def measure_loop(engine, data, task, popsize: int, intrinsic_dim: int, generatio
         "runs": runs, "interleaved": runs > 1, "cma_workers": cma_workers, "user_device": str(backend.output_device),
         "timed_generations_per_run": generations, "warmup_generations": warmup, **generation_figures(rows),
         "generations_per_s": len(rows) / span, "sequences_per_s": sum(r["sequences"] for r in rows) / span,
-        "blocked_share": {kind: s / span for kind, s in waits.within(start, end).items()}, **mem,
+        "blocked_share": {kind: s / span for kind, s in waits.within(start, end).items()},
+        "peak_mem_mib": mem.mb, "peak_mem_kind": mem.how,
     }
 
 

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmark.datasets import builtin as bs  # noqa: E402
+from benchmark.files import write_atomic  # noqa: E402
 from benchmark.model import builtin as tiny  # noqa: E402
 
 TEMPLATES = [bs.TEMPLATE, "a {} digit.", "the number {}.", "a handwritten {}."]
@@ -143,16 +144,14 @@ def main() -> int:
     model, wall, cpu = train(args)
     print(f"trained in {wall:.1f} s wall, {cpu:.1f} s CPU")
 
-    from safetensors.torch import save_file
+    from safetensors.torch import save
     import open_clip
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
     weights = args.out_dir / f"{tiny.BUILTIN_BACKBONE}.safetensors"
     state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
-    tmp = weights.with_name(weights.name + ".tmp")
-    save_file(state, str(tmp), metadata={"format": "pt"})
-    tmp.chmod(0o644)
-    tmp.replace(weights)  # atomic: readers never see a half-written file
+    write_atomic(weights, lambda f: f.write(save(state, metadata={"format": "pt"})))  # readers never see half a file
+    weights.chmod(0o644)
     # Measure what ships: reload the fp16 file through open_clip.
     shipped, _, _ = open_clip.create_model_and_transforms(tiny.BUILTIN_BACKBONE, pretrained=str(weights))
     acc = evaluate(shipped.eval())

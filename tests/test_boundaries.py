@@ -93,3 +93,32 @@ def test_the_craft_command_loads_measurement_only_for_its_own_command():
     assert "measurement.perf" not in _loaded_after("from benchmark.cli import build_parser\nbuild_parser()")
     load = "import importlib\nfrom benchmark.cli import subcommands\nimportlib.import_module(subcommands()['perf'][0])"
     assert "measurement.perf" in _loaded_after(load)
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Module -> the product modules it imports (lazy imports included)."""
+    modules = {}
+    for top in ("benchmark", "craft", "tuning", "measurement"):
+        for path in (REPO / top).rglob("*.py"):
+            name = ".".join(path.relative_to(REPO).with_suffix("").parts)
+            modules[name.removesuffix(".__init__")] = path
+    return {m: {i for i in _imported_modules(p) if i in modules and i != m} for m, p in modules.items()}
+
+
+def test_imports_go_one_way():
+    """No import cycle, lazy imports counted: a module never needs one that needs it."""
+    graph, state, cycles = _import_graph(), {}, []
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = "open"
+        for n in sorted(graph[m]):
+            if state.get(n) == "open":
+                cycles.append(path[path.index(n):] + [m, n] if n in path else [m, n])
+            elif n not in state:
+                visit(n, path + [m])
+        state[m] = "done"
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [])
+    assert cycles == []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmark.datasets.registry import load_dataset
+from benchmark.datasets.loaders import load_dataset
 from benchmark.model.engine import ClipEngine, spoken
 from benchmark.model.loading import load_model
 from benchmark.sweep.cell import Cell

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
-import types
 from pathlib import Path
 
 import pytest
-import torch
 
-from benchmark.datasets.label_space import restrict_logits
-from benchmark.datasets.loaders import MissingDataset
-from benchmark.datasets.registry import get_spec, list_datasets, load_dataset
+from benchmark.datasets import loaders
+from benchmark.datasets.loaders import MissingDataset, load_dataset
+from benchmark.datasets.registry import get_spec, list_datasets
 from benchmark.errors import UserError
 from dataset_trees import IMAGENET, SUBSETS, build_tree
 
@@ -66,27 +63,16 @@ def test_variants_are_scored_in_imagenet_label_space(tree):
     root, _ = tree
     for key in ("imagenet_v2", "imagenet_sketch"):
         ds = load_dataset(key, root)
-        assert ds.label_space == "imagenet" and ds.class_subset is None
+        assert get_spec(key).parent == "imagenet" and ds.class_subset is None
         assert {i.label for i in ds.test} == {0, 1, 2, 3}
     v2 = load_dataset("imagenet_v2", root)
     assert all(i.path.split("/")[0] == str(i.label) for i in v2.test)
     for key, subset in SUBSETS.items():
         ds = load_dataset(key, root)
-        assert ds.label_space == "imagenet" and ds.class_subset == subset
+        assert get_spec(key).parent == "imagenet" and ds.class_subset == subset
         assert ds.classnames == [name for _, name in IMAGENET]
         assert {i.label for i in ds.test} == set(subset)
         assert all(i.path.split("/")[0] == IMAGENET[i.label][0] for i in ds.test)
-
-
-def test_restrict_logits_matches_crafts_label_mapping():
-    torch.manual_seed(0)
-    logits, subset = torch.randn(64, 10), [1, 4, 5, 9]
-    mapping = torch.zeros(10, len(subset))  # CraFT: logits @ label_mapping, labels in subset order
-    mapping[subset, range(len(subset))] = 1
-    theirs = torch.tensor(subset)[(logits @ mapping).argmax(1)]
-    ours = restrict_logits(logits, subset).argmax(1)
-    assert torch.equal(ours, theirs)
-    assert restrict_logits(logits, None) is logits
 
 
 def test_builtin_suite_loads_from_root_or_its_generator(tmp_path, monkeypatch):
@@ -95,9 +81,7 @@ def test_builtin_suite_loads_from_root_or_its_generator(tmp_path, monkeypatch):
     assert ds.classnames == expected["digits_rotate"]["classnames"]
     assert [len(ds.train), len(ds.val), len(ds.test)] == [12, 6, 6]
     assert ds.template == "a photo of the digit {}."
-    fake = types.ModuleType("benchmark.datasets.builtin")
-    fake.ensure_builtin_suite = lambda root=None: tmp_path
-    monkeypatch.setitem(sys.modules, "benchmark.datasets.builtin", fake)
+    monkeypatch.setattr(loaders, "ensure_builtin_suite", lambda root=None: tmp_path)
     assert load_dataset("digits_noise", None).test == load_dataset("digits_noise", tmp_path).test
 
 

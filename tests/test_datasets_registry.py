@@ -14,7 +14,8 @@ from torchvision import transforms as T
 from benchmark.cli import main
 from benchmark.datasets.fewshot import few_shot_splits
 from benchmark.datasets.images import load_image
-from benchmark.datasets.registry import get_spec, list_datasets, load_dataset
+from benchmark.datasets.loaders import load_dataset
+from benchmark.datasets.registry import get_spec, list_datasets
 from benchmark.datasets.transforms import train_transform
 from benchmark.errors import UserError
 
@@ -91,7 +92,7 @@ def test_paper_shapes_have_the_real_sizes():
         else:
             assert len(ds.classnames) == classes and ds.class_subset is None
         if get_spec(key).test_only:
-            assert not ds.train and not ds.val and ds.label_space == "paper-shapes/imagenet"
+            assert not ds.train and not ds.val and get_spec(ds.key).parent == "paper-shapes/imagenet"
         else:
             assert Counter(i.label for i in ds.train) == {c: 16 for c in range(classes)}
             assert Counter(i.label for i in ds.val) == {c: 4 for c in range(classes)}

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmark.datasets.registry import load_dataset
+from benchmark.datasets.loaders import load_dataset
 from benchmark.datasets.transforms import train_transform
 from benchmark.errors import UserError
 from benchmark.model.feature_keys import describe_transform, image_set_key

@@ -131,8 +131,20 @@ def test_a_run_holds_no_candidates_logits_while_it_waits(method, backend_cls):
 
 
 def test_restrict_keeps_the_subsets_classes_and_reads_negative_indices_as_a_list_does():
-    from craft.methods.base import _restrict
+    from craft.methods.base import restrict_logits
 
     logits = torch.arange(12.0).view(2, 6)
-    out = _restrict(logits, [1, -1])
+    out = restrict_logits(logits, [1, -1])
     assert torch.equal(out[:, [1, 5]], logits[:, [1, 5]]) and torch.isinf(out[:, [0, 2, 3, 4]]).all()
+
+
+def test_restrict_logits_matches_crafts_label_mapping():
+    """ImageNet-A/R scored in ImageNet's label space: the same argmax as the official code's label mapping."""
+    from craft.methods.base import restrict_logits
+
+    torch.manual_seed(0)
+    logits, subset = torch.randn(64, 10), [1, 4, 5, 9]
+    mapping = torch.zeros(10, len(subset))  # CraFT: logits @ label_mapping, labels in subset order
+    mapping[subset, range(len(subset))] = 1
+    theirs = torch.tensor(subset)[(logits @ mapping).argmax(1)]
+    assert torch.equal(restrict_logits(logits, subset).argmax(1), theirs)

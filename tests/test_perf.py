@@ -17,7 +17,7 @@ from measurement.perf import (
     _compile_seconds, _parse_compile_modes, _parse_runs, _ratios, _sweep_path, _targets, _user_devices, compiled_path_name,
 )
 from measurement.loops import (
-    SEEDS, _generations, amortised, dataset_shapes, device_name, padded_classnames, peak_memory, sweep_datasets, sweep_row,
+    SEEDS, _generations, amortised, dataset_shapes, device_name, padded_classnames, sweep_datasets, sweep_row,
     sweep_rows_scaled, sweep_summary, warmup_for,
 )
 
@@ -178,13 +178,6 @@ def test_the_sweep_estimate_on_a_compiled_path_pays_its_compilation_once():
     assert _compile_seconds({"compile": False, "raw": {"first_call_s": 2.0, "seconds": [0.5]}}) == 0.0
     result = {"ratios": {}, "paths": {}, "sweep_estimate": {"serial_s": 800.0, "compile_s": 80.0}}
     assert _targets(result, torch.device("cuda"))["sweep_s"] == 880.0
-
-
-def test_peak_memory_on_cpu_reports_the_resident_peak():
-    with peak_memory(torch.device("cpu")) as mem:
-        block = torch.ones(64, 2**20 // 4)  # 64 MiB, touched
-        block += 1
-    assert mem["peak_mem_mib"] >= 64 and "RSS" in mem["peak_mem_kind"]
 
 
 def test_device_name_asks_torch_for_the_gpu_name(monkeypatch):

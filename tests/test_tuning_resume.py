@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from benchmark.datasets.builtin import ensure_builtin_suite, split_file
-from tuning.config import load_config
+from tuning.config import load_search_config
 from tuning.search import run_search
 from tuning.storage import INTERRUPTED, WARM_START, open_storage, open_study
 from tuning.studies import plan_studies
@@ -124,7 +124,7 @@ def test_a_finished_search_run_again_starts_nothing(setup, monkeypatch) -> None:
 
     cmd, env, tmp = setup
     monkeypatch.setenv("CRAFT_BENCH_CACHE", env["CRAFT_BENCH_CACHE"])
-    cfg = load_config(str(tmp / "resume.yaml"), check_data=True)
+    cfg = load_search_config(str(tmp / "resume.yaml"), check_data=True)
     Path(cfg.out).mkdir()
     storage = open_storage(cfg.storage)
     for study in plan_studies(cfg):

@@ -24,11 +24,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import optuna
 
-    from tuning.config import load_config
+    from tuning.config import load_search_config
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-    cfg = load_config(args.config)
+    cfg = load_search_config(args.config)
     if args.export:
         return _export(cfg, args.export)
     if args.dry_run:

@@ -263,7 +263,7 @@ def parse_config(raw: Any, path: str, *, check_data: bool = True) -> SearchConfi
     return cfg
 
 
-def load_config(path: str, *, check_data: bool = True) -> SearchConfig:
+def load_search_config(path: str, *, check_data: bool = True) -> SearchConfig:
     """Read and check a ``craft tune`` YAML file."""
     p = Path(path)
     if not p.is_file():

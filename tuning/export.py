@@ -10,8 +10,6 @@ ordinary benchmark cells on test over the config's ``test_seeds``, into ``out``:
 from __future__ import annotations
 
 import datetime as dt
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from typing import Any
 import yaml
 
 from benchmark.errors import UserError
+from benchmark.files import write_atomic
 from benchmark.sweep.cell import Cell
 from tuning.storage import masked
 from tuning.config import SearchConfig
@@ -84,14 +83,7 @@ def write_export(cfg: SearchConfig, path: str, bests: list[Best]) -> str:
                       f"{b.finished} trials){note}")
     body = yaml.safe_dump({"hparams": exported_hparams(bests)}, sort_keys=True, default_flow_style=False)
     text = "\n".join(header) + "\n" + body
-    fd, tmp = tempfile.mkstemp(prefix=".export-", suffix=".yaml", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda f: f.write(text.encode()))
     return text
 
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmark.datasets.images import SYNTHETIC_SCHEME, load_image
-from benchmark.datasets.loaders import ALLOW_OUTSIDE_ENV, SPLITS, MissingDataset, outside_allowed
-from benchmark.datasets.registry import get_spec, load_dataset
+from benchmark.datasets.loaders import ALLOW_OUTSIDE_ENV, SPLITS, MissingDataset, load_dataset, outside_allowed
+from benchmark.datasets.registry import get_spec
 from benchmark.datasets.types import DatasetSplits
 from benchmark.errors import UserError
 

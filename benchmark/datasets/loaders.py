@@ -1,4 +1,5 @@
-"""One loader per on-disk layout, each reading CoOp's exact files (see CoOp's DATASETS.md).
+"""Loading a dataset (:func:`load_dataset`): one loader per on-disk layout, each reading CoOp's exact
+files (see CoOp's DATASETS.md), the synthetic paper-shapes stand-ins and the generated built-in suite.
 
 Item paths are kept relative to ``DatasetSplits.image_root``. Every malformed input is a
 ``UserError`` that names the file and the place in it; a missing dataset folder is the
@@ -12,7 +13,9 @@ import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from benchmark.datasets.registry import DatasetSpec
+from benchmark.datasets.builtin import ensure_builtin_suite
+from benchmark.datasets.registry import DatasetSpec, get_spec
+from benchmark.datasets.synthetic import load_synthetic
 from benchmark.datasets.types import DatasetSplits, Item
 from benchmark.errors import UserError
 
@@ -52,6 +55,32 @@ def load_layout(spec: DatasetSpec, root: Path) -> DatasetSplits:
     ds = LOADERS[spec.layout](spec, folder)
     ds.image_root = str(folder / spec.image_dir) if spec.image_dir else str(folder)
     return ds
+
+
+def load_dataset(key: str, root: str | Path | None) -> DatasetSplits:
+    """Load every split of ``key`` from ``root`` (the folder holding CoOp's dataset folders).
+
+    ``root`` may be None for the synthetic paper-shapes suite and for the built-in suite, which is
+    then generated into its cache on first use.
+    """
+    spec = get_spec(key)
+    if spec.layout == "synthetic":
+        return load_synthetic(spec, get_spec(spec.parent) if spec.parent else None)
+    if root is None:
+        root = _default_root(spec)
+    ds = load_layout(spec, Path(root))
+    if spec.parent and spec.classes < get_spec(spec.parent).classes:
+        ds.class_subset = sorted({item.label for item in ds.test})
+    return ds
+
+
+def _default_root(spec: DatasetSpec) -> Path:
+    if "builtin" not in spec.suites:
+        raise UserError(
+            f"dataset {spec.key} needs a data root: pass --root DIR, the folder that holds {spec.folder}/ "
+            "(CoOp's DATASETS.md describes the download)"
+        )
+    return Path(ensure_builtin_suite())
 
 
 def _splits(spec: DatasetSpec, classnames: list[str], **splits: list[Item]) -> DatasetSplits:
@@ -178,7 +207,10 @@ def _scan(
     return items
 
 
-def _wnid_labels(spec: DatasetSpec, wnids: list[str], source: Path) -> Callable[[str], int]:
+def _wnid_labels(spec: DatasetSpec, folder: Path) -> tuple[list[str], Callable[[str], int]]:
+    """ImageNet's class names, and the label of a class folder named by its wnid (from ``spec.split_file``)."""
+    source = folder / spec.split_file
+    wnids, names = read_classnames(spec, source)
     index = {wnid: i for i, wnid in enumerate(wnids)}
 
     def label_of(folder: str) -> int:
@@ -186,14 +218,12 @@ def _wnid_labels(spec: DatasetSpec, wnids: list[str], source: Path) -> Callable[
             raise UserError(f"dataset {spec.key}: class folder {folder!r} is not listed in {source}")
         return index[folder]
 
-    return label_of
+    return names, label_of
 
 
 def load_imagenet(spec: DatasetSpec, folder: Path) -> DatasetSplits:
     """CoOp's imagenet.py: train from images/train; val and test are both images/val."""
-    source = folder / spec.split_file
-    wnids, names = read_classnames(spec, source)
-    label_of = _wnid_labels(spec, wnids, source)
+    names, label_of = _wnid_labels(spec, folder)
     images = folder / spec.image_dir
     train = _scan(spec, images / "train", "train", label_of, names)
     test = _scan(spec, images / "val", "val", label_of, names)
@@ -219,9 +249,7 @@ def load_imagenet_v2(spec: DatasetSpec, folder: Path) -> DatasetSplits:
 
 def load_imagenet_folders(spec: DatasetSpec, folder: Path) -> DatasetSplits:
     """ImageNet-Sketch, -A, -R: one folder per wnid, labelled in ImageNet's label space."""
-    source = folder / spec.split_file
-    wnids, names = read_classnames(spec, source)
-    label_of = _wnid_labels(spec, wnids, source)
+    names, label_of = _wnid_labels(spec, folder)
     return _splits(spec, names, test=_scan(spec, folder / spec.image_dir, "", label_of, names))
 
 

@@ -1,4 +1,4 @@
-"""The datasets as rows of ``registry.csv``, and the one entry point that loads any of them.
+"""The datasets as rows of ``registry.csv`` (``loaders.load_dataset`` loads any of them).
 
 Columns: ``layout`` picks the loader (see ``loaders.py``); ``split_file`` is the file that layout
 indexes by (CoOp's split json, FGVC's ``images_variant_{split}.txt``, ImageNet's ``classnames.txt``);
@@ -17,9 +17,7 @@ import csv
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from importlib import resources
-from pathlib import Path
 
-from benchmark.datasets.types import DatasetSplits
 from benchmark.errors import UserError
 
 SUITES = ("coop11", "imagenet_shift", "all15", "builtin", "paper-shapes")
@@ -105,37 +103,3 @@ def get_spec(key: str) -> DatasetSpec:
         raise UserError(
             f"unknown dataset {key!r}; valid keys: {valid} (and paper-shapes/<key> for each of the 15)"
         ) from None
-
-
-def load_dataset(key: str, root: str | Path | None) -> DatasetSplits:
-    """Load every split of ``key`` from ``root`` (the folder holding CoOp's dataset folders).
-
-    ``root`` may be None for the synthetic paper-shapes suite and for the built-in suite, which is
-    then generated into its cache on first use.
-    """
-    spec = get_spec(key)
-    if spec.layout == "synthetic":
-        from benchmark.datasets.synthetic import load_synthetic
-
-        return load_synthetic(spec, _registry()[spec.parent] if spec.parent else None)
-    if root is None:
-        root = _default_root(spec)
-    from benchmark.datasets.loaders import load_layout
-
-    ds = load_layout(spec, Path(root))
-    if spec.parent:
-        ds.label_space = spec.parent
-        if spec.classes < get_spec(spec.parent).classes:
-            ds.class_subset = sorted({item.label for item in ds.test})
-    return ds
-
-
-def _default_root(spec: DatasetSpec) -> Path:
-    if "builtin" not in spec.suites:
-        raise UserError(
-            f"dataset {spec.key} needs a data root: pass --root DIR, the folder that holds {spec.folder}/ "
-            "(CoOp's DATASETS.md describes the download)"
-        )
-    from benchmark.datasets.builtin import ensure_builtin_suite
-
-    return Path(ensure_builtin_suite())

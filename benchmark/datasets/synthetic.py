@@ -33,5 +33,5 @@ def load_synthetic(spec: DatasetSpec, parent: DatasetSpec | None) -> DatasetSpli
     if not spec.test_only:
         ds.train = _items(spec.key, "train", [c for c in labels for _ in range(TRAIN_PER_CLASS)], classnames)
         ds.val = _items(spec.key, "val", [c for c in labels for _ in range(VAL_PER_CLASS)], classnames)
-    ds.label_space, ds.class_subset = spec.parent, subset
+    ds.class_subset = subset
     return ds

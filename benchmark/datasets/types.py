@@ -26,9 +26,8 @@ class DatasetSplits:
     val: list[Item] = field(default_factory=list)
     test: list[Item] = field(default_factory=list)
     image_root: str = ""
-    # For test-only variants evaluated in another dataset's label space (ImageNet-A/R):
+    # For a test-only variant scored in its parent's label space with fewer classes (ImageNet-A/R):
     # the indices of this dataset's classes among the parent's classes.
-    label_space: str | None = None
     class_subset: list[int] | None = None
     # ImageNet's val split is its test set (CoOp); few-shot val is then drawn from train instead.
     val_is_test: bool = False

@@ -440,7 +440,6 @@ class TaskData:
     classnames: list[str]
     template: str
     features: dict[str, torch.Tensor]  # split -> N x embed, normalised
-    class_subset: list[int] | None = None  # restrict logits to these classes (ImageNet-A/R)
     train_views: TrainViews | None = None
 
     def images(self, split: str) -> tuple[torch.Tensor, int]:

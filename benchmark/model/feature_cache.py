@@ -12,13 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from benchmark.files import TMP_SUFFIX, write_atomic
 from benchmark.model.feature_keys import check_fingerprint, default_fingerprint
 
 if TYPE_CHECKING:
@@ -67,27 +67,16 @@ class FeatureCache:
 
     def get_or_compute(self, fields: dict[str, Any], compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         """The cached tensor for ``fields``, computing and storing it first on a miss."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         cached = self.get(fields)
         if cached is not None:
             return cached
         tensor = compute().detach().cpu().contiguous()
         path = self.path(fields)
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._atomic_write(path.with_suffix(".json"), lambda p: Path(p).write_text(json.dumps(fields, indent=1)))
-        self._atomic_write(path, lambda p: save_file({TENSOR_NAME: tensor}, p, metadata={"key": path.stem}))
+        write_atomic(path.with_suffix(".json"), lambda f: f.write(json.dumps(fields, indent=1).encode()))
+        write_atomic(path, lambda f: f.write(save({TENSOR_NAME: tensor}, metadata={"key": path.stem})))
         return tensor
-
-    def _atomic_write(self, path: Path, write: Callable[[str], object]) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            write(tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
 
 
 @dataclass
@@ -125,7 +114,7 @@ def entries(root: Path) -> list[Entry]:
     found = []
     now = time.time()
     for path in sorted(root.iterdir()):
-        stray = path.name.startswith(".") and path.name.endswith(".tmp")
+        stray = path.name.startswith(".") and path.name.endswith(TMP_SUFFIX)
         if not stray and path.suffix not in (SUFFIX, ".json"):
             continue
         try:

@@ -20,6 +20,7 @@ from typing import Any
 from benchmark.datasets.images import SYNTHETIC_SCHEME
 from benchmark.datasets.types import DatasetSplits, Item
 from benchmark.errors import UserError
+from benchmark.files import file_sha256
 
 KEY_VERSION = 3  # bump when what a key means changes: older entries are then never hit
 # 3: pretrained tags trained with QuickGELU are built with it (entries of 2 hold GELU models' features)
@@ -53,11 +54,7 @@ def file_fingerprint(path: str, how: str = "stat") -> str:
         return "synthetic"
     try:
         if how == "content":
-            h = hashlib.sha256()
-            with open(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
-            return h.hexdigest()
+            return file_sha256(path)
         st = os.stat(path)
     except FileNotFoundError:
         raise UserError(f"image {path} does not exist") from None

@@ -23,11 +23,13 @@ import torch
 
 from benchmark.datasets.check import require_images
 from benchmark.datasets.fewshot import few_shot_splits
-from benchmark.datasets.registry import get_spec, load_dataset
+from benchmark.datasets.loaders import load_dataset
+from benchmark.datasets.registry import get_spec
 from benchmark.datasets.transforms import aug_varies, train_transform
 from benchmark.datasets.types import DatasetSplits, Item
 from benchmark.model.engine import ClipEngine, TaskData, TrainViews
 from benchmark.errors import UserError
+from benchmark.files import file_sha256
 from benchmark.model.feature_keys import describe_transform, image_set_key
 from benchmark.model.feature_cache import FeatureCache
 from benchmark.datasets.task_spec import TaskSpec
@@ -54,7 +56,7 @@ def weights_id(engine: ClipEngine) -> str | None:
     if w == RANDOM:
         return None
     if w == BUILTIN:
-        return f"{BUILTIN}:{_file_digest(builtin_model_paths()[1])}"
+        return f"{BUILTIN}:{file_sha256(builtin_model_paths()[1])[:16]}"
     if os.path.isfile(w):
         st = os.stat(w)
         return f"{os.path.realpath(w)}:{st.st_size}:{st.st_mtime_ns}"
@@ -70,14 +72,6 @@ def view_seed(seed: int, view: int) -> int:
     if view == 0:
         return seed
     return int.from_bytes(hashlib.sha256(f"{seed}:{view}".encode()).digest()[:7], "big")
-
-
-def _file_digest(path: os.PathLike[str] | str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
 
 
 def load_task_splits(spec: TaskSpec) -> tuple[DatasetSplits, list[DatasetSplits]]:

@@ -19,15 +19,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from benchmark.errors import UserError
-from benchmark.report.aggregate import (
-    average_over,
-    fewshot_rows,
-    marked_on_test,
-    prepare,
-    seed_stats,
-    select_datasets,
-    sorted_backbones,
-)
+from benchmark.report.aggregate import (average_over, fewshot_rows, marked_on_test, prepare, seed_stats,
+                                        select_datasets, sorted_backbones)
 from benchmark.report.labels import ZERO_SHOT, backbone_key, dataset_label, method_key, method_label
 from benchmark.report.published import published_results
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import pandas as pd
 
 from benchmark.errors import UserError
-from benchmark.report.tables import Cell, Column, Table, build_table
+from benchmark.report.tables import TableCell, Column, Table, build_table
 
 FORMATS = ("md", "latex", "csv")
 WIDE = 8  # LaTeX tables with more columns are scaled to the text width
@@ -51,7 +51,7 @@ def notes(table: Table) -> list[str]:
     return ([f"missing: {', '.join(table.missing)}"] if table.missing else []) + table.notes
 
 
-def _number(cell: Cell, col: Column, bold: str, with_std: str) -> str:
+def _number(cell: TableCell, col: Column, bold: str, with_std: str) -> str:
     """A value in ``col``'s format, wrapped in ``bold`` when best, followed by ``with_std`` when it has a std."""
     value = format(cell.value, col.fmt)
     text = bold.format(value) if cell.bold else value
@@ -59,7 +59,7 @@ def _number(cell: Cell, col: Column, bold: str, with_std: str) -> str:
 
 
 def _markdown(table: Table) -> str:
-    def text(cell: Cell, col: Column) -> str:
+    def text(cell: TableCell, col: Column) -> str:
         if not col.numeric:
             return cell.label or str(cell.value)
         return "-" if cell.value is None else _number(cell, col, "**{}**", " ± {}")
@@ -87,7 +87,7 @@ def tex_escape(text: str) -> str:
 
 
 def _latex(table: Table) -> str:
-    def text(cell: Cell, col: Column) -> str:
+    def text(cell: TableCell, col: Column) -> str:
         if not col.numeric:
             return tex_escape(cell.label or str(cell.value))
         return "--" if cell.value is None else _number(cell, col, r"\textbf{{{}}}", r" {{\scriptsize$\pm${}}}")

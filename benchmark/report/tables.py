@@ -1,7 +1,7 @@
 """The paper's tables as a table model, built by pure functions from a results DataFrame.
 
 A :class:`Table` holds cells, not text: ``render.py`` turns it into Markdown, LaTeX or CSV.
-A cell without data is ``Cell(None)`` (a dash) and is named in ``Table.missing``; an average
+A cell without data is ``TableCell(None)`` (a dash) and is named in ``Table.missing``; an average
 over datasets is a dash as soon as one of its datasets is missing.
 """
 
@@ -15,16 +15,8 @@ import pandas as pd
 
 from benchmark.datasets.registry import list_datasets
 from benchmark.errors import UserError
-from benchmark.report.aggregate import (
-    average_over,
-    describe_run,
-    fewshot_rows,
-    marked_on_test,
-    prepare,
-    seed_stats,
-    select_datasets,
-    sorted_backbones,
-)
+from benchmark.report.aggregate import (average_over, describe_run, fewshot_rows, marked_on_test, prepare, seed_stats,
+                                        select_datasets, sorted_backbones)
 from benchmark.report.labels import WHITE_BOX, backbone_key, dataset_key, dataset_label, method_key, method_label
 from benchmark.report.published import PUBLISHED_SOURCE, published_results
 
@@ -49,7 +41,7 @@ class Column:
 
 
 @dataclass(frozen=True)
-class Cell:
+class TableCell:
     """A value (None: missing), its std over seeds, whether it is the best of its block; ``label`` displays a key."""
 
     value: float | int | str | None = None
@@ -64,12 +56,12 @@ class Table:
 
     title: str
     columns: list[Column]
-    rows: list[list[Cell]]
+    rows: list[list[TableCell]]
     breaks: list[int] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
-    def find(self, **keys: object) -> dict[str, Cell]:
+    def find(self, **keys: object) -> dict[str, TableCell]:
         """The one row whose key cells hold ``keys`` (e.g. ``method="craft", shots=16``), by column key."""
         found = [
             dict(zip((c.key for c in self.columns), row))
@@ -83,7 +75,7 @@ class Table:
 
 @dataclass
 class _Row:
-    keys: list[Cell]
+    keys: list[TableCell]
     values: dict[str, tuple[float, float]]  # column key -> (mean, std)
     name: str  # how a missing cell of this row is listed; COL stands for the column's key
 
@@ -121,10 +113,7 @@ def few_shot_table(df: pd.DataFrame, datasets: Sequence[str] | None = None) -> T
     rows = rows[rows["dataset"].isin(cols)]
     if rows.empty:
         raise UserError(f"no few-shot results (rows with eval_dataset == dataset) on {', '.join(cols)}")
-    keys = ["backbone", "method", "shots"]
-    stats = _lookup(seed_stats(rows, [*keys, "dataset"]))
-    avg = _lookup(average_over(rows, keys, cols, "dataset"), ("mean", "std"))
-    on_test = marked_on_test(rows, keys)
+    stats, avg, on_test = _run_stats(rows, "dataset", cols)
     backbones = sorted_backbones(rows)
     multi = len(backbones) > 1
     blocks, fewer = [], []
@@ -133,28 +122,21 @@ def few_shot_table(df: pd.DataFrame, datasets: Sequence[str] | None = None) -> T
         for k in sorted(combos["shots"].unique()):
             block = []
             for m in sorted(combos.loc[combos["shots"] == k, "method"], key=method_key):
-                values = {d: stats[(b, m, k, d)][:2] for d in cols if (b, m, k, d) in stats}
-                if (b, m, k) in avg:
-                    values["average"] = avg[(b, m, k)]
                 name = describe_run(m, COL, k, b if multi else None)
-                fewer += _fewer_seeds(name, {d: stats[(b, m, k, d)][2] for d in cols if (b, m, k, d) in stats})
-                block.append(_Row(([Cell(b)] if multi else []) + [Cell(int(k)), _method_cell(m, (b, m, k) in on_test)],
-                                  values, name))
+                keys_cells = [TableCell(b)] if multi else []
+                keys_cells += [TableCell(int(k)), _method_cell(m, (b, m, k) in on_test)]
+                block.append(_averaged_row(stats, avg, (b, m, k), cols, keys_cells, name, fewer))
             blocks.append(block)
     key_columns = ([Column("backbone", "Backbone", False)] if multi else []) + [
         Column("shots", "Shots", False),
         Column("method", "Method", False),
     ]
-    value_columns = [Column(d, dataset_label(d)) for d in cols] + [Column("average", "Average")]
     where = f" on {backbones[0]}" if not multi else ""
     title = (
         f"Few-shot top-1 accuracy (%){where}{_OVER_SEEDS if _has_std(stats) else ''}; "
         f"Average over the {len(cols)} datasets; bold: best per column at equal shots"
     )
-    return _assemble(
-        title, key_columns, value_columns, blocks, bold=True, listed=set(cols),
-        notes=_seeds_note(fewer) + _shots_note(rows) + _on_test_note(on_test),
-    )
+    return _averaged_table(title, key_columns, cols, blocks, rows, fewer, on_test)
 
 
 def shift_table(df: pd.DataFrame) -> Table:
@@ -166,35 +148,24 @@ def shift_table(df: pd.DataFrame) -> Table:
         raise UserError(
             f"no distribution-shift results: rows trained on imagenet and evaluated on {', '.join(targets)}"
         )
-    keys = ["backbone", "method", "shots"]
-    stats = _lookup(seed_stats(rows, [*keys, "eval_dataset"]))
-    avg = _lookup(average_over(rows, keys, variants, "eval_dataset"), ("mean", "std"))
-    on_test = marked_on_test(rows, keys)
+    stats, avg, on_test = _run_stats(rows, "eval_dataset", variants)
     show_shots = rows.loc[rows["shots"] > 0, "shots"].nunique() > 1
     blocks, fewer = [], []
     for b in sorted_backbones(rows):
         combos = rows.loc[rows["backbone"] == b, ["method", "shots"]].drop_duplicates()
         block = []
         for m, k in sorted(combos.itertuples(index=False), key=lambda mk: (method_key(mk[0]), mk[1])):
-            values = {t: stats[(b, m, k, t)][:2] for t in targets if (b, m, k, t) in stats}
-            if (b, m, k) in avg:
-                values["average"] = avg[(b, m, k)]
-            name = describe_run(m, COL, k, b)
-            fewer += _fewer_seeds(name, {t: stats[(b, m, k, t)][2] for t in targets if (b, m, k, t) in stats})
-            keys_cells = [Cell(b), _method_cell(m, (b, m, k) in on_test)] + ([Cell(int(k))] if show_shots else [])
-            block.append(_Row(keys_cells, values, name))
+            keys_cells = [TableCell(b), _method_cell(m, (b, m, k) in on_test)]
+            keys_cells += [TableCell(int(k))] if show_shots else []
+            block.append(_averaged_row(stats, avg, (b, m, k), targets, keys_cells, describe_run(m, COL, k, b), fewer))
         blocks.append(block)
     key_columns = [Column("backbone", "Backbone", False), Column("method", "Method", False)]
     key_columns += [Column("shots", "Shots", False)] if show_shots else []
-    value_columns = [Column(t, dataset_label(t)) for t in targets] + [Column("average", "Average")]
     title = (
         f"Distribution shift: top-1 accuracy (%) trained on ImageNet{_OVER_SEEDS if _has_std(stats) else ''}; "
         f"Average over the {len(variants)} variants; bold: best per column and backbone"
     )
-    return _assemble(
-        title, key_columns, value_columns, blocks, bold=True, listed=set(targets),
-        notes=_seeds_note(fewer) + _shots_note(rows) + _on_test_note(on_test),
-    )
+    return _averaged_table(title, key_columns, targets, blocks, rows, fewer, on_test)
 
 
 def vs_paper_table(df: pd.DataFrame, published: pd.DataFrame, datasets: Sequence[str] | None = None) -> Table:
@@ -232,7 +203,8 @@ def vs_paper_table(df: pd.DataFrame, published: pd.DataFrame, datasets: Sequence
             if "ours" in values and "paper" in values:
                 values["delta"] = (values["ours"][0] - values["paper"][0], math.nan)
             name = describe_run(m, e, k, b)
-            keys_cells = [Cell(b), _method_cell(m, (b, m, k) in on_test), Cell(int(k)), Cell(e, label=dataset_label(e))]
+            keys_cells = [TableCell(b), _method_cell(m, (b, m, k) in on_test), TableCell(int(k)),
+                          TableCell(e, label=dataset_label(e))]
             block.append(_Row(keys_cells, values, name))
         blocks.append(block)
     key_columns = [
@@ -307,7 +279,7 @@ def cost_table(df: pd.DataFrame, datasets: Sequence[str] | None = None) -> Table
                         scale = 2**20 if num == "learned_bytes" else 1
                         values[col] = (values[num][0] / (white_mem * scale), math.nan)
             name = f"{b + '/' if multi else ''}{m}/{COL}"
-            block.append(_Row(([Cell(b)] if multi else []) + [_method_cell(m)], values, name))
+            block.append(_Row(([TableCell(b)] if multi else []) + [_method_cell(m)], values, name))
         blocks.append(block)
     key_columns = ([Column("backbone", "Backbone", False)] if multi else []) + [Column("method", "Method", False)]
     value_columns = [Column("runs", "Runs", fmt=".0f"), *COST_METRICS, *(RATIO_COLUMNS if with_ratio else [])]
@@ -320,6 +292,41 @@ def cost_table(df: pd.DataFrame, datasets: Sequence[str] | None = None) -> Table
     title = "Cost per run (means over runs; one run per cell)"
     listed = {c.key for c in COST_METRICS}
     return _assemble(title, key_columns, value_columns, blocks, bold=False, listed=listed, notes=notes)
+
+
+def _run_stats(rows: pd.DataFrame, column: str, averaged: Sequence[str]) -> tuple[dict, dict, set[tuple]]:
+    """Per run (backbone, method, shots) and value of ``column``: mean, std and n over seeds; per run: the
+    mean and std of its average over the ``averaged`` values; and the runs whose epoch was chosen on test."""
+    run = ["backbone", "method", "shots"]
+    stats = _lookup(seed_stats(rows, [*run, column]))
+    avg = _lookup(average_over(rows, run, averaged, column), ("mean", "std"))
+    return stats, avg, marked_on_test(rows, run)
+
+
+def _averaged_row(
+    stats: dict[tuple, tuple[float, ...]], avg: dict[tuple, tuple[float, ...]], run: tuple, columns: Sequence[str],
+    keys_cells: list[TableCell], name: str, fewer: list[str],
+) -> _Row:
+    """The row of ``run`` (backbone, method, shots): its mean and std in each of ``columns`` and its
+    ``average``; those of its columns measured over fewer seeds than its others are added to ``fewer``."""
+    values = {c: stats[(*run, c)][:2] for c in columns if (*run, c) in stats}
+    if run in avg:
+        values["average"] = avg[run]
+    fewer += _fewer_seeds(name, {c: stats[(*run, c)][2] for c in columns if (*run, c) in stats})
+    return _Row(keys_cells, values, name)
+
+
+def _averaged_table(
+    title: str, key_columns: list[Column], columns: list[str], blocks: list[list[_Row]], rows: pd.DataFrame,
+    fewer: list[str], on_test: set[tuple],
+) -> Table:
+    """A table of :func:`_averaged_row` rows: a dataset per column of ``columns``, then Average; bold on
+    the best of each column in a block; notes on fewer seeds, fewer shots and epochs chosen on test."""
+    value_columns = [Column(c, dataset_label(c)) for c in columns] + [Column("average", "Average")]
+    return _assemble(
+        title, key_columns, value_columns, blocks, bold=True, listed=set(columns),
+        notes=_seeds_note(fewer) + _shots_note(rows) + _on_test_note(on_test),
+    )
 
 
 def _lookup(frame: pd.DataFrame, values: Sequence[str] = ("mean", "std", "n")) -> dict[tuple, tuple[float, ...]]:
@@ -336,9 +343,9 @@ def _has_std(stats: dict[tuple, tuple[float, ...]]) -> bool:
     return any(not math.isnan(v[1]) for v in stats.values())
 
 
-def _method_cell(method: str, on_test: bool = False) -> Cell:
+def _method_cell(method: str, on_test: bool = False) -> TableCell:
     """A method's key cell; ``on_test``: its label carries :data:`ON_TEST_MARK` (see :data:`ON_TEST_NOTE`)."""
-    return Cell(method, label=method_label(method) + (ON_TEST_MARK if on_test else ""))
+    return TableCell(method, label=method_label(method) + (ON_TEST_MARK if on_test else ""))
 
 
 def _on_test_note(marked: set[tuple]) -> list[str]:
@@ -394,12 +401,12 @@ def _assemble(
             cells = list(r.keys)
             for c in value_columns:
                 if c.key not in r.values:
-                    cells.append(Cell(None))
+                    cells.append(TableCell(None))
                     if c.key in listed:
                         table.missing.append(r.name.replace(COL, c.key))
                     continue
                 mean, std = r.values[c.key]
                 is_best = c.key in best and float(format(mean, c.fmt)) == best[c.key]
-                cells.append(Cell(mean, None if math.isnan(std) else std, is_best))
+                cells.append(TableCell(mean, None if math.isnan(std) else std, is_best))
             table.rows.append(cells)
     return table

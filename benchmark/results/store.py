@@ -3,8 +3,8 @@
 A cell's rows go to ``<out>/<method>/<dataset>/<cell_id>.parquet`` (``<cell_id>.failed.parquet``
 for a failed cell) and its log to ``<cell_id>.log`` beside it. Each file is written under a
 temporary name in the same folder and then renamed, so a reader (or a rerun after a killed
-driver) sees a whole file or none. A temporary name says who writes it
-(``.tmp-<pid>@<host>@<random>``), so that cleaning up removes only what a dead writer left.
+driver) sees a whole file or none (:mod:`benchmark.files`). A temporary name says who writes it
+(``.tmp-<pid>@<host>@<random>.tmp``), so that cleaning up removes only what a dead writer left.
 ``out`` is a local path or any pyarrow filesystem URI (``s3://bucket/prefix``, ``gs://...``).
 Nothing here unpickles: results are Parquet, logs are text.
 
@@ -20,7 +20,6 @@ import errno
 import os
 import socket
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -30,13 +29,13 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from benchmark.errors import UserError
+from benchmark.files import TMP_PREFIX, tmp_name, write_atomic
 from benchmark.locks import hold
 from benchmark.results.schema import to_table
 
 OK_SUFFIX = ".parquet"
 FAILED_SUFFIX = ".failed.parquet"
 LOG_SUFFIX = ".log"
-TMP_PREFIX = ".tmp-"
 DAMAGED_MARK = ".damaged-"  # a damaged result file moved aside: .<name>.damaged-<UTC time>
 # A temporary of a writer on another host is taken as abandoned after this long.
 FOREIGN_TMP_MAX_AGE_S = 3600.0
@@ -103,7 +102,7 @@ def lock_results(out: str) -> Iterator[None]:
 def check_writable(out: str) -> None:
     """Create ``out`` and write and remove a probe file there; UserError naming ``out`` otherwise."""
     fs, base = resolve(out)
-    probe = f"{base}/{_tmp_name('probe')}"
+    probe = f"{base}/{tmp_name()}"
     try:
         fs.create_dir(base, recursive=True)
         with fs.open_output_stream(probe) as stream:
@@ -123,24 +122,11 @@ def log_path(out: str, method: str, dataset: str, cell_id: str) -> str:
     return f"{base}/{method}/{dataset}/{cell_id}{LOG_SUFFIX}"
 
 
-def _tmp_name(suffix: str) -> str:
-    return f"{TMP_PREFIX}{os.getpid()}@{socket.gethostname()}@{uuid.uuid4().hex}.{suffix}"
-
-
 def _write_atomic(fs: pafs.FileSystem, path: str, write: Any) -> None:
-    """Write through ``write(stream)`` to a temporary beside ``path``, then rename it to ``path``."""
-    folder = path.rsplit("/", 1)[0]
-    fs.create_dir(folder, recursive=True)
-    tmp = f"{folder}/{_tmp_name(path.rsplit('.', 1)[-1])}"
+    """:func:`benchmark.files.write_atomic`, a full disk said as a UserError."""
     try:
-        with fs.open_output_stream(tmp) as stream:
-            write(stream)
-        fs.move(tmp, path)
+        write_atomic(path, write, fs)
     except BaseException as exc:
-        try:
-            fs.delete_file(tmp)
-        except OSError:
-            pass
         if disk_full(exc):
             raise UserError(f"no space left on the device to write {path} (nothing partial was left, and every "
                             "file written before is whole): free space and run the same command again") from None

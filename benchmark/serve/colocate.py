@@ -27,7 +27,7 @@ from threadpoolctl import threadpool_limits
 
 from benchmark.model.engine import ClipEngine, EngineBackend
 from benchmark.model.task import PreparedTask
-from benchmark.serve.whitebox.memory import peak_memory
+from benchmark.memory import device_peak_mb, peak_memory
 from craft.blackbox import MeteredBlackBox
 from craft.cma_es import WORKERS, CMAWorkers
 from craft.interleave import take_turn
@@ -91,10 +91,7 @@ class Interleaver:
             elif ended.error is not None:
                 fut.set_exception(ended.error)
             else:
-                fut.set_result((ended.result, self._peak()))
-
-    def _peak(self) -> float | None:
-        return torch.cuda.max_memory_allocated(self.device) / 2**20 if self.device.type == "cuda" else None
+                fut.set_result((ended.result, device_peak_mb(self.device)))
 
 
 def run_colocated(

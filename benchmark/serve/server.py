@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmark.memory import device_peak_mb
 from benchmark.serve.batching import QueryBatcher
 from benchmark.serve.colocate import Interleaver, run_colocated
 from benchmark.model.engine import ClipEngine, EngineBackend
@@ -187,5 +188,4 @@ class ModelServer:
             task = self._leases.pop(tid, None)
             if task is not None and task not in self._leases.values():
                 self._tasks.pop(task, None)
-        peak = torch.cuda.max_memory_allocated() / 2**20 if self.engine.device.type == "cuda" else None
-        return {"gpu_s": self._busy_s.pop(tid, 0.0), "peak_mem_mb": peak}
+        return {"gpu_s": self._busy_s.pop(tid, 0.0), "peak_mem_mb": device_peak_mb(self.engine.device)}

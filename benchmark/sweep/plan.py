@@ -74,7 +74,7 @@ def check_inputs(cfg: SweepConfig) -> list[str]:
     Returns notes to show once: a dataset with a class that has fewer training images than a
     sweep's shots (its cells at those shots train on every image of such classes).
     """
-    from benchmark.datasets.registry import load_dataset
+    from benchmark.datasets.loaders import load_dataset
     from benchmark.sweep.grid import check_backbone_files
 
     if cfg.root is not None and not os.path.isdir(cfg.root):

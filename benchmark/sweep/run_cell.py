@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import resource
 import socket
 from typing import Any, Callable
 
@@ -11,6 +10,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from benchmark.datasets.registry import get_spec
+from benchmark.memory import process_peak_rss_mb
 from benchmark.results.provenance import code_version, package_versions
 from benchmark.serve.client import RemoteBackend
 from benchmark.sweep.cell import Cell
@@ -58,7 +58,7 @@ def run_cell(
             result = method.run(box, task, cell.config, cell.seed)
     server_cost = backend.release()
     return result_rows(cell, result, box.budget, started, backend.images_encoded, server_cost,
-                       whitebox_peak_mb or server_cost.get("peak_mem_mb") or _peak_rss_mb(),
+                       whitebox_peak_mb or server_cost.get("peak_mem_mb") or process_peak_rss_mb(),
                        shots_used(labels["train"]))
 
 
@@ -123,7 +123,3 @@ def failed_row(cell: Cell, error: str) -> dict[str, Any]:
         "protocol": cell.protocol, "budget": cell.budget(), "code_version": code_version(), "host": socket.gethostname(),
         "started_at": now, "finished_at": now,
     }
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from craft.methods.base import Method, RunResult, Task, config_from_dict
+from craft.methods.base import Method, RunResult, Task, method_config_from_dict
 from craft.methods.cbbt import CBBT, CBBTConfig
 from craft.methods.collaborative import BBT, BBTConfig, CraFT, CraFTConfig
 from craft.methods.whitebox import CoOp, CoOpConfig
@@ -24,7 +24,7 @@ def get_method(name: str) -> Method:
 
 def make_config(name: str, hparams: dict[str, Any] | None = None, where: str = "") -> Any:
     """The config of method ``name`` from a dict, unknown keys rejected."""
-    return config_from_dict(get_method(name).config_cls, hparams, where or f"method {name}")
+    return method_config_from_dict(get_method(name).config_cls, hparams, where or f"method {name}")
 
 
 __all__ = [

@@ -55,7 +55,7 @@ class RunResult:
 C = TypeVar("C")
 
 
-def config_from_dict(cls: type[C], values: dict[str, Any] | None, where: str = "") -> C:
+def method_config_from_dict(cls: type[C], values: dict[str, Any] | None, where: str = "") -> C:
     """Build a method config dataclass, rejecting unknown keys with the list of known ones."""
     values = dict(values or {})
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
@@ -93,7 +93,7 @@ def _percent(share: torch.Tensor | None) -> float:
     return float("nan") if share is None else float(share.item() * 100.0)
 
 
-def _restrict(logits: torch.Tensor, subset: list[int]) -> torch.Tensor:
+def restrict_logits(logits: torch.Tensor, subset: list[int]) -> torch.Tensor:
     """Logits with every class outside ``subset`` at -inf: argmax over the subset, in parent labels.
 
     The subset goes to the logits' device through :func:`craft.transfer.to_device`: indexing a GPU
@@ -130,7 +130,7 @@ def evaluate_async(
             with torch.no_grad():
                 logits = head(logits)
         if split in task.class_subsets:
-            logits = _restrict(logits, task.class_subsets[split])
+            logits = restrict_logits(logits, task.class_subsets[split])
         share = _top1_share(logits, to_device(task.labels[split], logits.device))
         pending[f"top1_{split}"] = None if share is None else HostCopy(share)
 

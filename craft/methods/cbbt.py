@@ -28,8 +28,8 @@ import torch.nn.functional as F
 
 from craft.adapter import SIDES, OutputAdapter
 from craft.blackbox import BlackBox, OutputFeatures
-from craft.methods.base import MethodTraits, RunResult, Task, Timer, _restrict, accuracy, evaluate, reject_invalid
-from craft.schedule import steps_per_epoch, warmup_cosine
+from craft.methods.base import MethodTraits, RunResult, Task, Timer, accuracy, evaluate, reject_invalid, restrict_logits
+from craft.schedule import DasslSchedule, steps_per_epoch, warmup_cosine
 from craft.zeroth_order import combine, default_mu, directions, perturbed, queries_per_step
 
 # Epochs of the released adapter scripts (main_adapter.sh): by dataset, the same for RN50 and
@@ -43,7 +43,7 @@ SELECTIONS = ("last", "best_test")
 
 
 @dataclass
-class CBBTConfig:
+class CBBTConfig(DasslSchedule):
     """CBBT's hyperparameters. ``epochs=None``: by dataset (and backbone), as the official scripts.
 
     ``budget=None``: the whole schedule (the cell's budget is its cost); a number caps the
@@ -57,18 +57,11 @@ class CBBTConfig:
     mu: float | None = None
     two_sided: bool = False
     clip_norm: float = 5.0
-    lr: float = 0.002
-    weight_decay: float = 5e-4
-    batch_size: int = 32
-    epochs: int | None = None
-    warmup_epochs: int = 1
-    warmup_lr: float = 1e-5
     adapter_ratio: float = 0.2
     adapter_start: int = 10
     adapter_on: str = "image"
     adapter_reduction: int = 4
     budget: int | None = None
-    eval_every: int = 10
     select: str = "last"
 
     def __post_init__(self) -> None:  # bad values fail where the config is read, not mid-sweep
@@ -140,7 +133,7 @@ def evaluate_adapted(box: BlackBox, task: Task, ctx: torch.Tensor, adapter: Outp
         with torch.no_grad():
             logits = adapter.logits(_on_cpu(box.features(ctx, split, budgeted=False)))[0]
         if split in task.class_subsets:
-            logits = _restrict(logits, task.class_subsets[split])
+            logits = restrict_logits(logits, task.class_subsets[split])
         out[f"top1_{split}"] = accuracy(logits, task.labels[split])
     return out
 

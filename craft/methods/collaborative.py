@@ -240,8 +240,11 @@ def _settle(due: list[tuple[dict, HostCopy]], n_images: int) -> None:
 
 
 class BBT(MethodTraits):
+    """BBT: the prompt search alone. Learned: the prompt's ``intrinsic_dim`` coordinates (stored as the prompt)."""
+
     name = "bbt"
-    config_cls = BBTConfig
+    config_cls: type[BBTConfig] = BBTConfig
+    refine = False  # no refinement module
     # Its per-generation work is on every candidate's logits: a sweep may run it beside the model,
     # its logits on the model's device (benchmark.serve.colocate).
     colocatable = True
@@ -252,29 +255,19 @@ class BBT(MethodTraits):
     def steps(self, box: BlackBox, task: Task, config: BBTConfig, seed: int) -> Steps:
         """The run as :data:`craft.methods.base.Steps`, for :mod:`craft.interleave`."""
         timer = Timer()
-        metrics, trace, _, ctx = yield from _search(box, task, config, seed, refine=False)
+        metrics, trace, mlp, ctx = yield from _search(box, task, config, seed, refine=self.refine)
+        params, nbytes = config.intrinsic_dim, ctx.numel() * 4
+        if mlp is not None:
+            params, nbytes = params + sum(p.numel() for p in mlp.parameters()), nbytes + mlp.size_bytes()
         return RunResult(
             self.name, asdict(config), metrics, box.usage.as_dict(), trace,
-            learned_params=config.intrinsic_dim, learned_bytes=ctx.numel() * 4, wall_s=timer(),
+            learned_params=params, learned_bytes=nbytes, wall_s=timer(),
         )
 
 
-class CraFT(MethodTraits):
+class CraFT(BBT):
+    """CraFT: BBT's search with the refinement module, which it learns too."""
+
     name = "craft"
     config_cls = CraFTConfig
-    colocatable = True  # as BBT
-
-    def run(self, box: BlackBox, task: Task, config: CraFTConfig, seed: int) -> RunResult:
-        return drive(self.steps(box, task, config, seed))
-
-    def steps(self, box: BlackBox, task: Task, config: CraFTConfig, seed: int) -> Steps:
-        """The run as :data:`craft.methods.base.Steps`, for :mod:`craft.interleave`."""
-        timer = Timer()
-        metrics, trace, mlp, ctx = yield from _search(box, task, config, seed, refine=True)
-        assert mlp is not None
-        n_params = sum(p.numel() for p in mlp.parameters())
-        return RunResult(
-            self.name, asdict(config), metrics, box.usage.as_dict(), trace,
-            learned_params=n_params + config.intrinsic_dim,
-            learned_bytes=mlp.size_bytes() + ctx.numel() * 4, wall_s=timer(),
-        )
+    refine = True

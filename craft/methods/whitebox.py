@@ -13,6 +13,7 @@ from typing import Any
 
 from craft.blackbox import BlackBox
 from craft.methods.base import SERVER, MethodTraits, RunResult, Task, reject_invalid
+from craft.schedule import DasslSchedule
 
 # CoOp's epochs by shots (its scripts: rn50_ep50 for 1 shot, rn50_ep100 for 2/4, rn50 for 8/16).
 COOP_EPOCHS_BY_SHOTS = {1: 50, 2: 100, 4: 100, 8: 200, 16: 200}
@@ -20,7 +21,7 @@ COOP_IMAGENET_EPOCHS = 50
 
 
 @dataclass
-class CoOpConfig:
+class CoOpConfig(DasslSchedule):
     """CoOp (Zhou et al.), unified context, class token at the end.
 
     ``ctx_init=""``: ``n_ctx`` (default 16) vectors drawn from N(0, 0.02^2), as CoOp's few-shot
@@ -33,14 +34,7 @@ class CoOpConfig:
 
     n_ctx: int | None = None
     ctx_init: str = ""
-    lr: float = 0.002
     momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 32
-    epochs: int | None = None
-    warmup_epochs: int = 1
-    warmup_lr: float = 1e-5
-    eval_every: int = 10
     train_views: str = "fresh"
 
     def __post_init__(self) -> None:  # bad values fail where the config is read, not mid-sweep

@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.model.engine import ClipEngine, TaskData
-from benchmark.serve.whitebox.memory import peak_memory
+from benchmark.memory import peak_memory
 from craft.blackbox import Usage, view_split
-from craft.methods.base import RunResult, Timer, _restrict, accuracy
+from craft.methods.base import RunResult, Timer, accuracy, restrict_logits
 from craft.methods.whitebox import CoOpConfig, coop_epochs
 from craft.schedule import steps_per_epoch, warmup_cosine
 
@@ -86,7 +86,7 @@ def train_coop(
         for split in eval_splits:
             logits = engine.logits(data.features[split], text).cpu()
             if class_subsets and split in class_subsets:
-                logits = _restrict(logits, class_subsets[split])
+                logits = restrict_logits(logits, class_subsets[split])
             out[f"top1_{split}"] = accuracy(logits, labels[split])
         return out
 
