@@ -71,8 +71,8 @@ def prepared(tmp_path_factory, one_torch_thread):
     engine = ClipEngine(load_model("craft-tiny", "builtin"))
     prep = task_module.prepare_task(engine, TaskSpec("digits_rotate", 16, SEED, eval_test=False), None)
     mp.undo()
-    task = Task("digits_rotate", prep.data.classnames, prep.data.template, prep.labels, 16, ("val",))
-    return (lambda: Recording(EngineBackend(engine, prep.data))), task
+    task = Task("digits_rotate", prep.classnames, prep.template, prep.labels, 16, ("val",))
+    return (lambda: Recording(EngineBackend(engine, prep))), task
 
 
 def official_loop(backend: Recording, task: Task, refine: bool) -> dict:

@@ -435,12 +435,16 @@ class TrainViews:
 
 @dataclass
 class TaskData:
-    """Everything a run's black box needs about its data: classes and cached image features."""
+    """One run's data on the model's side: class names, template and image features, which stay here,
+    and the labels, label subspaces and encoding count that the method's side is sent."""
 
     classnames: list[str]
     template: str
     features: dict[str, torch.Tensor]  # split -> N x embed, normalised
     train_views: TrainViews | None = None
+    labels: dict[str, torch.Tensor] = field(default_factory=dict)  # split -> N labels
+    class_subsets: dict[str, list[int]] = field(default_factory=dict)  # image sets scored in a label subspace (ImageNet-A/R)
+    images_encoded: int = 0  # by the preparation (0: every feature from the cache)
 
     def images(self, split: str) -> tuple[torch.Tensor, int]:
         """An image set's features and the images encoded to answer (views are encoded on demand)."""

@@ -35,16 +35,6 @@ from benchmark.model.feature_cache import FeatureCache
 from benchmark.datasets.task_spec import TaskSpec
 
 
-@dataclass
-class PreparedTask:
-    """Features stay with the engine; labels and class names go to the method."""
-
-    data: TaskData
-    labels: dict[str, torch.Tensor]
-    class_subsets: dict[str, list[int]] = field(default_factory=dict)
-    images_encoded: int = 0
-
-
 def weights_id(engine: ClipEngine) -> str | None:
     """Identifies the weights in feature-cache keys: a pretrained tag; a checkpoint path with its
     size and modification time; the shipped model's content hash (a release may retrain it);
@@ -94,7 +84,7 @@ def load_task_splits(spec: TaskSpec) -> tuple[DatasetSplits, list[DatasetSplits]
     return fs, extra
 
 
-def prepare_task(engine: ClipEngine, spec: TaskSpec, cache: FeatureCache | None = None) -> PreparedTask:
+def prepare_task(engine: ClipEngine, spec: TaskSpec, cache: FeatureCache | None = None) -> TaskData:
     """Encode (or read from the cache) the images of ``spec`` and collect labels."""
     fs, extra = load_task_splits(spec)
     ds_spec = get_spec(spec.dataset)
@@ -156,5 +146,5 @@ def prepare_task(engine: ClipEngine, spec: TaskSpec, cache: FeatureCache | None 
         if ds.class_subset is not None:
             subsets[name] = list(ds.class_subset)
     views = TrainViews(encode_view, varies=aug_varies(aug))
-    data = TaskData(classnames=list(fs.classnames), template=fs.template, features=features, train_views=views)
-    return PreparedTask(data, labels, subsets, encoded)
+    return TaskData(classnames=list(fs.classnames), template=fs.template, features=features, train_views=views,
+                    labels=labels, class_subsets=subsets, images_encoded=encoded)

@@ -25,8 +25,7 @@ from typing import Any
 import torch
 from threadpoolctl import threadpool_limits
 
-from benchmark.model.engine import ClipEngine, EngineBackend
-from benchmark.model.task import PreparedTask
+from benchmark.model.engine import ClipEngine, EngineBackend, TaskData
 from benchmark.memory import device_peak_mb, peak_memory
 from craft.blackbox import MeteredBlackBox
 from craft.cma_es import WORKERS, CMAWorkers
@@ -95,7 +94,7 @@ class Interleaver:
 
 
 def run_colocated(
-    engine: ClipEngine, prepared: PreparedTask, method: str, hparams: dict[str, Any], seed: int,
+    engine: ClipEngine, prepared: TaskData, method: str, hparams: dict[str, Any], seed: int,
     *, budget: int, shots: int, dataset: str, eval_splits: tuple[str, ...], interleaver: Interleaver | None = None,
 ) -> dict[str, Any]:
     """Run black-box ``method`` on the engine's device: ``{"result": RunResult fields, "peak_mem_mb": ...}``.
@@ -107,9 +106,8 @@ def run_colocated(
         raise ValueError(f"{method!r} does not run colocated: only methods whose work is on every candidate's "
                          "logits do (colocatable = True: bbt, craft)")
     config = make_config(method, hparams)
-    data = prepared.data
-    box = MeteredBlackBox(EngineBackend(engine, data, output_device=engine.device), budget)
-    task = Task(dataset, data.classnames, data.template, prepared.labels, shots, eval_splits, prepared.class_subsets)
+    box = MeteredBlackBox(EngineBackend(engine, prepared, output_device=engine.device), budget)
+    task = Task(dataset, prepared.classnames, prepared.template, prepared.labels, shots, eval_splits, prepared.class_subsets)
     steps = runner.steps(box, task, config, seed)
     if interleaver is not None:
         result, peak = interleaver.run(steps)

@@ -30,14 +30,14 @@ import torch
 from benchmark.memory import device_peak_mb
 from benchmark.serve.batching import QueryBatcher
 from benchmark.serve.colocate import Interleaver, run_colocated
-from benchmark.model.engine import ClipEngine, EngineBackend
+from benchmark.model.engine import ClipEngine, EngineBackend, TaskData
 from benchmark.model.feature_cache import FeatureCache
 from benchmark.model.loading import load_model
 from benchmark.serve.client import UnknownTask
 from benchmark.serve.options import ServerOptions
 from craft.methods import get_method
 from craft.methods.base import SERVER
-from benchmark.model.task import PreparedTask, prepare_task
+from benchmark.model.task import prepare_task
 from benchmark.datasets.task_spec import TaskSpec
 
 
@@ -73,7 +73,7 @@ class ModelServer:
         if interleave is None:
             interleave = self.engine.device.type == "cuda"
         self._interleaver = Interleaver(self.engine.device, cma_workers=True) if interleave else None
-        self._tasks: dict[str, tuple[EngineBackend, PreparedTask]] = {}
+        self._tasks: dict[str, tuple[EngineBackend, TaskData]] = {}
         self._leases: dict[str, str] = {}  # lease -> task id
         self._lease_numbers = itertools.count()
         self._instance = uuid.uuid4().hex[:8]  # a restarted server hands out new leases, never an old one
@@ -101,7 +101,7 @@ class ModelServer:
         with self._prepare_lock:
             if tid not in self._tasks:
                 prepared = prepare_task(self.engine, spec, self.cache)
-                self._tasks[tid] = (EngineBackend(self.engine, prepared.data), prepared)
+                self._tasks[tid] = (EngineBackend(self.engine, prepared), prepared)
                 fresh = prepared.images_encoded
             else:
                 fresh = 0
@@ -111,14 +111,14 @@ class ModelServer:
         return {
             "task_id": lease,
             "info": backend.info(),
-            "classnames": prepared.data.classnames,
-            "template": prepared.data.template,
+            "classnames": prepared.classnames,
+            "template": prepared.template,
             "labels": {k: v.numpy() for k, v in prepared.labels.items()},
             "class_subsets": prepared.class_subsets,
             "images_encoded": fresh,
         }
 
-    def _entry(self, lease: str) -> tuple[EngineBackend, PreparedTask]:
+    def _entry(self, lease: str) -> tuple[EngineBackend, TaskData]:
         try:
             return self._tasks[self._leases[lease]]
         except KeyError:
