@@ -12,12 +12,12 @@ import pytest
 
 from benchmark.errors import UserError
 from benchmark.results.store import (
-    TMP_PREFIX, cell_status, check_location, clean_temporaries, stray_temporaries, write_cell, write_log,
+    TMP_PREFIX, cell_status, check_location, clean_temporaries, scan_cells, stray_temporaries, write_cell, write_log,
 )
 from benchmark.sweep.config import config_from_dict
 from benchmark.sweep.plan import check_inputs, estimated_queries, expand, format_plan, make_plan
 from benchmark.sweep.run_cell import failed_row
-from benchmark.sweep.runner import pending_cells
+from benchmark.sweep.runner import cells_to_run
 
 SWEEP = {"out": "unused", "methods": ["zero_shot_clip", "bbt", "craft"], "datasets": ["digits_noise", "digits_shift"],
          "shots": [1, 4], "seeds": [1, 2, 3], "backbones": ["craft-tiny:builtin"],
@@ -58,9 +58,10 @@ def test_plan_sees_done_and_failed_cells(tmp_path: Path) -> None:
     assert len(plan.todo()) == len(cells) - 2 and len(plan.todo(rerun_failed=True)) == len(cells) - 1
     text = format_plan(plan, cfg)
     assert f"{len(cells)} cells: 1 done, 1 failed, {len(cells) - 2} to run" in text
-    todo, skipped = pending_cells(cells, out, rerun_failed=False)  # what the runner starts
+    status = scan_cells(out)[0]
+    todo, skipped = cells_to_run(cells, status, rerun_failed=False)  # what the runner starts
     assert skipped == 2 and cells[0] not in todo and cells[1] not in todo
-    todo, skipped = pending_cells(cells, out, rerun_failed=True)
+    todo, skipped = cells_to_run(cells, status, rerun_failed=True)
     assert skipped == 1 and cells[1] in todo
 
 

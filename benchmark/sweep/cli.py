@@ -51,26 +51,15 @@ def run(args: argparse.Namespace) -> int:
         return 0
     check_location(cfg.out)
 
-    from benchmark.results.store import clean_temporaries, lock_results
-    from benchmark.serve.ray_runtime import init_ray
-    from benchmark.sweep.runner import pending_cells, run_sweep
+    from benchmark.sweep.runner import run_sweep
 
-    with lock_results(cfg.out):  # before Ray starts: a second driver on this folder is refused at once
-        clean_temporaries(cfg.out)  # what dead writers left, even when nothing is left to run
-        todo, skipped = pending_cells(cells, cfg.out, args.rerun_failed)
-        if not todo:
-            print(f"nothing to run: all {skipped} cells of {args.config} are done or failed before "
-                  f"(--rerun-failed retries failed ones); results in {cfg.out}")
-            return 0
-        init_ray(args.address, args.num_cpus, dashboard=args.dashboard)
-        if args.gpus and not (args.address or os.environ.get("RAY_ADDRESS")):
-            import ray
-
-            have = int(ray.cluster_resources().get("GPU", 0))
-            if args.gpus > have:
-                raise UserError(f"--gpus {args.gpus}: this machine has {have} GPU(s) for Ray (an autoscaling cluster could add more)")
-        summary = run_sweep(cells, cfg.out, cfg.server, rerun_failed=args.rerun_failed, progress=not args.no_progress,
-                            gpus=args.gpus)
+    # The folder is locked, cleaned and listed once, before Ray starts: a second driver is refused at once.
+    summary = run_sweep(cells, cfg.out, cfg.server, address=args.address, num_cpus=args.num_cpus, dashboard=args.dashboard,
+                        rerun_failed=args.rerun_failed, progress=not args.no_progress, gpus=args.gpus)
+    if summary.skipped == len(cells):
+        print(f"nothing to run: all {summary.skipped} cells of {args.config} are done or failed before "
+              f"(--rerun-failed retries failed ones); results in {cfg.out}")
+        return 0
     print(
         f"{summary.done} cells done, {summary.skipped} already done or failed before (skipped), "
         f"{summary.failed} failed, in {summary.wall_s:.1f} s; results and per-cell logs in {cfg.out}"

@@ -21,6 +21,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
+from benchmark.errors import UserError
 from benchmark.results.store import (
     parse_cell_file, check_location, check_writable, clean_temporaries, lock_results, move_aside, scan_cells, write_cell, write_log,
 )
@@ -75,15 +76,9 @@ def _run_cell_task(cell: Cell, servers: list[Any], eval_test: bool, colocate: bo
 # ----------------------------------------------------------------------------- the sweep
 
 
-def pending_cells(cells: list[Cell], out: str, rerun_failed: bool) -> tuple[list[Cell], int]:
-    """The cells still to run under ``out`` and the number skipped (done, or failed unless rerun).
-
-    A cell whose result file is damaged (:func:`benchmark.results.store.verify_file`) is to run.
-    """
-    return _pending(cells, scan_cells(out)[0], rerun_failed)
-
-
-def _pending(cells: list[Cell], status: dict[str, str], rerun_failed: bool) -> tuple[list[Cell], int]:
+def cells_to_run(cells: list[Cell], status: dict[str, str], rerun_failed: bool) -> tuple[list[Cell], int]:
+    """The cells still to run and the number skipped (done, or failed unless rerun), from a folder's
+    :func:`~benchmark.results.store.scan_cells` status: a damaged file's cell is to run."""
     todo = [c for c in cells if status.get(c.cell_id) != "ok" and (rerun_failed or status.get(c.cell_id) != "failed")]
     return todo, len(cells) - len(todo)
 
@@ -120,13 +115,14 @@ def run_sweep(
     with lock_results(out):  # one driver per results folder: the scan below and the writes are ours
         clean_temporaries(out)  # first, even when nothing is left to run: what dead writers left
         status, damaged = scan_cells(out)
-        todo, summary.skipped = _pending(cells, status, rerun_failed)
+        todo, summary.skipped = cells_to_run(cells, status, rerun_failed)
         damaged = _damaged_of(todo, damaged)
         if not todo:
             summary.wall_s = time.perf_counter() - start
             return summary
 
         init_ray(address, num_cpus, dashboard=dashboard)
+        _check_gpus(gpus, address)
         server = server or ServerOptions()
         servers = start_servers({(c.backbone, c.weights, c.method) for c in todo}, server, gpus=gpus, cache_dir=cache_dir)
         try:  # nothing is written before the servers are up
@@ -167,6 +163,16 @@ def run_sweep(
             stop_servers(servers)
         summary.wall_s = time.perf_counter() - start
         return summary
+
+
+def _check_gpus(gpus: int | None, address: str | None) -> None:
+    """UserError when a local runtime is asked for more GPUs than this machine has (a cluster may add them)."""
+    import ray
+
+    if gpus and not (address or os.environ.get("RAY_ADDRESS")):
+        have = int(ray.cluster_resources().get("GPU", 0))
+        if gpus > have:
+            raise UserError(f"--gpus {gpus}: this machine has {have} GPU(s) for Ray (an autoscaling cluster could add more)")
 
 
 def run_slots() -> int:
