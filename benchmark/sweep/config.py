@@ -14,7 +14,7 @@ every ``craft`` option.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -43,32 +43,22 @@ KEYS = {
 MAX_INCLUDE_DEPTH = 32  # files in one include chain (Python's recursion would end a deeper one with a traceback)
 
 
-@dataclass(frozen=True)
-class SweepConfig:
-    """A checked sweep: the lists whose product makes the cells, and where results go."""
+@dataclass(frozen=True, kw_only=True)
+class SweepConfig(Grid):
+    """A checked sweep: its grid (whose product makes the cells), where results go, the data root,
+    the extra test sets, and how its servers serve."""
 
     path: str
     out: str
-    methods: tuple[str, ...]
-    datasets: tuple[str, ...]
-    shots: tuple[int, ...]
-    seeds: tuple[int, ...]
-    backbones: tuple[tuple[str, str], ...]
     root: str | None = None
     eval_datasets: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    hparams: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     server: ServerOptions = ServerOptions()
-    protocol: str = "harness"
     includes: tuple[str, ...] = ()
 
     @property
     def grid(self) -> Grid:
         """The sweep's grid (:mod:`benchmark.sweep.grid`): methods x datasets x shots x seeds x backbones."""
-        return Grid(self.methods, self.datasets, self.shots, self.seeds, self.backbones, self.hparams, self.protocol)
-
-    def hparams_for(self, method: str, dataset: str) -> dict[str, Any]:
-        """The hyperparameters of ``method`` on ``dataset``: ``'*'`` overridden by the dataset's own."""
-        return hparams_for(self.hparams, method, dataset)
+        return self
 
 
 def expand_home(path: str) -> str:
@@ -232,15 +222,9 @@ def _finish(raw: dict[str, Any], where: str, includes: tuple[str, ...]) -> Sweep
         path=where,
         out=expand_home(raw["out"]),
         root=expand_home(raw["root"]) if raw.get("root") else raw.get("root"),
-        methods=grid.methods,
-        datasets=grid.datasets,
-        shots=grid.shots,
-        seeds=grid.seeds,
-        backbones=grid.backbones,
+        **{f.name: getattr(grid, f.name) for f in fields(Grid)},
         eval_datasets=eval_datasets,
-        hparams=grid.hparams,
         server=ServerOptions.from_config(raw, where, official_precision(protocol)),
-        protocol=protocol,
         includes=includes,
     )
 
