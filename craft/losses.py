@@ -33,9 +33,8 @@ def prompt_fitness(
 
     ``batched`` (None: off the CPU only) computes up to :data:`FITNESS_CHUNK_LOGITS` logits of
     candidates per operation. On a CPU the default goes one candidate at a time, so that its
-    logits, refined logits and log-softmaxes stay in cache: on Caltech101's 16-shot shapes this
-    took the refinement MLP and the fitness from 0.30 to 0.11 s a generation, on ImageNet's from
-    39.2 to 25.5 s (``python -m measurement.runner_cost --batched``). Both agree to rounding.
+    logits, refined logits and log-softmaxes stay in cache (``python -m measurement.runner_cost
+    --batched`` times both). Both agree to rounding.
     """
     n_cand, n_img, n_cls = logits.shape
     if batched is None:

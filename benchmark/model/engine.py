@@ -366,15 +366,13 @@ def _one_graph(compiled: Callable[..., torch.Tensor], cuda_graphs: bool = False)
     By default the compiler gives input dimensions of equal size one symbol, and code that fixes
     one of them fixes both: on the built-in model a chunk of 16 candidates shared its symbol with
     the 16-wide attention heads, so the graph held for 16 candidates only and every other chunk
-    size compiled again (the first compilation of ViT-B-16 took 80 s on an H100). Without it the graph
+    size compiled again (a minute or more on ViT-B-16). Without it the graph
     compiled for the first call serves every candidate count, class count and class-name length
     (``tests/test_engine.py``).
 
     Inductor's matmul padding (``shape_padding``, CUDA in bf16 only) is off as well: to judge
     whether a product is compute-bound it compares symbolic sizes, and each comparison became a
-    guard (``classes x suffix length >= 20``, measured on an H100): every new class count
-    compiled again (13 s for the built-in model; ViT-B-16's first compilation took 72 s), which
-    used up the sweep estimate's window. It pads only dimensions not multiples of 8, and the
+    guard (``classes x suffix length >= 20``): every new class count compiled again. It pads only dimensions not multiples of 8, and the
     static ones here (widths) all are. ``tests/test_gpu.py`` counts the graphs on CUDA.
 
     ``cuda_graphs`` (a mode that replays CUDA graphs): the result is copied out of the graphs'
@@ -395,9 +393,8 @@ def _one_graph(compiled: Callable[..., torch.Tensor], cuda_graphs: bool = False)
 
 def _chunk_budget_bytes(device: torch.device) -> int:
     """Activation memory one forward pass may use: a quarter of the GPU's free memory; on CPU
-    64 MiB (about 1,000 built-in-model prompts: within 10% of the fastest chunk size, 2x faster
-    than one large batch; the MLPs run in cache-sized row blocks inside it, see
-    ``benchmark.model.text_tower.MLP_ROWS``)."""
+    64 MiB, about 1,000 built-in-model prompts: near the fastest chunk size, and cache-sized (the MLPs
+    run in row blocks inside it, see ``benchmark.model.text_tower.MLP_ROWS``)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return free // 4

@@ -69,10 +69,8 @@ MLP_ROWS = 2048  # CPU: token rows per MLP block (its 4x-wide hidden layer then 
 
 def _mlp(blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``x + ls_2(mlp(ln_2(x)))``. On CPU, large inputs go through in blocks of :data:`MLP_ROWS`
-    rows with one reused hidden buffer. On the built-in model (40 candidates x 100 classes,
-    chunks of 1,024 prompts) a call took 82.8 ms this way and 134.8 ms with one MLP call per
-    chunk (``python -m measurement.text_tower_cpu``): the difference is cache misses and first
-    touches of freshly allocated pages."""
+    rows with one reused hidden buffer: fewer cache misses and first touches of freshly allocated
+    pages than one MLP call per chunk (``python -m measurement.text_tower_cpu`` times both)."""
     fc, act, proj = blk.mlp.c_fc, blk.mlp.gelu, blk.mlp.c_proj
     width = x.shape[-1]
     # Compiling first: a traced size test would become a guard, and crossing it a recompilation.
@@ -202,7 +200,7 @@ def _first_block(
     # the product and the softmax runs row by row, so that a prompt's features do not depend on
     # the batch it is in (the BLAS keeps rows apart but not columns; an elementwise exp over the
     # whole tensor would round a value differently in SIMD body and scalar tail). Rows are padded
-    # with -inf to 16 keys: a softmax over 16 ran 5x faster than over 6 here.
+    # with -inf to 16 keys: a softmax over 16 keys is much faster than over an odd few.
     s_sp = torch.bmm(k_p.transpose(0, 1).reshape(n_head, n_cand * p_len, d),
                      q_s.permute(1, 3, 0, 2).reshape(n_head, d, n_cls * s_len))  # h x B*P x C*S
     n_keys = -(-(p_len + 1) // 16) * 16

@@ -180,8 +180,7 @@ def run_slots() -> int:
 
     A run reserves one CPU, but Ray lends a task's CPU to other tasks while it blocks in
     ``ray.get``, which a run does at every query, so Ray alone would start every queued run
-    at once. More runs than CPUs only time-slice them: on 2 cores, 12 cells took 111 s with 4
-    in flight and 80-94 s with 2 (``craft bench``, runs_per_server 4 and 2).
+    at once. More runs than CPUs only time-slice them (docs/measurements/throughput_log.md).
     """
     import ray
 
