@@ -1,5 +1,5 @@
-"""Query budgets: a run's (:func:`run_budget`, the one place a sweep's cells and a search's
-studies get it from), and the defaults by shots, as in the official CraFT scripts."""
+"""Query budgets: the defaults by shots, as in the official CraFT scripts, and what a budget buys
+(a run's own budget is :func:`craft.methods.base.run_budget`)."""
 
 from __future__ import annotations
 
@@ -18,26 +18,6 @@ def default_budget(shots: int, dataset: str = "") -> int:
         raise ValueError(f"shots must be positive, got {shots}")
     # Between the paper's values: the budget of the largest listed shots below.
     return table[max(k for k in table if k <= shots)]
-
-
-def run_budget(method: Any, config: Any, shots: int, dataset: str, classes: int, backbone: str = "") -> int:
-    """The query budget of a run of ``method`` (a :class:`craft.methods.Method`) with ``config``.
-
-    The config's ``budget`` when it gives one (0 included: never "the default"); else the method's
-    ``default_budget`` where it has one (CBBT: the query cost of its official schedule, which
-    depends on the number of training images, ``shots x classes``, and on ImageNet on the
-    backbone); else :func:`default_budget` by shots. 0 for runs that make no budgeted queries:
-    zero-shot CLIP and white-box methods.
-    """
-    from craft.methods.base import SERVER
-
-    if not method.learns or method.runs_on == SERVER:
-        return 0
-    if getattr(config, "budget", None) is not None:
-        return int(config.budget)
-    if hasattr(method, "default_budget"):
-        return int(method.default_budget(config, shots * classes, dataset, backbone))
-    return default_budget(shots, dataset)
 
 
 def whole_steps(budget: int, config: Any) -> int:

@@ -150,10 +150,11 @@ def test_a_budget_that_cannot_buy_one_step_is_refused_naming_key_and_value(metho
     ("cbbt", {"epochs": 2}, 2 * 1 * 257, 2 * 1 * 257), ("coop", {}, 0, 0), ("zero_shot_clip", {}, 0, 0),
 ])
 def test_cells_and_checks_take_the_budget_from_one_function(method: str, hparams: dict, budget: int, spent: int) -> None:
-    """craft.budget.run_budget: a cell's budget, the config check's and a study's are one number."""
+    """craft.methods.base.run_budget: a cell's budget, the config check's and a study's are one number."""
     from benchmark.sweep.cell import Cell
     from benchmark.sweep.plan import estimated_queries
-    from craft.budget import run_budget, whole_steps
+    from craft.budget import whole_steps
+    from craft.methods.base import run_budget
     from craft.methods import get_method
 
     cell = Cell(method, "digits_noise", 1, 1, "craft-tiny", "builtin", hparams)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from benchmark.datasets.registry import get_spec
 from benchmark.sweep.protocol import HARNESS, protocol_train_aug
-from craft.budget import run_budget
+from craft.methods.base import run_budget
 from craft.methods import METHODS, get_method, make_config
 
 
@@ -69,7 +69,7 @@ class Cell:
         return asdict(self.config)
 
     def budget(self) -> int:
-        """The query budget (:func:`craft.budget.run_budget`): the config's, else the method's default;
+        """The query budget (:func:`craft.methods.base.run_budget`): the config's, else the method's default;
         0 for zero-shot and white-box runs."""
         return self._budget
 

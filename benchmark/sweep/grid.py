@@ -377,7 +377,8 @@ def check_budgets(grid: Grid, where: str) -> None:
     as if trained; ``budget: 0`` is such a budget, never "the default".
     """
     from benchmark.datasets.registry import get_spec
-    from craft.budget import one_step, run_budget
+    from craft.budget import one_step
+    from craft.methods.base import run_budget
     from craft.methods import get_method, make_config
 
     for method in grid.methods:

@@ -10,6 +10,7 @@ from typing import Any, Callable, Generator, Protocol, TypeVar
 import torch
 
 from craft.blackbox import BlackBox
+from craft.budget import default_budget
 from craft.transfer import HostCopy, to_device
 
 
@@ -168,6 +169,10 @@ class Method(Protocol):
     colocatable: bool  # may run in its model server's process, logits on its device (a sweep's colocate: true)
     needs_fp32: bool  # its server computes in fp32 under precision auto (bf16 rounding swamps its arithmetic)
 
+    def default_budget(self, config: Any, shots: int, classes: int, dataset: str, backbone: str = "") -> int:
+        """Its budget on a task (``shots`` per class of ``classes``) when its config sets none."""
+        ...
+
     def run(self, box: BlackBox, task: Task, config: Any, seed: int) -> RunResult: ...
 
 
@@ -179,6 +184,10 @@ class MethodTraits:
     colocatable: bool = False
     needs_fp32: bool = False
 
+    def default_budget(self, config: Any, shots: int, classes: int, dataset: str, backbone: str = "") -> int:
+        """The queries of a run whose config sets no budget: by shots, as the official CraFT scripts."""
+        return default_budget(shots, dataset)
+
 
 class Timer:
     """Wall-clock seconds since construction."""
@@ -188,3 +197,19 @@ class Timer:
 
     def __call__(self) -> float:
         return time.perf_counter() - self.start
+
+
+def run_budget(method: Any, config: Any, shots: int, dataset: str, classes: int, backbone: str = "") -> int:
+    """The query budget of a run of ``method`` (a :class:`craft.methods.Method`) with ``config``.
+
+    The config's ``budget`` when it gives one (0 included: never "the default"); else the method's
+    ``default_budget`` (by shots, as the official CraFT scripts; CBBT: the query cost of its official
+    schedule). 0 for methods that make no budgeted queries: those that learn nothing (zero-shot CLIP)
+    and those that run on the server (white-box references). The one place a sweep's cells, its
+    config checks and a search's studies get a budget from.
+    """
+    if not method.learns or method.runs_on == SERVER:
+        return 0
+    if getattr(config, "budget", None) is not None:
+        return int(config.budget)
+    return int(method.default_budget(config, shots, classes, dataset, backbone))

@@ -143,9 +143,9 @@ class CBBT(MethodTraits):
     config_cls = CBBTConfig
     needs_fp32 = True  # difference prompts 0.001-0.02 apart: bf16 rounding swamps them (docs/fidelity.md)
 
-    def default_budget(self, config: CBBTConfig, n_train: int, dataset: str, backbone: str = "") -> int:
-        """The cell's budget when the config sets none: the cost of the whole schedule."""
-        return schedule_queries(config, n_train, dataset, backbone)
+    def default_budget(self, config: CBBTConfig, shots: int, classes: int, dataset: str, backbone: str = "") -> int:
+        """The cost of the whole schedule, which depends on the training images (``shots x classes``)."""
+        return schedule_queries(config, shots * classes, dataset, backbone)
 
     def run(self, box: BlackBox, task: Task, config: CBBTConfig, seed: int) -> RunResult:
         timer = Timer()
