@@ -68,31 +68,34 @@ def test_the_scan_sees_a_breach(tmp_path: Path) -> None:
     assert _imported_modules(path) >= {"measurement", "measurement.perf", "ray.util"}
 
 
-def _loaded_after(code: str) -> list[str]:
-    watched = "('open_clip', 'ray', 'benchmark', 'measurement', 'measurement.perf')"
-    check = f"import sys\n{code}\nprint(sorted(m for m in {watched} if m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True, cwd=REPO)
-    return eval(out.stdout.strip())  # a list literal printed just above
+def _loaded_by_steps(steps: list[str]) -> list[list[str]]:
+    """In one fresh interpreter, run each step of code in turn; after each, which watched modules are loaded.
+
+    The steps only add imports, so what one step finds loaded it or an earlier one loaded."""
+    watched = ('open_clip', 'ray', 'benchmark', 'measurement', 'measurement.perf')
+    code = ["import sys"]
+    for step in steps:
+        code += [step, f"print(sorted(m for m in {watched!r} if m in sys.modules))"]
+    out = subprocess.run([sys.executable, "-c", "\n".join(code)], capture_output=True, text=True, check=True, cwd=REPO)
+    return [eval(line) for line in out.stdout.strip().splitlines()]  # list literals printed above
 
 
-def test_importing_every_method_loads_neither_open_clip_nor_ray():
-    code = (
+def test_what_each_side_loads():
+    """The methods load neither open_clip nor Ray nor the benchmark; a run's client and cell runner load
+    no open_clip; ``craft --help`` reads the measurement plugin's entry point (one small module), never
+    the measurement code itself, which loads when its command runs."""
+    methods, client, parser, perf = _loaded_by_steps([
         "import craft.methods, craft.blackbox, craft.adapter, craft.zeroth_order\n"
         "from craft.methods import METHODS\n"
-        "assert {'cbbt', 'coop', 'craft', 'bbt', 'zero_shot_clip'} <= set(METHODS)"
-    )
-    assert _loaded_after(code) == []
-
-
-def test_the_serve_client_loads_no_open_clip():
-    assert "open_clip" not in _loaded_after("import benchmark.serve.client, benchmark.sweep.run_cell")
-
-
-def test_the_craft_command_loads_measurement_only_for_its_own_command():
-    """``craft --help`` reads the plugin's entry point (one small module), never the measurement code itself."""
-    assert "measurement.perf" not in _loaded_after("from benchmark.cli import build_parser\nbuild_parser()")
-    load = "import importlib\nfrom benchmark.cli import subcommands\nimportlib.import_module(subcommands()['perf'][0])"
-    assert "measurement.perf" in _loaded_after(load)
+        "assert {'cbbt', 'coop', 'craft', 'bbt', 'zero_shot_clip'} <= set(METHODS)",
+        "import benchmark.serve.client, benchmark.sweep.run_cell",
+        "from benchmark.cli import build_parser, subcommands\nbuild_parser()",
+        "import importlib\nimportlib.import_module(subcommands()['perf'][0])",
+    ])
+    assert methods == []
+    assert "open_clip" not in client
+    assert "measurement.perf" not in parser
+    assert "measurement.perf" in perf
 
 
 def _import_graph() -> dict[str, set[str]]:
