@@ -169,14 +169,17 @@ class ClipEngine:
             x = proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
         return x
 
-    def _sequences(self, contexts: torch.Tensor, part: ClassPart, full: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prompt embeddings (``B*C x L x width``) and each prompt's EOT position."""
-        n_cand, n_ctx, width = contexts.shape
-        n_cls = len(part.classnames)
+    def _check_fits(self, n_ctx: int, part: ClassPart) -> None:
         if n_ctx > self.max_ctx(part):
             raise ValueError(
                 f"{n_ctx} context tokens do not fit: the longest class prompt leaves room for {self.max_ctx(part)}"
             )
+
+    def _sequences(self, contexts: torch.Tensor, part: ClassPart, full: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt embeddings (``B*C x L x width``) and each prompt's EOT position."""
+        n_cand, n_ctx, width = contexts.shape
+        n_cls = len(part.classnames)
+        self._check_fits(n_ctx, part)
         if full:
             suffix = self.model.token_embedding(part.ids[:, : self.context_length - 1 - n_ctx])
         else:
@@ -264,10 +267,7 @@ class ClipEngine:
         """Features ``B*C x embed`` through :mod:`benchmark.model.text_tower`, chunked by candidates and classes."""
         n_cand, n_ctx, _ = contexts.shape
         n_cls = len(part.classnames)
-        if n_ctx > self.max_ctx(part):
-            raise ValueError(
-                f"{n_ctx} context tokens do not fit: the longest class prompt leaves room for {self.max_ctx(part)}"
-            )
+        self._check_fits(n_ctx, part)
         pos = self.model.positional_embedding
         sos = (self.model.token_embedding.weight[self.sot_id] + pos[0]).expand(n_cand, 1, -1)
         prefix = torch.cat([sos, contexts + pos[1 : 1 + n_ctx]], dim=1)
