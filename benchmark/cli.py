@@ -33,6 +33,14 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 PLUGIN_GROUP = "craft_bench.commands"
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's parser with its errors in one line (``craft bench: error: ... (see craft bench --help)``),
+    exit status 2, instead of the usage block and the error; nested parsers (``craft cache clear``) too."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def subcommands() -> dict[str, tuple[str, str]]:
     """The product's subcommands, then those installed packages declare (name -> (module, help))."""
     found = dict(SUBCOMMANDS)
@@ -43,7 +51,7 @@ def subcommands() -> dict[str, tuple[str, str]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="craft",
         description="craft-bench: black-box fine-tuning of vision-language models (CraFT, CBBT, BBT, "
         "zero-shot CLIP, white-box CoOp): runs, sweeps, search, tables and figures.",
@@ -63,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     # Find the subcommand first, then let its module add arguments and parse for real.
     known, _ = parser.parse_known_args(argv[:1] or argv)
     module = importlib.import_module(known._module)
-    sub_parser = argparse.ArgumentParser(
+    sub_parser = Parser(
         prog=f"craft {known.command}", description=subcommands()[known.command][1]
     )
     module.add_arguments(sub_parser)
