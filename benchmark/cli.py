@@ -33,6 +33,14 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 PLUGIN_GROUP = "craft_bench.commands"
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's parser with its errors in one line (``craft bench: error: ... (see craft bench --help)``),
+    exit status 2, instead of the usage block and the error; nested parsers (``craft cache clear``) too."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def subcommands() -> dict[str, tuple[str, str]]:
     """The product's subcommands, then those installed packages declare (name -> (module, help))."""
     found = dict(SUBCOMMANDS)
@@ -43,7 +51,7 @@ def subcommands() -> dict[str, tuple[str, str]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="craft",
         description="craft-bench: black-box fine-tuning of vision-language models (CraFT, CBBT, BBT, "
         "zero-shot CLIP, white-box CoOp): runs, sweeps, search, tables and figures.",
@@ -70,7 +78,7 @@ def run_command(command: str, module_name: str, description: str, argv: list[str
     on stderr and exit 2, Ctrl-C exit 130, a closed pipe exit 141. A plugin's module may call it from
     its own ``__main__`` (``python -m measurement.perf`` where no entry point is installed)."""
     module = importlib.import_module(module_name)
-    sub_parser = argparse.ArgumentParser(prog=f"craft {command}", description=description)
+    sub_parser = Parser(prog=f"craft {command}", description=description)
     module.add_arguments(sub_parser)
     args = sub_parser.parse_args(argv)
     try:

@@ -46,6 +46,9 @@ def read_yaml(path: str | Path, where: str) -> Any:
         raise UserError(f"cannot read {where}: {exc.strerror or exc}") from None
     try:
         return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:  # PyYAML composes nested lists and mappings recursively
+        raise UserError(f"{where} nests its lists or mappings too deep for the YAML reader (hundreds of levels; "
+                        "a config needs a few)") from None
     except yaml.YAMLError as exc:
         message = " ".join(str(exc).split())
         if len(message) > MAX_ERROR_CHARS:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -222,3 +223,128 @@ def test_a_row_records_the_shots_a_cell_really_had() -> None:
     assert shots_used(torch.tensor([0] * 16 + [1] * 16 + [2] * 16)) == 16
     assert shots_used(torch.tensor([0] * 16 + [1] * 7 + [3] * 16)) == 7  # class 1 has 7; class 2 none in the set
     assert shots_used(torch.tensor([], dtype=torch.long)) == 0
+
+
+# ----------------------------------------------------------------------------- found by measurement/bad_inputs.py
+
+
+def argparse_line(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
+    """``craft argv`` refused by argparse: exit 2 and one line (no usage block), no traceback."""
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err and "usage:" not in err, err
+    return err.strip()
+
+
+def test_a_flag_argparse_refuses_is_one_line(capsys: pytest.CaptureFixture) -> None:
+    assert argparse_line(capsys, ["bench", "cfg.yaml", "--num-cpus", "x"]) == (
+        "craft bench: error: argument --num-cpus: invalid int value: 'x' (see craft bench --help)")
+    assert argparse_line(capsys, ["cache", "clear", "--older-than", "soon"]).startswith(
+        "craft cache clear: error: argument --older-than: expected a number of days of 0 or more, got 'soon'")
+    assert argparse_line(capsys, ["results"]).startswith("craft results: error: the following arguments are required")
+    assert argparse_line(capsys, ["nope"]).startswith("craft: error: argument COMMAND: invalid choice: 'nope'")
+
+
+def test_yaml_nested_too_deep_is_one_sentence(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("out: r\nseeds: " + "[" * 10000 + "]" * 10000 + "\n")
+    for command in ("bench", "tune"):
+        assert one_sentence(capsys, [command, str(deep)]).endswith(
+            f"{deep} nests its lists or mappings too deep for the YAML reader (hundreds of levels; a config needs a few)")
+
+
+TUNE = {"methods": ["bbt"], "datasets": ["digits_noise"], "backbones": ["craft-tiny:builtin"]}
+
+
+@pytest.mark.parametrize("change, words", [
+    ({7: 1}, "unknown key(s) 7; allowed: name, methods"),  # a number as a key: was a TypeError
+    ({"space": ""}, "space must map method -> parameter -> spec, got ''"),  # was the default space, silently
+    ({"space": []}, "space must map method -> parameter -> spec, got []"),
+    ({"pool": {}}, "pool must be a list of dataset, shots, backbone, got {}"),  # was no pooling, silently
+])
+def test_tune_keys_of_the_wrong_type_are_refused(tmp_path: Path, change: dict, words: str) -> None:
+    from tuning.config import parse_config
+
+    with pytest.raises(UserError, match=r"^t\.yaml: ") as err:
+        parse_config({**TUNE, "out": str(tmp_path), **change}, "t.yaml", check_data=False)
+    assert words in str(err.value)
+
+
+def test_num_cpus_below_one_is_refused_by_demo_and_tune_before_ray(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import ray
+
+    assert one_sentence(capsys, ["demo", "--out", str(tmp_path / "r"), "--num-cpus", "0"]) == (
+        "craft demo: error: --num-cpus must be >= 1, got 0")
+    assert one_sentence(capsys, ["tune", str(tmp_path / "t.yaml"), "--num-cpus", "-1"]) == (
+        "craft tune: error: --num-cpus must be >= 1, got -1")
+    assert not ray.is_initialized() and not (tmp_path / "r").exists()
+
+
+def test_a_results_location_that_cannot_be_listed(tmp_path: Path) -> None:
+    """``craft bench --dry-run`` with a 5000-character out: was pyarrow's OSError, with a traceback."""
+    from benchmark.results.store import scan_cells
+
+    with pytest.raises(UserError, match=r"^cannot read results location .*y: File name too long$"):
+        scan_cells(str(tmp_path / ("y" * 5000)))
+
+
+def test_table_and_plot_out_under_a_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    afile = tmp_path / "a-file"
+    afile.write_text("x")
+    assert one_sentence(capsys, ["table", "--published", "--out", str(afile / "t.md")]) == (
+        f"craft table: error: --out {afile / 't.md'} lies under {afile}, a file; give a file path in a folder")  # was NotADirectoryError
+    journal = str(tmp_path / "j.journal")
+    assert one_sentence(capsys, ["plot", "--kind", "optuna", "--storage", journal, "--out", str(afile)]) == (
+        f"craft plot: error: --out {afile} is a file; give a folder for the PNG files")  # was FileExistsError
+    assert one_sentence(capsys, ["plot", "--kind", "optuna", "--storage", journal, "--out", str(afile / "p")]) == (
+        f"craft plot: error: --out {afile / 'p'} lies under {afile}, a file; give a folder for the PNG files")
+
+
+def test_plot_of_a_damaged_optuna_journal(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    journal = tmp_path / "j.journal"
+    journal.write_text('{"op_code": 0, "worker_id": garbage\nnot json either\n')  # Optuna skips a bad last line only
+    line = one_sentence(capsys, ["plot", "--kind", "optuna", "--storage", str(journal), "--out", str(tmp_path / "p")])
+    assert line.startswith(f"craft plot: error: Optuna journal {journal} cannot be read: JSONDecodeError: ")
+
+
+@pytest.mark.parametrize("method, values", [
+    ("bbt", {"sigma": float("inf")}), ("bbt", {"std": float("inf")}), ("bbt", {"ctx_init": " "}),
+    ("craft", {"lr": float("inf")}), ("craft", {"weight": float("nan")}), ("craft", {"weight": -1.0}),
+    ("craft", {"lambda_i": -1.0}), ("craft", {"lambda_o": float("nan")}),
+    ("cbbt", {"lr": float("inf")}), ("cbbt", {"mu": float("inf")}), ("coop", {"lr": float("inf")}),
+])
+def test_hyperparameters_that_would_train_on_nonsense_are_refused(method: str, values: dict) -> None:
+    """Each was accepted: an infinite step size or learning rate, a negative or NaN loss weight, no prompt tokens."""
+    from benchmark.sweep.config import config_from_dict
+
+    name = next(iter(values))
+    methods = ["zero_shot_clip", method]
+    with pytest.raises(UserError, match=rf"hparams\.{method}\.\*: invalid hyperparameter value\(s\): {name}="):
+        config_from_dict({**SWEEP, "out": "r", "methods": methods, "hparams": {method: {"*": values}}})
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"runs_per_server": 2**31}, "runs_per_server must be an integer >= 1 and < 1,073,741,824"),  # Ray's int32
+    ({"compile": ""}, "compile must be true, false or a torch.compile mode"),  # was false, silently
+])
+def test_server_options_out_of_range(change: dict, words: str) -> None:
+    from benchmark.sweep.config import config_from_dict
+
+    with pytest.raises(UserError, match=re.escape(words)):
+        config_from_dict({**SWEEP, "out": "r", **change})
+
+
+def test_datasets_check_with_an_empty_root(capsys: pytest.CaptureFixture) -> None:
+    assert one_sentence(capsys, ["datasets", "check", "--root", ""]) == (
+        "craft datasets: error: --root is empty (''); give the folder that holds the dataset folders")
+
+
+def test_results_that_are_all_damaged_are_one_sentence(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Was a warning per damaged file, then the error: two lines and more."""
+    for name in ("a.parquet", "b.parquet"):
+        (tmp_path / name).write_bytes(b"PAR1 not really parquet")
+    for argv in (["table", str(tmp_path)], ["plot", str(tmp_path), "--kind", "shots", "--out", str(tmp_path / "p")]):
+        line = one_sentence(capsys, argv)
+        assert f"no readable Parquet files under {tmp_path}: all 2 are damaged, e.g. {tmp_path / 'a.parquet'}: " in line
+        assert line.endswith(f"; craft results {tmp_path} names the other 1")

@@ -24,9 +24,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import optuna
 
+    from benchmark.errors import UserError
     from tuning.config import load_search_config
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if args.num_cpus is not None and args.num_cpus < 1:  # 0 would mean "all of them" to the runtime
+        raise UserError(f"--num-cpus must be >= 1, got {args.num_cpus}")
 
     cfg = load_search_config(args.config)
     if args.export:

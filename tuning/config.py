@@ -145,7 +145,7 @@ def _check_fixed(raw: Any, methods: tuple[str, ...], datasets: tuple[str, ...], 
 
 
 def _spaces(raw: Any, methods: list[str], fixed_union: dict[str, dict[str, Any]], where: str) -> dict[str, Space]:
-    raw = raw or {}
+    raw = {} if raw is None else raw  # null: every method's built-in space; "" or [] is a mistake, said below
     if not isinstance(raw, dict):
         raise UserError(f"{where}: space must map method -> parameter -> spec, got {show(raw)}")
     extra = sorted(set(raw) - set(methods))
@@ -207,7 +207,7 @@ def parse_config(raw: Any, path: str, *, check_data: bool = True) -> SearchConfi
     where = path
     if not isinstance(raw, dict):
         raise UserError(f"{where}: a tune config must be a YAML mapping with keys {', '.join(KEYS)}")
-    unknown = sorted(set(raw) - set(KEYS))
+    unknown = sorted(map(str, set(raw) - set(KEYS)))  # a key may be a number or null in YAML
     if unknown:
         raise UserError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(KEYS)}")
     name = raw.get("name", Path(path).stem)
@@ -246,7 +246,8 @@ def parse_config(raw: Any, path: str, *, check_data: bool = True) -> SearchConfi
     warm = raw.get("warm_start", True)
     if not isinstance(warm, bool):
         raise UserError(f"{where}: warm_start must be true or false, got {show(warm)}")
-    pool = raw.get("pool", []) or []
+    pool = raw.get("pool")
+    pool = [] if pool is None else pool
     if not isinstance(pool, list) or any(p not in POOLABLE for p in pool):
         raise UserError(f"{where}: pool must be a list of {', '.join(POOLABLE)}, got {show(pool)}")
     cfg = SearchConfig(

@@ -44,7 +44,10 @@ def _list(suite: str | None) -> int:
 
 def _check(root: str, names: list[str], verify_images: int | None) -> int:
     from benchmark.datasets.check import check_root
+    from benchmark.errors import UserError
 
+    if not root.strip():  # an unset shell variable: '' would check the current folder
+        raise UserError(f"--root is empty ({root!r}); give the folder that holds the dataset folders")
     keys = names or [s.key for s in list_datasets("all15")]
     reports = check_root(root, keys, verify_images)
     width = max(len(k) for k in keys)

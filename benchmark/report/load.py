@@ -34,15 +34,19 @@ def load_results(
     fs, files = _parquet_files(str(path))
     if not files:
         raise UserError(f"no Parquet files under {path}")
-    good = []
+    good, damaged = [], []
     for f in files:
         why = verify_file(fs, f)
         if why is None:
             good.append(f)
         else:
-            on_damaged(f, why)
-    if not good:
-        raise UserError(f"no readable Parquet files under {path}: all {len(files)} are damaged")
+            damaged.append((f, why))
+    if not good:  # one sentence, not a warning per file and then the error
+        first, why = damaged[0]
+        more = f"; craft results {path} names the other {len(damaged) - 1}" if len(damaged) > 1 else ""
+        raise UserError(f"no readable Parquet files under {path}: all {len(files)} are damaged, e.g. {first}: {why}{more}")
+    for f, why in damaged:
+        on_damaged(f, why)
     files = good
     try:
         table = ds.dataset(files, schema=SCHEMA, format="parquet", filesystem=fs).to_table()

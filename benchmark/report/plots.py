@@ -207,7 +207,11 @@ def _open_storage(storage: str):
 
     if not Path(storage).is_file():
         raise UserError(f"no Optuna journal file at {storage} (pass a JournalFileStorage path or an RDB URL)")
-    return JournalStorage(JournalFileBackend(storage))
+    try:
+        return JournalStorage(JournalFileBackend(storage))  # replays the journal: a damaged line fails here
+    except ValueError as exc:  # json.JSONDecodeError, or a record Optuna does not know
+        raise UserError(f"Optuna journal {storage} cannot be read: {type(exc).__name__}: "
+                        f"{' '.join(str(exc).split())[:200]}") from None
 
 
 @contextmanager

@@ -26,6 +26,7 @@ def run(args: argparse.Namespace) -> int:
     matplotlib.use("Agg")
     from benchmark.report import plots
 
+    _check_out(args.out)
     if args.kind == "optuna":
         if not args.storage:
             raise UserError("--kind optuna needs --storage (a JournalFileStorage path or an RDB URL)")
@@ -45,3 +46,13 @@ def run(args: argparse.Namespace) -> int:
     for path in written:
         print(path)
     return 0
+
+
+def _check_out(out: Path) -> None:
+    """``--out`` is a folder or can become one: neither it nor a folder above it is a file."""
+    above = out
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    if above.exists() and not above.is_dir():
+        where = "is a file" if above == out else f"lies under {above}, a file"
+        raise UserError(f"--out {out} {where}; give a folder for the PNG files")

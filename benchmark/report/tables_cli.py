@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 
 from benchmark.errors import UserError
@@ -29,6 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.out is not None and args.out.is_dir():  # before reading anything
         raise UserError(f"--out {args.out} is a folder; give a file path, e.g. {args.out / ('table.' + args.fmt)}")
+    if args.out is not None:
+        above = args.out.parent
+        while not above.exists() and above != above.parent:
+            above = above.parent
+        if not above.is_dir():
+            raise UserError(f"--out {args.out} lies under {above}, a file; give a file path in a folder")
     if args.published:
         if args.results:
             raise UserError("pass RESULTS or --published, not both")
@@ -51,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(text, encoding="utf-8")
         except OSError as exc:
-            args.out.unlink(missing_ok=True)  # no partial table left behind
+            with contextlib.suppress(OSError):  # no partial table left behind (none if no folder could hold it)
+                args.out.unlink(missing_ok=True)
             raise UserError(f"cannot write --out {args.out}: {exc.strerror or exc}") from None
     else:
         print(text, end="")

@@ -163,9 +163,13 @@ def write_log(out: str, method: str, dataset: str, cell_id: str, text: str) -> s
 
 def _files(out: str) -> list[pafs.FileInfo]:
     fs, base = resolve(out)
-    if fs.get_file_info(base).type != pafs.FileType.Directory:
-        return []
-    return [f for f in fs.get_file_info(pafs.FileSelector(base, recursive=True)) if f.type == pafs.FileType.File]
+    try:
+        if fs.get_file_info(base).type != pafs.FileType.Directory:
+            return []
+        return [f for f in fs.get_file_info(pafs.FileSelector(base, recursive=True)) if f.type == pafs.FileType.File]
+    except OSError as exc:  # a name too long, a folder without read permission, a store that refuses
+        why = os.strerror(exc.errno) if exc.errno else " ".join(str(exc).split())[:200]
+        raise UserError(f"cannot read results location {out}: {why}") from None
 
 
 def parse_cell_file(name: str) -> tuple[str, str] | None:

@@ -16,6 +16,7 @@ from typing import Any
 from benchmark.errors import UserError, show
 
 DEFAULT_RUNS_PER_SERVER = 4
+RUNS_PER_SERVER_LIMIT = 2**30  # a server's max_concurrency, 2 x runs_per_server + 2, is an int32 in Ray
 
 # config key -> its help; every key is a field of ServerOptions
 KEYS = {
@@ -74,8 +75,9 @@ def check_keys(raw: Mapping[str, Any], where: str) -> None:
     """UserError naming ``where`` and the key for the first server key whose value cannot be served."""
     if "runs_per_server" in raw:
         v = raw["runs_per_server"]
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise UserError(f"{where}: runs_per_server must be an integer >= 1, got {show(v)}")
+        if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v < RUNS_PER_SERVER_LIMIT:
+            raise UserError(f"{where}: runs_per_server must be an integer >= 1 and < {RUNS_PER_SERVER_LIMIT:,} "
+                            f"(a server takes 2 x runs_per_server + 2 calls at once, an int32 in Ray), got {show(v)}")
     if "precision" in raw:
         from benchmark.model.engine import PRECISIONS
 
@@ -99,7 +101,7 @@ def check_keys(raw: Mapping[str, Any], where: str) -> None:
 def _check_compile_mode(value: Any, where: str) -> None:
     from benchmark.model.engine import uses_cuda_graphs
 
-    if isinstance(value, str):
+    if isinstance(value, str) and value:  # "" would pass as false
         try:
             uses_cuda_graphs(value)
             return

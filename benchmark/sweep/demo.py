@@ -48,6 +48,10 @@ def run(args: argparse.Namespace) -> int:
     from benchmark.sweep.plan import check_inputs, expand
     from benchmark.sweep.runner import run_sweep
 
+    if args.num_cpus is not None and args.num_cpus < 1:  # 0 would mean "all of them" to the runtime
+        from benchmark.errors import UserError
+
+        raise UserError(f"--num-cpus must be >= 1, got {args.num_cpus}")
     cfg = demo_config(args.out, args.datasets, args.methods, args.shots, args.seeds, args.protocol)
     cells = expand(cfg)
     for note in check_inputs(cfg):  # said once, before anything runs

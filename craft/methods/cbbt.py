@@ -22,6 +22,7 @@ default, sharing the prompt's optimizer and schedule); images are the task's cac
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
+from math import isfinite
 
 import torch
 import torch.nn.functional as F
@@ -91,14 +92,14 @@ def _validate(cfg: CBBTConfig) -> None:
     checks = {
         "ctx_init": bool(cfg.ctx_init.strip()),
         "q": cfg.q >= 1,
-        "mu": cfg.mu is None or cfg.mu > 0,
-        "clip_norm": cfg.clip_norm > 0,
-        "lr": cfg.lr > 0,
+        "mu": cfg.mu is None or (isfinite(cfg.mu) and cfg.mu > 0),
+        "clip_norm": isfinite(cfg.clip_norm) and cfg.clip_norm > 0,
+        "lr": isfinite(cfg.lr) and cfg.lr > 0,
         "weight_decay": cfg.weight_decay >= 0,
         "batch_size": cfg.batch_size >= 1,
         "epochs": cfg.epochs is None or cfg.epochs >= 1,
         "warmup_epochs": cfg.warmup_epochs >= 0,
-        "warmup_lr": cfg.warmup_lr > 0,
+        "warmup_lr": isfinite(cfg.warmup_lr) and cfg.warmup_lr > 0,
         "adapter_ratio": 0.0 <= cfg.adapter_ratio <= 1.0,
         "adapter_start": cfg.adapter_start >= 0,
         "adapter_on": cfg.adapter_on in SIDES,
@@ -108,7 +109,7 @@ def _validate(cfg: CBBTConfig) -> None:
         "eval_every": cfg.eval_every >= 1,
         "select": cfg.select in SELECTIONS,
     }
-    reject_invalid(cfg, checks, "non-empty ctx_init, q/batch_size/epochs/eval_every >= 1, mu/lr/clip_norm/warmup_lr > 0, "
+    reject_invalid(cfg, checks, "non-empty ctx_init, q/batch_size/epochs/eval_every >= 1, finite mu/lr/clip_norm/warmup_lr > 0, "
                    f"0 <= adapter_ratio <= 1, adapter_on in {SIDES}, select in {SELECTIONS}, budget null or >= one "
                    "step's queries (1 + q, or 1 + 2q two-sided)")
 

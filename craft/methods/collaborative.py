@@ -15,6 +15,7 @@ with their measured effect.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Generator
 
@@ -90,12 +91,14 @@ class CraFTConfig(BBTConfig):
 
 
 def _validate(cfg: BBTConfig) -> None:
+    finite = math.isfinite  # an infinite step size or weight runs, and reports NaN or nonsense as trained
     checks = {
-        "sigma": cfg.sigma > 0,
+        "sigma": finite(cfg.sigma) and cfg.sigma > 0,
         "bound": cfg.bound >= 0,
-        "std": cfg.std > 0,
+        "std": finite(cfg.std) and cfg.std > 0,
         "popsize": cfg.popsize >= 2,
         "intrinsic_dim": cfg.intrinsic_dim >= 1,
+        "ctx_init": bool(str(cfg.ctx_init).strip()),  # the prompt's tokens: none leaves nothing to search
         "eval_every": cfg.eval_every >= 1,
         "cma_eigen_gap": cfg.cma_eigen_gap > 0,
         "cma_step_rule": cfg.cma_step_rule in STEP_RULES,
@@ -106,11 +109,16 @@ def _validate(cfg: BBTConfig) -> None:
         f"cma_step_rule in {', '.join(STEP_RULES)}",
         f"prompt_from in {', '.join(PROMPT_SOURCES)}",
         f"projection_init in {', '.join(PROJECTION_INITS)}",
+        "finite sigma and std > 0, a non-empty ctx_init",
     ]
     if isinstance(cfg, CraFTConfig):
-        checks.update(n=cfg.n >= 1, lr=cfg.lr > 0, batch_size=cfg.batch_size >= 1, hidden=cfg.hidden >= 1,
+        checks.update(n=cfg.n >= 1, lr=finite(cfg.lr) and cfg.lr > 0, batch_size=cfg.batch_size >= 1, hidden=cfg.hidden >= 1,
+                      weight=finite(cfg.weight) and cfg.weight >= 0,
+                      lambda_i=cfg.lambda_i is None or (finite(cfg.lambda_i) and cfg.lambda_i >= 0),
+                      lambda_o=cfg.lambda_o is None or (finite(cfg.lambda_o) and cfg.lambda_o >= 0),
                       refine_views=cfg.refine_views in REFINE_VIEWS, refine_features=cfg.refine_features in REFINE_FEATURES)
-        expected += [f"refine_views in {', '.join(REFINE_VIEWS)}", f"refine_features in {', '.join(REFINE_FEATURES)}"]
+        expected += [f"refine_views in {', '.join(REFINE_VIEWS)}", f"refine_features in {', '.join(REFINE_FEATURES)}",
+                     "finite lr > 0, finite weight, lambda_i and lambda_o >= 0"]
     reject_invalid(cfg, checks, "; ".join(expected))
     if cfg.budget is not None and cfg.budget < cfg.popsize:
         raise ValueError(
