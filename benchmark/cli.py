@@ -14,7 +14,7 @@ import os
 import sys
 from importlib.metadata import entry_points
 
-from benchmark.errors import UserError
+from benchmark.errors import UserError, was_terminated
 
 MAX_MESSAGE_CHARS = 2000
 
@@ -91,9 +91,10 @@ def run_command(command: str, module_name: str, description: str, argv: list[str
             message = message[: MAX_MESSAGE_CHARS - 3] + "..."
         print(f"craft {command}: error: {message}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        terminated = was_terminated(exc)
+        print("terminated" if terminated else "interrupted", file=sys.stderr)
+        return 143 if terminated else 130
     except BrokenPipeError:
         # The reader went away (``craft bench --dry-run | head -2``): not an error, nothing more to say.
         # Point stdout at /dev/null so that Python's exit flush does not raise again.

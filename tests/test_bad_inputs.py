@@ -348,3 +348,41 @@ def test_results_that_are_all_damaged_are_one_sentence(tmp_path: Path, capsys: p
         line = one_sentence(capsys, argv)
         assert f"no readable Parquet files under {tmp_path}: all 2 are damaged, e.g. {tmp_path / 'a.parquet'}: " in line
         assert line.endswith(f"; craft results {tmp_path} names the other 1")
+
+
+def test_a_pretrained_tag_open_clip_does_not_know_is_refused_before_anything_runs(tmp_path: Path,
+                                                                                  capsys: pytest.CaptureFixture) -> None:
+    """Found by ``python -m measurement.bad_inputs``: the dry run passed it and every cell failed later."""
+    config = write(tmp_path / "tag.yaml", SWEEP, out=str(tmp_path / "r"), backbones=["RN50:no-such-tag"])
+    line = one_sentence(capsys, ["bench", str(config), "--dry-run"])
+    assert line.endswith("backbones: RN50 has no pretrained tag 'no-such-tag'; its tags: openai, yfcc15m, cc12m "
+                         "(or give a checkpoint path, or random)")
+    assert not (tmp_path / "r").exists()
+
+
+def test_sigterm_stops_a_command_as_ctrl_c_does_with_exit_143(monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    """The handler a driver installs after Ray starts turns SIGTERM into a KeyboardInterrupt (clean-up
+    runs, as for Ctrl-C), remembered even where Ray's waits re-raise it plain; ``python -m
+    measurement.bad_inputs --faults`` sends a real one to a sweep."""
+    import signal
+    import types
+
+    import benchmark.errors as errors
+    from benchmark.cli import run_command
+
+    def run(args):  # noqa: ANN001, ANN202 - a subcommand module's run
+        try:
+            errors.raise_terminated(signal.SIGTERM, None)
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt from None  # as Ray's waits do
+
+    module = types.ModuleType("fake_command")
+    module.add_arguments, module.run = (lambda parser: None), run
+    monkeypatch.setitem(sys.modules, "fake_command", module)
+    monkeypatch.setattr(errors, "_terminated", False)
+    assert run_command("bench", "fake_command", "", []) == 143
+    assert capsys.readouterr().err == "terminated\n"
+    monkeypatch.setattr(errors, "_terminated", False)
+    module.run = lambda args: (_ for _ in ()).throw(KeyboardInterrupt())
+    assert run_command("bench", "fake_command", "", []) == 130

@@ -10,12 +10,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
 import sys
+import threading
 from collections.abc import Iterator
 from typing import Any
 
-from benchmark.errors import UserError
+from benchmark.errors import UserError, raise_terminated
 from benchmark.model.feature_keys import FINGERPRINT_ENV
 
 WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -78,6 +80,10 @@ def init_ray(
                 )
             protect_auth_token()
             _reap_with_this_process()
+        if threading.current_thread() is threading.main_thread():
+            # Ray's driver handler exits from wherever the main thread is, native calls included, and
+            # the process then aborts with a stack dump: stop as Ctrl-C stops instead.
+            signal.signal(signal.SIGTERM, raise_terminated)
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - Ray raises bare Exception (e.g. a raylet killed by a memory limit), OSError, ...

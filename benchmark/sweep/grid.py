@@ -229,10 +229,25 @@ def _known_backbones() -> tuple[str, ...]:
 
 
 def check_backbone_files(pairs: tuple[tuple[str, str], ...] | list[tuple[str, str]], where: str) -> None:
-    """Weights given as a checkpoint path (a ``/`` or a checkpoint suffix) exist: read before Ray starts."""
+    """Weights exist before Ray starts: a checkpoint path (a ``/`` or a checkpoint suffix) is a file,
+    a pretrained tag is one open_clip knows for its backbone (open_clip is imported only for tags)."""
+    from benchmark.model.loading import BUILTIN, RANDOM
+
+    tags = []
     for name, weights in pairs:
-        if ("/" in weights or weights.endswith((".pt", ".pth", ".bin", ".safetensors"))) and not Path(weights).is_file():
-            raise UserError(f"{where}: checkpoint {weights} (weights of {name}) does not exist")
+        if "/" in weights or weights.endswith((".pt", ".pth", ".bin", ".safetensors")):
+            if not Path(weights).is_file():
+                raise UserError(f"{where}: checkpoint {weights} (weights of {name}) does not exist")
+        elif weights not in (BUILTIN, RANDOM):
+            tags.append((name, weights))
+    if tags:
+        import open_clip
+
+        for name, tag in tags:
+            known = open_clip.list_pretrained_tags_by_model(name)
+            if tag not in known:
+                raise UserError(f"{where}: backbones: {name} has no pretrained tag {tag!r}; its tags: "
+                                f"{', '.join(known) or 'none'} (or give a checkpoint path, or random)")
 
 
 def check_hparams(value: Any, where: str) -> None:
