@@ -83,8 +83,8 @@ def run_command(command: str, module_name: str, description: str, argv: list[str
     sub_parser = Parser(prog=f"craft {command}", description=description)
     module.add_arguments(sub_parser)
     args = sub_parser.parse_args(argv)
-    if hasattr(signal, "SIGUSR1"):  # ``kill -USR1 PID`` prints where every thread is, for a run that seems stuck
-        faulthandler.register(signal.SIGUSR1, all_threads=True)
+    if hasattr(signal, "SIGUSR2"):  # ``kill -USR2 PID`` prints where every thread is (Ray Tune owns SIGUSR1)
+        faulthandler.register(signal.SIGUSR2, all_threads=True)
     try:
         status = int(module.run(args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, not in Python's exit flush

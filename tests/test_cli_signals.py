@@ -1,4 +1,4 @@
-"""Signals a ``craft`` command answers: SIGUSR1 prints every thread's stack and goes on; Ctrl-C exits 130."""
+"""Signals a ``craft`` command answers: SIGUSR2 prints every thread's stack and goes on; Ctrl-C exits 130."""
 
 from __future__ import annotations
 
@@ -21,16 +21,16 @@ def run(args):
 '''
 
 
-def test_sigusr1_dumps_stacks_then_ctrl_c_exits_130(tmp_path: Path) -> None:
+def test_sigusr2_dumps_stacks_then_ctrl_c_exits_130(tmp_path: Path) -> None:
     (tmp_path / "sleeper_cmd.py").write_text(SLEEPER)
     code = "import sys; from benchmark.cli import run_command; sys.exit(run_command('sleep', 'sleeper_cmd', 'sleeps', []))"
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(tmp_path)])})
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-        proc.send_signal(signal.SIGUSR1)
+        proc.send_signal(signal.SIGUSR2)
         time.sleep(0.5)
-        assert proc.poll() is None, "SIGUSR1 must not stop the command"
+        assert proc.poll() is None, "SIGUSR2 must not stop the command"
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=20)
     finally:

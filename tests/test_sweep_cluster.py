@@ -30,6 +30,8 @@ from benchmark.results.store import FAILED_SUFFIX, OK_SUFFIX, TMP_PREFIX
 from benchmark.sweep.config import load_config
 from benchmark.sweep.plan import expand
 
+pytestmark = pytest.mark.slow  # a real multi-node cluster through faults: the slow tier
+
 SWEEP = {  # 12 cells of about a second each
     "datasets": ["digits_rotate"],
     "methods": ["zero_shot_clip", "bbt", "craft"],

@@ -50,8 +50,8 @@ def test_sigint_during_craft_tune_stops_marks_trials_and_exits_130(tmp_path: Pat
             stdout, stderr = proc.communicate(timeout=45)
         except subprocess.TimeoutExpired:
             # In two CI-like full runs the first Ctrl-C went unanswered (alone it is answered in
-            # seconds): the driver's stacks go to stderr (craft's SIGUSR1 dump), then a user presses again.
-            proc.send_signal(signal.SIGUSR1)
+            # seconds): the driver's stacks go to stderr (craft's SIGUSR2 dump), then a user presses again.
+            proc.send_signal(signal.SIGUSR2)
             time.sleep(2)
             proc.send_signal(signal.SIGINT)
             presses = 2
