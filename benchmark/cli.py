@@ -9,6 +9,7 @@ group (``craft perf`` comes from :mod:`measurement` that way), so the product ne
 from __future__ import annotations
 
 import argparse
+import contextlib
 import faulthandler
 import importlib
 import os
@@ -83,8 +84,10 @@ def run_command(command: str, module_name: str, description: str, argv: list[str
     sub_parser = Parser(prog=f"craft {command}", description=description)
     module.add_arguments(sub_parser)
     args = sub_parser.parse_args(argv)
-    if hasattr(signal, "SIGUSR2"):  # ``kill -USR2 PID`` prints where every thread is (Ray Tune owns SIGUSR1)
-        faulthandler.register(signal.SIGUSR2, all_threads=True)
+    if hasattr(signal, "SIGUSR2") and sys.__stderr__ is not None:
+        # ``kill -USR2 PID`` prints where every thread is, to the process's own stderr (Ray Tune owns SIGUSR1).
+        with contextlib.suppress(OSError, ValueError):
+            faulthandler.register(signal.SIGUSR2, file=sys.__stderr__, all_threads=True)
     try:
         status = int(module.run(args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, not in Python's exit flush

@@ -20,7 +20,7 @@ from benchmark.report.aggregate import (average_over, describe_run, fewshot_rows
 from benchmark.report.labels import WHITE_BOX, backbone_key, dataset_key, dataset_label, method_key, method_label
 from benchmark.report.published import PUBLISHED_SOURCE, published_results
 
-KINDS = ("few-shot", "shift", "vs-paper", "cost")
+KINDS = ("few-shot", "shift", "vs-paper", "cost", "claims")
 SHIFT_SOURCE = "imagenet"
 COL = "{col}"  # placeholder for the column's key in a row's name, for the missing list
 ON_TEST_MARK = "†"
@@ -99,6 +99,10 @@ def build_table(
         table = shift_table(df)
     elif kind == "vs-paper":
         table = vs_paper_table(df, published_results(), datasets)
+    elif kind == "claims":
+        from benchmark.report.claims import claims_table
+
+        table = claims_table(df, datasets)
     else:
         table = cost_table(df, datasets)
     if source:

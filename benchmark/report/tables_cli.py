@@ -1,4 +1,4 @@
-"""``craft table``: render a results table (few-shot, shift, vs-paper, cost) as Markdown, LaTeX or CSV."""
+"""``craft table``: render a results table (few-shot, shift, vs-paper, cost, claims) as Markdown, LaTeX or CSV."""
 
 from __future__ import annotations
 
