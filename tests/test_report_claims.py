@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 
 from benchmark.report.aggregate import prepare
-from benchmark.report.claims import claims_table, measure_claims
+from benchmark.report.claims import measure_claims
+from benchmark.report.tables import claims_table
 from benchmark.report.render import render
 
 

@@ -8,14 +8,13 @@ over seeds per dataset, averaged over the datasets both sides have; costs compar
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
 import pandas as pd
 
-from benchmark.report.aggregate import fewshot_rows, select_datasets
+from benchmark.report.aggregate import fewshot_rows
 from benchmark.report.labels import WHITE_BOX, ZERO_SHOT, method_label
 from benchmark.report.published import published_results
 
@@ -156,21 +155,3 @@ def ours_text(claim: Claim) -> str:
     if claim.key == "gap_to_white_box":
         return f"{claim.ours:.2f}"
     return f"{claim.ours:+.2f}"
-
-
-def claims_table(df: pd.DataFrame, datasets: Sequence[str] | None = None):
-    """The claims as a :class:`~benchmark.report.tables.Table` (columns: claim, published, ours, evidence)."""
-    from benchmark.report.tables import Column, Table, TableCell
-
-    if datasets:
-        df = df[df["dataset"].isin(select_datasets(df["dataset"].unique(), datasets))]
-    columns = [Column("claim", "Claim", False), Column("published", "Published", False),
-               Column("ours", "Ours", False), Column("evidence", "How ours was measured", False)]
-    claims = measure_claims(df)
-    rows = [[TableCell(c.statement), TableCell(c.published_text), TableCell(ours_text(c)), TableCell(c.evidence)]
-            for c in claims]
-    notes = ["Published: " + "; ".join(f"{c.key}: {c.source}" for c in claims),
-             "training time: CoOp's mean wall_s over CraFT's (above 1: CraFT faster); memory: CraFT's mean "
-             "peak_mem_mb over CoOp's; accuracies in points of top-1 (%)"]
-    return Table("Claims of the CraFT and CBBT papers, published and measured", columns, rows, notes=notes)
-
