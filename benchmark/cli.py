@@ -24,7 +24,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "tune": ("tuning.cli", "search hyperparameters with Optuna through Ray Tune"),
     "table": ("benchmark.report.tables_cli", "render result tables (Markdown, LaTeX, CSV)"),
     "plot": ("benchmark.report.plots_cli", "render result figures (PNG)"),
-    "results": ("benchmark.results.cli", "verify a results folder: cells done and failed, damaged files named"),
+    "results": ("benchmark.sweep.status_cli", "a results folder: cells done, failed and left (--config), cost, damaged files"),
     "datasets": ("benchmark.datasets.cli", "list the dataset registry or check a data root"),
     "cache": ("benchmark.model.cache_cli", "list, verify or clear the image-feature cache"),
 }

@@ -69,5 +69,5 @@ def run(args: argparse.Namespace) -> int:
     for line in summary.failures:
         print(f"failed: {line}", file=sys.stderr)
     if summary.failed:
-        print("see each failed cell's .log beside its results; retry them with --rerun-failed", file=sys.stderr)
+        print("see each failed cell's log under _logs/ in the results folder (craft results lists their errors); retry them with --rerun-failed", file=sys.stderr)
     return 1 if summary.failed else 0

@@ -23,7 +23,8 @@ from typing import Any
 
 from benchmark.errors import UserError
 from benchmark.results.store import (
-    parse_cell_file, check_location, check_writable, clean_temporaries, lock_results, move_aside, scan_cells, write_cell, write_log,
+    parse_cell_file, check_location, check_writable, clean_temporaries, lock_results, move_aside, scan_cells, tidy_logs, write_cell,
+    write_log,
 )
 from benchmark.serve.options import ServerOptions
 from benchmark.serve.pool import ServerKey, ServerPool, start_servers, stop_servers
@@ -114,6 +115,7 @@ def run_sweep(
     check_location(out)
     with lock_results(out):  # one driver per results folder: the scan below and the writes are ours
         clean_temporaries(out)  # first, even when nothing is left to run: what dead writers left
+        tidy_logs(out)  # logs of the older layout out of Parquet readers' way
         status, damaged = scan_cells(out)
         todo, summary.skipped = cells_to_run(cells, status, rerun_failed)
         damaged = _damaged_of(todo, damaged)
