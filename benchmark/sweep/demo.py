@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     for note in check_inputs(cfg):  # said once, before anything runs
         print(f"note: {note}", file=sys.stderr)
     start = time.perf_counter()
-    summary = run_sweep(cells, cfg.out, cfg.server, num_cpus=args.num_cpus, progress=not args.no_progress)
+    summary = run_sweep(cells, cfg.out, cfg.server, num_cpus=args.num_cpus, progress=not args.no_progress, config=cfg)
     wall = time.perf_counter() - start
     print(
         f"\n{summary.done} runs done, {summary.skipped} already done (skipped), {summary.failed} failed "

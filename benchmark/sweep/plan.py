@@ -15,15 +15,17 @@ from benchmark.errors import UserError
 from benchmark.results.cli import text_columns
 from benchmark.results.store import parse_cell_file, scan_cells
 from benchmark.sweep.cell import Cell
-from benchmark.sweep.config import SweepConfig
+from benchmark.sweep.config import SweepConfig, official_precision
 from craft.budget import whole_steps
 from craft.methods import METHODS
 
 
 
 def expand(cfg: SweepConfig) -> list[Cell]:
-    """Every cell of ``cfg``, in run order, each once."""
+    """Every cell of ``cfg``, in run order, each once. A ``precision`` other than the protocol's default
+    enters each cell's id (:class:`~benchmark.sweep.cell.Cell`); other server options do not."""
     grid = cfg.grid
+    precision = None if cfg.server.precision == official_precision(cfg.protocol) else cfg.server.precision
     cells: list[Cell] = []
     for backbone, weights in grid.backbones:
         for ds in grid.datasets:
@@ -34,7 +36,8 @@ def expand(cfg: SweepConfig) -> list[Cell]:
                         if not METHODS[method].learns and shots != max(grid.shots):
                             continue
                         hparams = grid.cell_hparams(method, ds)
-                        cells.append(Cell(method, ds, shots, seed, backbone, weights, hparams, extra, cfg.root, cfg.protocol))
+                        cells.append(Cell(method, ds, shots, seed, backbone, weights, hparams, extra, cfg.root, cfg.protocol,
+                                          precision))
     return list({c.cell_id: c for c in cells}.values())
 
 

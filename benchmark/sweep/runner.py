@@ -12,6 +12,8 @@ loses only the cells in flight, and the same command run again does only what is
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 import socket
@@ -103,9 +105,11 @@ def run_sweep(
     cache_dir: str | None = None,
     gpus: int | None = None,
     dashboard: bool = False,
+    config: Any = None,
 ) -> SweepSummary:
     """Run every cell not yet done under ``out`` on servers serving ``server`` (default options);
-    write each (log and rows) as it finishes. With ``server.colocate``, CraFT and BBT runs execute
+    write each (log and rows) as it finishes, its rows stamped with the server options and the sweep
+    ``config`` (a :class:`~benchmark.sweep.config.SweepConfig`, resolved: :func:`sweep_provenance`). With ``server.colocate``, CraFT and BBT runs execute
     in their model server's process (:mod:`benchmark.serve.colocate`); their run task only waits.
     """
     import ray
@@ -126,6 +130,7 @@ def run_sweep(
         init_ray(address, num_cpus, dashboard=dashboard)
         _check_gpus(gpus, address)
         server = server or ServerOptions()
+        stamp = sweep_provenance(server, config)
         servers = start_servers({(c.backbone, c.weights, c.method) for c in todo}, server, gpus=gpus, cache_dir=cache_dir)
         try:  # nothing is written before the servers are up
             check_writable(out)
@@ -149,6 +154,7 @@ def run_sweep(
                     cell, key, idx = pending.pop(ref)
                     load[key][idx] -= 1
                     rows, log_text = _collect(ref, cell)
+                    rows = [{**r, **stamp} for r in rows]
                     write_log(out, cell.method, cell.dataset, cell.cell_id, log_text)
                     write_cell(out, rows)
                     ok = rows[0]["status"] == "ok"
@@ -165,6 +171,20 @@ def run_sweep(
             stop_servers(servers)
         summary.wall_s = time.perf_counter() - start
         return summary
+
+
+def sweep_provenance(server: ServerOptions, config: Any = None) -> dict[str, Any]:
+    """The columns every row of a sweep shares: its server options, and its resolved config as JSON with
+    the hash of that config (its file's path left out of the hash, so that a moved file hashes the same)."""
+    compile_ = str(server.compile).lower() if isinstance(server.compile, bool) else server.compile
+    record: dict[str, Any] = {"precision": server.precision, "compile": compile_, "attention": server.attention,
+                              "colocate": server.colocate}
+    if config is not None:
+        resolved = dataclasses.asdict(config)
+        text = json.dumps({k: v for k, v in resolved.items() if k != "path"}, default=str, sort_keys=True)
+        record |= {"config": json.dumps(resolved, default=str, sort_keys=True),
+                   "config_hash": hashlib.sha256(text.encode()).hexdigest()[:16]}
+    return record
 
 
 def _check_gpus(gpus: int | None, address: str | None) -> None:
