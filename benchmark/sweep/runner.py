@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import socket
 import sys
@@ -34,6 +35,7 @@ from benchmark.serve.ray_runtime import init_ray
 from benchmark.sweep.cell import Cell
 
 RUN_RETRIES = 3  # re-runs of a cell whose process or node died
+log = logging.getLogger(__name__)
 
 @dataclass
 class SweepSummary:
@@ -248,6 +250,7 @@ class Progress:
     """Cells done, running and failed, queries per second and an ETA: a bar on a terminal, lines in a log."""
 
     def __init__(self, total: int, enabled: bool) -> None:
+        enabled = enabled and log.isEnabledFor(logging.INFO)  # -q: no bar, no lines
         self.total, self.enabled = total, enabled
         self.bar = None
         self._last_line = 0.0
@@ -269,7 +272,7 @@ class Progress:
             self.bar.update(1)
             self.bar.set_postfix(running=running, failed=s.failed, qps=f"{s.queries / max(elapsed, 1e-9):.0f}")
         else:
-            print(f"{'ok' if ok else 'FAILED'} {cell.label()}; {self._status(s, running, elapsed)}", file=sys.stderr, flush=True)
+            log.info("%s %s; %s", "ok" if ok else "FAILED", cell.label(), self._status(s, running, elapsed))
 
     def tick(self, s: SweepSummary, running: int, elapsed: float) -> None:
         if self.bar is not None:
