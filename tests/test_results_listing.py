@@ -18,7 +18,8 @@ def test_craft_results_lists_cells_costs_and_what_a_config_leaves(tmp_path: Path
     out = tmp_path / "out"
     cells = expand(config_from_dict(SWEEP))
     for i, c in enumerate(cells[:3]):
-        write_cell(str(out), [{**ok_row(c), "wall_s": 1800.0, "gpu_s": 360.0 if i else None}])
+        sweep = {"config_hash": "0123456789abcdef", "config": '{"path": "sweep.yaml"}'} if i else {}
+        write_cell(str(out), [{**ok_row(c), "wall_s": 1800.0, "gpu_s": 360.0 if i else None, **sweep}])
     write_cell(str(out), [failed_row(cells[3], "Traceback (most recent call last):\n  ...\nValueError: boom\n\n")])
     config = tmp_path / "sweep.yaml"
     config.write_text(yaml.safe_dump({**SWEEP, "out": "elsewhere"}))
@@ -27,6 +28,7 @@ def test_craft_results_lists_cells_costs_and_what_a_config_leaves(tmp_path: Path
     text = capsys.readouterr().out
     assert f"{out}: 3 cells done, 1 failed, 0 damaged" in text
     assert "done cells used 1,200 queries, 1.500 wall hours (3 of 3 record it), 0.200 GPU hours (2 of 3 record it)" in text
+    assert "sweeps: 0123456789abcdef (sweep.yaml): 2 cells; not recorded (older rows): 2 cells" in text
     assert f"failed: {cells[3].label()} ({cells[3].cell_id}): ValueError: boom" in text
     assert f"sweep {config} -> {out}" in text
     assert f"{len(cells)} cells: 3 done, 1 failed, {len(cells) - 4} to run" in text

@@ -63,6 +63,10 @@ def format_summary(where: str, found: FolderSummary) -> str:
         gpu, n_gpu = found.total("gpu_s")
         lines.append(f"done cells used {queries:,.0f} queries, {wall / 3600:.3f} wall hours "
                      f"({n_wall} of {len(done)} record it), {gpu / 3600:.3f} GPU hours ({n_gpu} of {len(done)} record it)")
+    sweeps = found.sweeps()
+    if any(sweeps):
+        lines.append("sweeps: " + "; ".join(f"{name or 'not recorded (older rows)'}: {n} cells"
+                                             for name, n in sweeps.most_common()))
     groups: dict[tuple, Counter] = {}
     for c in sorted(found.cells.values(), key=lambda c: (c.backbone, c.method, c.dataset, c.shots)):
         groups.setdefault((c.backbone, c.method, c.dataset, str(c.shots)), Counter())[c.status] += 1

@@ -6,13 +6,16 @@ each, with pyarrow alone. Columns an older folder lacks read as absent (None), n
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from dataclasses import dataclass
 
 import pyarrow.parquet as pq
 
 from benchmark.results.store import parse_cell_file, resolve, scan_cells, stray_temporaries, list_files
 
-COLUMNS = ("cell_id", "status", "error", "method", "dataset", "backbone", "shots", "seed", "queries", "wall_s", "gpu_s")
+COLUMNS = ("cell_id", "status", "error", "method", "dataset", "backbone", "shots", "seed", "queries", "wall_s", "gpu_s",
+           "config", "config_hash")
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,7 @@ class CellRecord:
     queries: int | None = None
     wall_s: float | None = None
     gpu_s: float | None = None
+    sweep: str | None = None  # the sweep that ran it: its config hash and file (None in folders from before)
 
     def label(self) -> str:
         return f"{self.method}/{self.dataset}/{self.shots}shot/seed{self.seed}/{self.backbone}"
@@ -46,6 +50,10 @@ class FolderSummary:
     def with_status(self, status: str) -> list[CellRecord]:
         return sorted((c for c in self.cells.values() if c.status == status), key=CellRecord.label)
 
+    def sweeps(self) -> Counter:
+        """Cells per sweep (``<config hash> (<config file>)``; ``None``: not recorded), most first."""
+        return Counter(c.sweep for c in self.cells.values())
+
     def total(self, column: str) -> tuple[float, int]:
         """The sum of ``column`` over done cells and how many of them record it."""
         values = [getattr(c, column) for c in self.cells.values() if c.status == "ok" and getattr(c, column) is not None]
@@ -56,6 +64,16 @@ def last_line(error: str | None) -> str:
     """The last non-blank line of an error (a traceback's exception line)."""
     lines = [line.strip() for line in (error or "").splitlines() if line.strip()]
     return lines[-1] if lines else "(no error recorded)"
+
+
+def _sweep(config_hash: str | None, config: str | None) -> str | None:
+    if config_hash is None:
+        return None
+    try:
+        path = json.loads(config or "{}").get("path")
+    except (ValueError, AttributeError):
+        path = None
+    return f"{config_hash} ({path})" if path else config_hash
 
 
 def summarize(out: str) -> FolderSummary:
@@ -74,6 +92,6 @@ def summarize(out: str) -> FolderSummary:
         cells[kind[0]] = CellRecord(
             kind[0], kind[1], row.get("method"), row.get("dataset"), row.get("backbone"), row.get("shots"),
             row.get("seed"), last_line(row.get("error")) if kind[1] != "ok" else None,
-            row.get("queries"), row.get("wall_s"), row.get("gpu_s"),
+            row.get("queries"), row.get("wall_s"), row.get("gpu_s"), _sweep(row.get("config_hash"), row.get("config")),
         )
     return FolderSummary(cells, damaged, stray_temporaries(out))
