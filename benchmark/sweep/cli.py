@@ -8,9 +8,11 @@ run starts and before anything is written. Rerunning the same command skips done
 from __future__ import annotations
 
 import argparse
-import sys
+import logging
 
 from benchmark.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     cells = expand(cfg)
     for note in check_inputs(cfg):  # said once, before anything runs
-        print(f"note: {note}", file=sys.stderr)
+        log.info("note: %s", note)
     if args.dry_run:
         print(format_plan(make_plan(cells, cfg.out), cfg, args.rerun_failed))
         return 0
@@ -55,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
 
     # The folder is locked, cleaned and listed once, before Ray starts: a second driver is refused at once.
     summary = run_sweep(cells, cfg.out, cfg.server, address=args.address, num_cpus=args.num_cpus, dashboard=args.dashboard,
-                        rerun_failed=args.rerun_failed, progress=not args.no_progress, gpus=args.gpus)
+                        rerun_failed=args.rerun_failed, progress=not args.no_progress, gpus=args.gpus, config=cfg)
     if summary.skipped == len(cells):
         print(f"nothing to run: all {summary.skipped} cells of {args.config} are done or failed before "
               f"(--rerun-failed retries failed ones); results in {cfg.out}")
@@ -65,9 +67,10 @@ def run(args: argparse.Namespace) -> int:
         f"{summary.failed} failed, in {summary.wall_s:.1f} s; results and per-cell logs in {cfg.out}"
     )
     for line in summary.moved_aside:
-        print(f"damaged result file moved aside, its cell run again: {line}", file=sys.stderr)
+        log.warning("damaged result file moved aside, its cell run again: %s", line)
     for line in summary.failures:
-        print(f"failed: {line}", file=sys.stderr)
+        log.error("failed: %s", line)
     if summary.failed:
-        print("see each failed cell's .log beside its results; retry them with --rerun-failed", file=sys.stderr)
+        log.error("see each failed cell's log under _logs/ in the results folder (craft results lists their errors); "
+                  "retry them with --rerun-failed")
     return 1 if summary.failed else 0

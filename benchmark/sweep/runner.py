@@ -12,7 +12,10 @@ loses only the cells in flight, and the same command run again does only what is
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
+import logging
 import os
 import socket
 import sys
@@ -23,7 +26,8 @@ from typing import Any
 
 from benchmark.errors import UserError
 from benchmark.results.store import (
-    parse_cell_file, check_location, check_writable, clean_temporaries, lock_results, move_aside, scan_cells, write_cell, write_log,
+    parse_cell_file, check_location, check_writable, clean_temporaries, lock_results, move_aside, scan_cells, tidy_logs, write_cell,
+    write_log,
 )
 from benchmark.serve.options import ServerOptions
 from benchmark.serve.pool import ServerKey, ServerPool, start_servers, stop_servers
@@ -31,6 +35,7 @@ from benchmark.serve.ray_runtime import init_ray
 from benchmark.sweep.cell import Cell
 
 RUN_RETRIES = 3  # re-runs of a cell whose process or node died
+log = logging.getLogger(__name__)
 
 @dataclass
 class SweepSummary:
@@ -102,9 +107,11 @@ def run_sweep(
     cache_dir: str | None = None,
     gpus: int | None = None,
     dashboard: bool = False,
+    config: Any = None,
 ) -> SweepSummary:
     """Run every cell not yet done under ``out`` on servers serving ``server`` (default options);
-    write each (log and rows) as it finishes. With ``server.colocate``, CraFT and BBT runs execute
+    write each (log and rows) as it finishes, its rows stamped with the server options and the sweep
+    ``config`` (a :class:`~benchmark.sweep.config.SweepConfig`, resolved: :func:`sweep_provenance`). With ``server.colocate``, CraFT and BBT runs execute
     in their model server's process (:mod:`benchmark.serve.colocate`); their run task only waits.
     """
     import ray
@@ -114,6 +121,7 @@ def run_sweep(
     check_location(out)
     with lock_results(out):  # one driver per results folder: the scan below and the writes are ours
         clean_temporaries(out)  # first, even when nothing is left to run: what dead writers left
+        tidy_logs(out)  # logs of the older layout out of Parquet readers' way
         status, damaged = scan_cells(out)
         todo, summary.skipped = cells_to_run(cells, status, rerun_failed)
         damaged = _damaged_of(todo, damaged)
@@ -124,6 +132,7 @@ def run_sweep(
         init_ray(address, num_cpus, dashboard=dashboard)
         _check_gpus(gpus, address)
         server = server or ServerOptions()
+        stamp = sweep_provenance(server, config)
         servers = start_servers({(c.backbone, c.weights, c.method) for c in todo}, server, gpus=gpus, cache_dir=cache_dir)
         try:  # nothing is written before the servers are up
             check_writable(out)
@@ -147,6 +156,7 @@ def run_sweep(
                     cell, key, idx = pending.pop(ref)
                     load[key][idx] -= 1
                     rows, log_text = _collect(ref, cell)
+                    rows = [{**r, **stamp} for r in rows]
                     write_log(out, cell.method, cell.dataset, cell.cell_id, log_text)
                     write_cell(out, rows)
                     ok = rows[0]["status"] == "ok"
@@ -163,6 +173,20 @@ def run_sweep(
             stop_servers(servers)
         summary.wall_s = time.perf_counter() - start
         return summary
+
+
+def sweep_provenance(server: ServerOptions, config: Any = None) -> dict[str, Any]:
+    """The columns every row of a sweep shares: its server options, and its resolved config as JSON with
+    the hash of that config (its file's path left out of the hash, so that a moved file hashes the same)."""
+    compile_ = str(server.compile).lower() if isinstance(server.compile, bool) else server.compile
+    record: dict[str, Any] = {"precision": server.precision, "compile": compile_, "attention": server.attention,
+                              "colocate": server.colocate}
+    if config is not None:
+        resolved = dataclasses.asdict(config)
+        text = json.dumps({k: v for k, v in resolved.items() if k != "path"}, default=str, sort_keys=True)
+        record |= {"config": json.dumps(resolved, default=str, sort_keys=True),
+                   "config_hash": hashlib.sha256(text.encode()).hexdigest()[:16]}
+    return record
 
 
 def _check_gpus(gpus: int | None, address: str | None) -> None:
@@ -226,6 +250,7 @@ class Progress:
     """Cells done, running and failed, queries per second and an ETA: a bar on a terminal, lines in a log."""
 
     def __init__(self, total: int, enabled: bool) -> None:
+        enabled = enabled and log.isEnabledFor(logging.INFO)  # -q: no bar, no lines
         self.total, self.enabled = total, enabled
         self.bar = None
         self._last_line = 0.0
@@ -247,7 +272,7 @@ class Progress:
             self.bar.update(1)
             self.bar.set_postfix(running=running, failed=s.failed, qps=f"{s.queries / max(elapsed, 1e-9):.0f}")
         else:
-            print(f"{'ok' if ok else 'FAILED'} {cell.label()}; {self._status(s, running, elapsed)}", file=sys.stderr, flush=True)
+            log.info("%s %s; %s", "ok" if ok else "FAILED", cell.label(), self._status(s, running, elapsed))
 
     def tick(self, s: SweepSummary, running: int, elapsed: float) -> None:
         if self.bar is not None:
