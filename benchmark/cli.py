@@ -31,6 +31,8 @@ VERBOSITY = {"-v": -1, "--verbose": -1, "-vv": -2, "-q": 1, "--quiet": 1, "-qq":
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("benchmark.sweep.demo", "run zero-shot, BBT and CraFT on the built-in suite through Ray"),
     "bench": ("benchmark.sweep.cli", "run a sweep config (methods x datasets x shots x seeds x backbones)"),
+    "paper": ("benchmark.sweep.paper", "the CraFT paper's whole grid (few-shot, references, shift), then every table, "
+              "the figures and the claims table"),
     "tune": ("tuning.cli", "search hyperparameters with Optuna through Ray Tune"),
     "table": ("benchmark.report.tables_cli", "render result tables (Markdown, LaTeX, CSV)"),
     "plot": ("benchmark.report.plots_cli", "render result figures (PNG)"),
