@@ -131,6 +131,9 @@ def configure_logging(verbosity: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``craft`` console script. Called with no ``argv`` (a real process), Ctrl-C and SIGTERM are
+    also watched from a thread (:mod:`benchmark.stop_watch`), so that a stuck stop is forced."""
+    process = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     leading = 0  # -v/-q given before the subcommand
@@ -138,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
         leading += VERBOSITY[argv.pop(0)]
     # Find the subcommand first, then let its module add arguments and parse for real.
     known, _ = parser.parse_known_args(argv[:1] or argv)
+    if process:
+        from benchmark import stop_watch
+
+        stop_watch.install(known.command)
     return run_command(known.command, known._module, subcommands()[known.command][1], argv[1:], leading)
 
 

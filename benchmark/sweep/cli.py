@@ -53,8 +53,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     check_location(cfg.out)
 
+    from benchmark.stop_watch import say_on_forced_exit
     from benchmark.sweep.runner import run_sweep
 
+    say_on_forced_exit(f"done cells are kept; run craft bench {args.config} again to resume")
     # The folder is locked, cleaned and listed once, before Ray starts: a second driver is refused at once.
     summary = run_sweep(cells, cfg.out, cfg.server, address=args.address, num_cpus=args.num_cpus, dashboard=args.dashboard,
                         rerun_failed=args.rerun_failed, progress=not args.no_progress, gpus=args.gpus, config=cfg)
