@@ -18,21 +18,30 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 GRACE_S = 20.0
+LAST_STEP_S = 5.0  # the most a forced exit waits for the command's last step
 _WATCHED = (signal.SIGINT, signal.SIGTERM)
 _last_words: list[str] = []
+_last_step: list[Callable[[], str | None]] = []
 
 
-def say_on_forced_exit(text: str) -> None:
-    """``text`` is printed (to stderr) if the watcher has to end the process."""
+def say_on_forced_exit(text: str, step: Callable[[], str | None] | None = None) -> None:
+    """``text`` is printed (to stderr) if the watcher has to end the process, after ``step`` (run in the
+    watcher's thread for at most :data:`LAST_STEP_S` seconds; what it returns is printed too), e.g.
+    marking a search's running trials."""
     _last_words[:] = [text]
+    _last_step[:] = [step] if step is not None else []
 
 
 def install(command: str) -> bool:
     """Start the watcher for ``craft command`` (main thread only); False where it cannot be installed."""
     if threading.current_thread() is not threading.main_thread():
         return False
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # Inherited from a shell that started us in the background: Ctrl-C is still ours to answer.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     reader, writer = socket.socketpair()
     writer.setblocking(False)
     try:
@@ -68,6 +77,13 @@ def _force(command: str, signum: int, why: str, *, stacks: bool = False) -> None
     say(why)
     if stacks:
         faulthandler.dump_traceback(file=sys.__stderr__ or 2, all_threads=True)
+    for step in _last_step:
+        said: list[str | None] = []
+        worker = threading.Thread(target=lambda: said.append(step()), daemon=True)
+        worker.start()
+        worker.join(LAST_STEP_S)
+        if said and said[0]:
+            say(said[0])
     for text in _last_words:
         say(text)
     os._exit(128 + signum)

@@ -19,7 +19,7 @@ import time
 def add_arguments(parser): pass
 def run(args):
     from benchmark.stop_watch import say_on_forced_exit
-    say_on_forced_exit("resume with: craft stuck")
+    say_on_forced_exit("resume with: craft stuck", lambda: "1 trial marked")
     print("ready", flush=True)
     while True:
         try:
@@ -68,4 +68,4 @@ def test_one_ctrl_c_ends_a_stuck_command_after_the_grace_period_naming_where_it_
     assert proc.returncode == 130
     assert "did not stop within 1 s of the signal; where each thread was:" in stderr
     assert "stuck_cmd.py" in stderr and "craft-stop-watch" not in stderr.split("where each thread was:")[0]
-    assert stderr.rstrip().endswith("craft stuck: resume with: craft stuck")
+    assert stderr.rstrip().endswith("craft stuck: 1 trial marked\ncraft stuck: resume with: craft stuck")

@@ -48,9 +48,6 @@ def _search(cfg, args) -> int:
     from benchmark.errors import UserError
     from tuning.search import SearchInterrupted, run_search
 
-    from benchmark.stop_watch import say_on_forced_exit
-
-    say_on_forced_exit(f"resume with: craft tune {cfg.path} (running trials are marked failed then)")
     try:
         statuses = run_search(cfg, address=args.address, num_cpus=args.num_cpus, progress=not args.no_progress)
     except SearchInterrupted as stop:
