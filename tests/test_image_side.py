@@ -197,3 +197,41 @@ def test_blackvip_spends_its_schedule_exactly_and_counts_what_the_engine_encoded
     assert result.usage["query_images"] == engine.query_images_encoded - start == budget * 5 + 2 * N_VAL
     short, data = _box(engine, budget=budget - 1)
     assert vip.run(short, _method_task(data), cfg, seed=2).usage["queries"] == budget - 4  # whole steps only
+
+
+# ----------------------------------------------------------------- serve path
+@pytest.fixture(scope="module")
+def builtin_cache(tmp_path_factory: pytest.TempPathFactory):
+    from benchmark.datasets.builtin import ensure_builtin_suite
+
+    mp = pytest.MonkeyPatch()
+    root = tmp_path_factory.mktemp("cache")
+    mp.setenv("CRAFT_BENCH_CACHE", str(root))
+    ensure_builtin_suite(root / "builtin")
+    yield root
+    mp.undo()
+
+
+def test_image_side_queries_travel_client_to_server_on_the_tasks_own_images(builtin_cache):
+    """Through the client (a local server, as a Ray actor is called): the pixels served are the images the
+    training features were encoded from (the seeded pass), so a zero pixel prompt scores as the cached
+    features do, and the counts arrive whole."""
+    from benchmark.datasets.task_spec import TaskSpec
+    from benchmark.serve.client import RemoteBackend
+    from benchmark.serve.options import ServerOptions
+    from benchmark.serve.server import ModelServer
+
+    server = ModelServer("craft-tiny", "builtin", ServerOptions(batching=False))
+    backend = RemoteBackend(server, TaskSpec("digits_rotate", 2, 1))
+    info = backend.info()
+    assert info.image_side and info.image_shape == (3, 32, 32) and info.vision_width == 64
+    box = MeteredBlackBox(backend, budget=10, image_budget=100)
+    n = info.split_sizes["train"]
+    assert box.pixels("train").shape == (n, 3, 32, 32)
+    zero = box.image_logits(None, VisualPrompt(pixels=torch.zeros(1, 3, 32, 32)), "train")[0]
+    torch.testing.assert_close(zero, box.template_logits(backend.prepared["template"], "train"), rtol=1e-4, atol=1e-4)
+    feats = box.image_features("train")
+    torch.testing.assert_close(feats, box.features(box.embed_words("a"), "train", budgeted=False).image)
+    assert (box.usage.queries, box.usage.budgeted_images, box.usage.query_images) == (1, 2 * n, 2 * n)
+    assert server.engine.query_images_encoded == n
+    backend.release()
