@@ -235,3 +235,16 @@ def test_image_side_queries_travel_client_to_server_on_the_tasks_own_images(buil
     assert (box.usage.queries, box.usage.budgeted_images, box.usage.query_images) == (1, 2 * n, 2 * n)
     assert server.engine.query_images_encoded == n
     backend.release()
+
+
+def test_blackvip_decoder_sums_as_torchs_transposed_convolutions():
+    from craft.methods.blackvip import BlackVIPConfig, Coordinator
+
+    coord = Coordinator((3, 32, 32), BlackVIPConfig(), seed=0).eval()
+    for p in coord.body.parameters():  # non-trivial batch-norm statistics and biases
+        p.data.normal_(generator=torch.Generator().manual_seed(1))
+    x = torch.rand(4, 3, 32, 32)
+    z = coord.features(x)
+    cube = torch.cat([z, coord.trigger.expand(4, -1)], dim=1).view(4, coord.src_channels, coord.grid, coord.grid)
+    with torch.no_grad():
+        torch.testing.assert_close(coord(x), coord.body(cube), rtol=1e-4, atol=1e-5)
