@@ -297,6 +297,7 @@ COST_METRICS = [
     Column("queries", "Queries", fmt=".0f"),
     Column("text_sequences", "Text seqs", fmt=".0f"),
     Column("images_encoded", "Images enc.", fmt=".0f"),
+    Column("query_images", "Query images", fmt=".0f"),
     Column("model_calls", "Model calls", fmt=".0f"),
     Column("wall_s", "Wall (s)", fmt=".1f"),
     Column("gpu_s", "GPU (s)", fmt=".1f"),
@@ -321,6 +322,8 @@ def cost_table(df: pd.DataFrame, datasets: Sequence[str] | None = None) -> Table
     runs = pd.concat([df[df["cell_id"].isna()], df[df["cell_id"].notna()].drop_duplicates("cell_id")])
     if runs.empty:
         raise UserError("no runs to report costs for")
+    # Images encoded by image-side queries: none for text-side methods and in folders older than the column.
+    runs = runs.assign(query_images=runs["query_images"].fillna(0) if "query_images" in runs else 0)
     backbones = sorted_backbones(runs)
     multi = len(backbones) > 1
     with_ratio = (runs["method"] == WHITE_BOX).any()
