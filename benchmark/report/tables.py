@@ -131,9 +131,11 @@ def cost_note(rows: pd.DataFrame) -> str:
     runs = rows.drop_duplicates("cell_id") if "cell_id" in rows and rows["cell_id"].notna().all() else rows
     parts = [f"cost: {len(runs)} runs"]
     for column, name, scale, fmt in (("queries", "queries", 1, ",.0f"), ("images_encoded", "images encoded", 1, ",.0f"),
-                                     ("wall_s", "wall hours", 3600, ".3f"),
+                                     ("query_images", "query images", 1, ",.0f"), ("wall_s", "wall hours", 3600, ".3f"),
                                      ("gpu_s", "GPU hours", 3600, ".3f")):
         have = runs[column].dropna() if column in runs else pd.Series(dtype=float)
+        if column == "query_images" and not (have > 0).any():
+            continue  # text-side methods only: no image-side queries to count
         if have.empty:
             parts.append(f"{name}: not recorded")
             continue
