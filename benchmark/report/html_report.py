@@ -39,7 +39,7 @@ table{border-collapse:collapse;font-size:.85em;margin:.5em 0}caption{text-align:
 th,td{padding:.25em .6em;border-bottom:1px solid #e4e4e4;white-space:nowrap}th{border-bottom:2px solid #888}
 td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}tr.block td{border-top:2px solid #888}
 figure{margin:1em 0;overflow-x:auto}img{max-width:100%;height:auto}p.note{font-size:.85em;color:#555;margin:.2em 0}
-.failed{color:#a00}.summary td{white-space:normal}
+th.key{text-align:left}.failed{color:#a00}.summary td{white-space:normal}
 """
 
 
