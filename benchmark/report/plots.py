@@ -291,7 +291,9 @@ def _save(fig: Figure, stem: Path, title: str, formats: Sequence[str] = ("png",)
     for ax in fig.axes:
         for h, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, h)
-    fig.suptitle(title, fontsize=10, y=1 - 0.15 / fig.get_figheight())
+    # 10 pt, smaller where a narrow figure (one or two panels) would cut a long title (about 0.55 em a character)
+    size = min(10.0, 0.95 * fig.get_figwidth() * 72 / (0.55 * max(len(title), 1)))
+    fig.suptitle(title, fontsize=size, y=1 - 0.15 / fig.get_figheight())
     if handles:
         fig.legend(list(handles.values()), list(handles), loc="lower center", ncols=min(len(handles), 6),
                    fontsize=8, frameon=False)
