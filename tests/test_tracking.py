@@ -138,6 +138,8 @@ def test_export_wandb_writes_offline_runs_that_read_back(tmp_path: Path, capsys)
     assert [f.name for f in files] == ["run-bbt-craft-tiny-digits_noise-16-1-failed.wandb",
                                        "run-craft-craft-tiny-digits_noise-16-1-ok.wandb"]
     recs = records(files[1])
+    kinds = [r.WhichOneof("record_type") for r in recs]
+    assert "run" in kinds, (kinds, files[1].stat().st_size)
     run = next(r.run for r in recs if r.WhichOneof("record_type") == "run")
     config = {u.key: json.loads(u.value_json) for u in run.config.update}
     assert (run.project, run.display_name, run.run_group) == ("ablation", "craft/digits_noise/16shot/seed1/craft-tiny", "results")
@@ -167,3 +169,22 @@ def test_tune_trials_use_rays_own_callbacks_in_the_same_places(tmp_path: Path) -
     assert isinstance(callback, MLflowLoggerCallback)
     assert callback.tracking_uri == f"file://{tmp_path}/tuned/_mlruns"
     assert callback.experiment_name == "tuned-trials" and callback.tags == {"study": "craft/digits_rotate/2shot"}
+
+
+def test_a_tracking_error_is_a_warning_and_the_sweep_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rows are stored before tracking, so a tracking server down costs only the run, which export logs later."""
+    from benchmark.sweep import runner
+
+    warned: list[str] = []
+    monkeypatch.setattr(runner.log, "warning", lambda message, *args: warned.append(message % args))
+
+    class Cell:
+        def label(self) -> str:
+            return "craft/dtd/16shot/seed1/RN50"
+
+    def down(rows: list[dict]) -> None:
+        raise ConnectionError("tracking server refused the connection\nmore detail")
+
+    runner._tell(down, [row("craft", "dtd", 16, 1)], Cell())
+    assert warned == ["warning: cell craft/dtd/16shot/seed1/RN50 stored but not tracked: ConnectionError: "
+                               "tracking server refused the connection (craft export logs a folder later)"]

@@ -279,6 +279,10 @@ class WandbTracker(Tracker):
             run.finish(exit_code=0 if row.get("status") == "ok" else 1)
         return True
 
+    def close(self) -> None:
+        """Stop W&B's service process: it writes the last records of the offline run files as it stops."""
+        self.wandb.teardown()
+
     def where(self) -> str:
         if self.mode == "offline":
             return f"W&B offline runs of project {self.project!r} under {self.dir}/wandb (upload: wandb sync {self.dir}/wandb/offline-run-*)"
