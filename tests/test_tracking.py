@@ -169,6 +169,12 @@ def test_tune_trials_use_rays_own_callbacks_in_the_same_places(tmp_path: Path) -
     assert isinstance(callback, MLflowLoggerCallback)
     assert callback.tracking_uri == f"file://{tmp_path}/tuned/_mlruns"
     assert callback.experiment_name == "tuned-trials" and callback.tags == {"study": "craft/digits_rotate/2shot"}
+    pytest.importorskip("wandb")
+    from ray.air.integrations.wandb import WandbLoggerCallback
+
+    (callback,) = trial_callbacks([TrackSpec("wandb", "search")], str(tmp_path / "tuned"), "craft/digits_rotate/2shot")
+    assert isinstance(callback, WandbLoggerCallback) and callback.project == "search"
+    assert callback.kwargs == {"mode": "offline", "dir": f"{tmp_path}/tuned/_wandb", "tags": ["craft/digits_rotate/2shot"]}
 
 
 def test_a_tracking_error_is_a_warning_and_the_sweep_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -131,10 +131,13 @@ def _final(cfg, bests, args) -> int:
 
     cells = final_cells(cfg, bests)
     trackers, on_cell = open_trackers(args.track, cfg.out)
-    summary = run_sweep(cells, cfg.out, address=args.address, num_cpus=args.num_cpus, progress=not args.no_progress,
-                        on_cell=on_cell)
+    try:
+        summary = run_sweep(cells, cfg.out, address=args.address, num_cpus=args.num_cpus, progress=not args.no_progress,
+                            on_cell=on_cell)
+    finally:
+        for tracker in trackers:
+            tracker.close()
     for tracker in trackers:
-        tracker.close()
         print(f"tracked: {tracker.where()}")
     print(f"final test evaluation: {summary.done} cells done, {summary.skipped} already done, "
           f"{summary.failed} failed; results in {cfg.out}")

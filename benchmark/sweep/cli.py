@@ -87,11 +87,14 @@ def run(args: argparse.Namespace) -> int:
     from benchmark.sweep.runner import run_sweep
 
     # The folder is locked, cleaned and listed once, before Ray starts: a second driver is refused at once.
-    summary = run_sweep(cells, cfg.out, cfg.server, address=args.address, num_cpus=args.num_cpus, dashboard=args.dashboard,
-                        rerun_failed=args.rerun_failed, progress=not args.no_progress, gpus=args.gpus, config=cfg,
-                        on_cell=on_cell)
+    try:
+        summary = run_sweep(cells, cfg.out, cfg.server, address=args.address, num_cpus=args.num_cpus,
+                            dashboard=args.dashboard, rerun_failed=args.rerun_failed, progress=not args.no_progress,
+                            gpus=args.gpus, config=cfg, on_cell=on_cell)
+    finally:
+        for tracker in trackers:  # what was logged stays logged (W&B writes its files' last records here)
+            tracker.close()
     for tracker in trackers:
-        tracker.close()
         log.info("tracked: %s", tracker.where())
     if summary.skipped == len(cells):
         print(f"nothing to run: all {summary.skipped} cells of {args.config} are done or failed before "
