@@ -32,7 +32,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("benchmark.sweep.demo", "run zero-shot, BBT and CraFT on the built-in suite through Ray"),
     "bench": ("benchmark.sweep.cli", "run a sweep config (methods x datasets x shots x seeds x backbones)"),
     "tune": ("tuning.cli", "search hyperparameters with Optuna through Ray Tune"),
-    "table": ("benchmark.report.tables_cli", "render result tables (Markdown, LaTeX, CSV)"),
+    "table": ("benchmark.report.tables_cli", "render result tables (Markdown, LaTeX, CSV, HTML)"),
     "plot": ("benchmark.report.plots_cli", "render result figures (PNG, PDF, SVG)"),
     "report": ("benchmark.report.report_cli", "one self-contained HTML report of a results folder: tables, figures, "
                                               "failures, cost, provenance"),

@@ -111,3 +111,11 @@ def test_plot_formats_at_print_resolution_and_deterministic(results: Path, tmp_p
     assert main(["plot", str(results), "--kind", "shots", "--out", str(tmp_path / "c"), "--format", "png,jpeg"]) == 2
     assert "--format 'jpeg': expected one or more of png, pdf, svg" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
+
+
+def test_table_format_html_is_an_escaped_fragment(results: Path, capsys) -> None:
+    assert main(["table", str(results), "--format", "html", "--datasets", "dtd", "eurosat"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith('<figure class="table"><table><caption>Few-shot top-1 accuracy (%) on RN50')
+    assert text.count("<tr") == 1 + 5 and text.count('<tr class="block">') == 2  # header, 5 rows; rules before 1 and 16 shots
+    assert "<b>" in text and "±" in text and "&ndash;" in text  # best in bold, stds, craft/eurosat/1-shot missing
