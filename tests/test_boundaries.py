@@ -29,6 +29,8 @@ WALLS: dict[str, tuple[str, ...]] = {
     "benchmark/serve": ("benchmark.sweep", "benchmark.report", "tuning"),
     "benchmark/sweep": ("tuning",),
     "benchmark/serve/client.py": ("open_clip", "benchmark.model"),
+    "benchmark/track": ("benchmark.model", "benchmark.serve", "benchmark.sweep", "benchmark.report", "tuning",
+                        "open_clip", "torch", "ray"),
     "benchmark/report": ("benchmark.model", "benchmark.serve", "benchmark.sweep", "tuning", "open_clip", "torch", "ray"),
 }
 

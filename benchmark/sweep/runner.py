@@ -21,6 +21,7 @@ import socket
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,11 +109,14 @@ def run_sweep(
     gpus: int | None = None,
     dashboard: bool = False,
     config: Any = None,
+    on_cell: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> SweepSummary:
     """Run every cell not yet done under ``out`` on servers serving ``server`` (default options);
     write each (log and rows) as it finishes, its rows stamped with the server options and the sweep
     ``config`` (a :class:`~benchmark.sweep.config.SweepConfig`, resolved: :func:`sweep_provenance`). With ``server.colocate``, CraFT and BBT runs execute
     in their model server's process (:mod:`benchmark.serve.colocate`); their run task only waits.
+    ``on_cell(rows)`` gets each cell's rows once they are stored (experiment tracking, :mod:`benchmark.track`);
+    an error there is a warning, the sweep goes on.
     """
     import ray
 
@@ -159,6 +163,8 @@ def run_sweep(
                     rows = [{**r, **stamp} for r in rows]
                     write_log(out, cell.method, cell.dataset, cell.cell_id, log_text)
                     write_cell(out, rows)
+                    if on_cell is not None:
+                        _tell(on_cell, rows, cell)
                     ok = rows[0]["status"] == "ok"
                     if ok:
                         summary.done += 1
@@ -173,6 +179,15 @@ def run_sweep(
             stop_servers(servers)
         summary.wall_s = time.perf_counter() - start
         return summary
+
+
+def _tell(on_cell: Callable[[list[dict[str, Any]]], None], rows: list[dict[str, Any]], cell: Cell) -> None:
+    """Hand a stored cell's rows to ``on_cell``; its failure is a warning (the rows are stored: craft export logs them later)."""
+    try:
+        on_cell(rows)
+    except Exception as exc:  # noqa: BLE001 - a tracking server down must not stop a sweep
+        log.warning("warning: cell %s stored but not tracked: %s: %s (craft export logs a folder later)",
+                    cell.label(), type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
 
 
 def sweep_provenance(server: ServerOptions, config: Any = None) -> dict[str, Any]:
