@@ -103,6 +103,13 @@ def restrict_logits(logits: torch.Tensor, subset: list[int]) -> torch.Tensor:
     return torch.full_like(logits, float("-inf")).index_copy_(-1, idx, logits.index_select(-1, idx))
 
 
+def split_top1(task: Task, split: str, logits: torch.Tensor) -> float:
+    """Top-1 (%) of ``logits`` on ``split``, among the split's classes where it scores a subset of them."""
+    if split in task.class_subsets:
+        logits = restrict_logits(logits, task.class_subsets[split])
+    return accuracy(logits, task.labels[split])
+
+
 def evaluate(
     box: BlackBox,
     task: Task,

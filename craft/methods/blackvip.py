@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from craft.blackbox import TRAIN, BlackBox, VisualPrompt
-from craft.methods.base import MethodTraits, RunResult, Task, Timer, accuracy, reject_invalid, restrict_logits
+from craft.methods.base import MethodTraits, RunResult, Task, Timer, reject_invalid, split_top1
 from craft.schedule import steps_per_epoch
 from craft.spsa import SPSAGC, directions, estimate
 
@@ -236,7 +236,5 @@ class BlackVIP(MethodTraits):
                     prompt = cfg.p_eps * coord(box.pixels(split, idx).float())
                 parts.append(box.image_logits(None, VisualPrompt(pixels=prompt.unsqueeze(0)), split, idx, budgeted=False)[0].cpu())
             logits = torch.cat(parts) if parts else torch.zeros(0, len(task.classnames))
-            if split in task.class_subsets:
-                logits = restrict_logits(logits, task.class_subsets[split])
-            out[f"top1_{split}"] = accuracy(logits, task.labels[split])
+            out[f"top1_{split}"] = split_top1(task, split, logits)
         return out

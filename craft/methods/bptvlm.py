@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from craft.blackbox import TRAIN, BlackBox, VisualPrompt
 from craft.cma_es import new_cma
-from craft.methods.base import MethodTraits, RunResult, Task, Timer, accuracy, reject_invalid, restrict_logits
+from craft.methods.base import MethodTraits, RunResult, Task, Timer, reject_invalid, split_top1
 
 # configs/shallow_prompt.yaml of the official code: the query budget and test interval (generations)
 # per dataset, by this harness's dataset keys. Datasets it does not name take DEFAULT_BUDGET.
@@ -116,9 +116,7 @@ def evaluate_visual(box: BlackBox, task: Task, contexts: torch.Tensor | None, pr
     out = {}
     for split in task.eval_splits:
         logits = box.image_logits(contexts, prompt, split, budgeted=False)[0].cpu()
-        if split in task.class_subsets:
-            logits = restrict_logits(logits, task.class_subsets[split])
-        out[f"top1_{split}"] = accuracy(logits, task.labels[split])
+        out[f"top1_{split}"] = split_top1(task, split, logits)
     return out
 
 

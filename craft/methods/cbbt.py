@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from craft.adapter import SIDES, OutputAdapter
 from craft.blackbox import BlackBox, OutputFeatures
-from craft.methods.base import MethodTraits, RunResult, Task, Timer, accuracy, evaluate, reject_invalid, restrict_logits
+from craft.methods.base import MethodTraits, RunResult, Task, Timer, evaluate, reject_invalid, split_top1
 from craft.schedule import DasslSchedule, steps_per_epoch, warmup_cosine
 from craft.zeroth_order import combine, default_mu, directions, perturbed, queries_per_step
 
@@ -133,9 +133,7 @@ def evaluate_adapted(box: BlackBox, task: Task, ctx: torch.Tensor, adapter: Outp
     for split in task.eval_splits:
         with torch.no_grad():
             logits = adapter.logits(_on_cpu(box.features(ctx, split, budgeted=False)))[0]
-        if split in task.class_subsets:
-            logits = restrict_logits(logits, task.class_subsets[split])
-        out[f"top1_{split}"] = accuracy(logits, task.labels[split])
+        out[f"top1_{split}"] = split_top1(task, split, logits)
     return out
 
 

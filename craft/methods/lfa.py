@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from craft.blackbox import TRAIN, BlackBox
-from craft.methods.base import MethodTraits, RunResult, Task, Timer, accuracy, reject_invalid, restrict_logits
+from craft.methods.base import MethodTraits, RunResult, Task, Timer, accuracy, reject_invalid, split_top1
 
 ALIGNS = ("procrustes", "least_squares")
 
@@ -170,9 +170,7 @@ class LFA(MethodTraits):
         for split in task.eval_splits:
             feats = box.image_features(split, budgeted=False).float().cpu()
             logits = F.normalize(feats @ w, dim=-1) @ prototypes.T
-            if split in task.class_subsets:
-                logits = restrict_logits(logits, task.class_subsets[split])
-            metrics[f"top1_{split}"] = accuracy(logits, task.labels[split])
+            metrics[f"top1_{split}"] = split_top1(task, split, logits)
         trace.append({"generation": 1, "queries": box.usage.queries,
                       "train_loss": float(reranking_loss(x @ w, prototypes, y, config.scale, config.knn)), **metrics})
         hparams = asdict(config) | {"beta": beta}
