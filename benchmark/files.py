@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from benchmark.errors import UserError
+
 if TYPE_CHECKING:
     import pyarrow.fs as pafs
 
@@ -61,3 +63,15 @@ def write_atomic(path: str | Path, write: Callable[[Any], object], fs: pafs.File
         except OSError:
             pass
         raise
+
+
+def check_output_file(path: Path, example: str) -> None:
+    """UserError unless ``path`` (an ``--out FILE``) can be a file: not a folder, nor under a file;
+    ``example`` names a file to suggest. Called before any work, so nothing is lost to a bad path."""
+    if path.is_dir():
+        raise UserError(f"--out {path} is a folder; give a file path, e.g. {path / example}")
+    above = path.parent
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    if not above.is_dir():
+        raise UserError(f"--out {path} lies under {above}, a file; give a file path in a folder")

@@ -21,6 +21,18 @@ class DasslSchedule:
     warmup_lr: float = 1e-5
     eval_every: int = 10
 
+    def schedule_checks(self) -> dict[str, bool]:
+        """Each shared field's validity, for the method's own ``reject_invalid``."""
+        return {
+            "lr": math.isfinite(self.lr) and self.lr > 0,
+            "weight_decay": self.weight_decay >= 0,
+            "batch_size": self.batch_size >= 1,
+            "epochs": self.epochs is None or self.epochs >= 1,
+            "warmup_epochs": self.warmup_epochs >= 0,
+            "warmup_lr": math.isfinite(self.warmup_lr) and self.warmup_lr > 0,
+            "eval_every": self.eval_every >= 1,
+        }
+
 
 def warmup_cosine(epoch: int, epochs: int, lr: float, warmup_epochs: int = 1, warmup_lr: float = 1e-5) -> float:
     """Learning rate of ``epoch`` (0-based): ``warmup_lr`` for the warm-up epochs, then cosine.

@@ -20,17 +20,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import pyarrow.fs as pafs
 
-    from benchmark.files import write_atomic
+    from benchmark.files import check_output_file, write_atomic
     from benchmark.report.html_report import build_report
     from benchmark.results.store import resolve
 
-    if args.out.is_dir():
-        raise UserError(f"--out {args.out} is a folder; give a file path, e.g. {args.out / 'report.html'}")
-    above = args.out.parent
-    while not above.exists() and above != above.parent:
-        above = above.parent
-    if not above.is_dir():
-        raise UserError(f"--out {args.out} lies under {above}, a file; give a file path in a folder")
+    check_output_file(args.out, "report.html")
     fs, base = resolve(args.results)
     if fs.get_file_info(base).type != pafs.FileType.Directory:
         raise UserError(f"results folder {args.results} does not exist or is not a folder")

@@ -42,14 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.out is not None and args.out.is_dir():  # before reading anything
-        raise UserError(f"--out {args.out} is a folder; give a file path, e.g. {args.out / ('table.' + args.fmt)}")
-    if args.out is not None:
-        above = args.out.parent
-        while not above.exists() and above != above.parent:
-            above = above.parent
-        if not above.is_dir():
-            raise UserError(f"--out {args.out} lies under {above}, a file; give a file path in a folder")
+    if args.out is not None:  # before reading anything
+        from benchmark.files import check_output_file
+
+        check_output_file(args.out, f"table.{args.fmt}")
     wanted = 2 if args.kind == "compare" else 1
     if args.results and len(args.results) != wanted:
         raise UserError(f"--kind {args.kind} takes {'two results folders (A B)' if wanted == 2 else 'one results folder'}, "

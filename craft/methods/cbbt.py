@@ -90,23 +90,17 @@ def schedule_queries(cfg: CBBTConfig, n_train: int, dataset: str, backbone: str 
 
 def _validate(cfg: CBBTConfig) -> None:
     checks = {
+        **cfg.schedule_checks(),
         "ctx_init": bool(cfg.ctx_init.strip()),
         "q": cfg.q >= 1,
         "mu": cfg.mu is None or (isfinite(cfg.mu) and cfg.mu > 0),
         "clip_norm": isfinite(cfg.clip_norm) and cfg.clip_norm > 0,
-        "lr": isfinite(cfg.lr) and cfg.lr > 0,
-        "weight_decay": cfg.weight_decay >= 0,
-        "batch_size": cfg.batch_size >= 1,
-        "epochs": cfg.epochs is None or cfg.epochs >= 1,
-        "warmup_epochs": cfg.warmup_epochs >= 0,
-        "warmup_lr": isfinite(cfg.warmup_lr) and cfg.warmup_lr > 0,
         "adapter_ratio": 0.0 <= cfg.adapter_ratio <= 1.0,
         "adapter_start": cfg.adapter_start >= 0,
         "adapter_on": cfg.adapter_on in SIDES,
         "adapter_reduction": cfg.adapter_reduction >= 1,
         # A budget below one step's queries runs nothing and would be reported as the initial prompt.
         "budget": cfg.budget is None or cfg.budget >= queries_per_step(max(cfg.q, 0), cfg.two_sided),
-        "eval_every": cfg.eval_every >= 1,
         "select": cfg.select in SELECTIONS,
     }
     reject_invalid(cfg, checks, "non-empty ctx_init, q/batch_size/epochs/eval_every >= 1, finite mu/lr/clip_norm/warmup_lr > 0, "

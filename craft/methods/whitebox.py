@@ -9,7 +9,6 @@ config validation, cell ids and listings as the black-box methods.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from math import isfinite
 from typing import Any
 
 from craft.blackbox import BlackBox
@@ -55,15 +54,9 @@ def coop_epochs(cfg: CoOpConfig, shots: int, dataset: str) -> int:
 def validate_coop(cfg: CoOpConfig) -> None:
     """Reject values CoOp cannot train with, naming each."""
     checks = {
+        **cfg.schedule_checks(),
         "n_ctx": cfg.n_ctx is None or cfg.n_ctx >= 1,
-        "lr": isfinite(cfg.lr) and cfg.lr > 0,
         "momentum": 0 <= cfg.momentum < 1,
-        "weight_decay": cfg.weight_decay >= 0,
-        "batch_size": cfg.batch_size >= 1,
-        "epochs": cfg.epochs is None or cfg.epochs >= 1,
-        "warmup_epochs": cfg.warmup_epochs >= 0,
-        "warmup_lr": isfinite(cfg.warmup_lr) and cfg.warmup_lr > 0,
-        "eval_every": cfg.eval_every >= 1,
         "train_views": cfg.train_views in ("fresh", "cached"),
     }
     reject_invalid(cfg, checks, "n_ctx/batch_size/epochs/eval_every >= 1, finite lr/warmup_lr > 0, 0 <= momentum < 1, "
