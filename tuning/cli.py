@@ -19,6 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local runtime)")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray runtime")
     parser.add_argument("--no-progress", action="store_true", help="no Ray Tune progress tables")
+    from benchmark.sweep.cli_options import add_override_arguments
+
+    add_override_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,7 +34,10 @@ def run(args: argparse.Namespace) -> int:
     if args.num_cpus is not None and args.num_cpus < 1:  # 0 would mean "all of them" to the runtime
         raise UserError(f"--num-cpus must be >= 1, got {args.num_cpus}")
 
-    cfg = load_search_config(args.config)
+    from benchmark.sweep.cli_options import check_out_outside_job, config_overrides
+
+    cfg = load_search_config(args.config, overrides=config_overrides(args))
+    check_out_outside_job(cfg.out, args.allow_relative_out)
     if args.export:
         return _export(cfg, args.export)
     if args.dry_run:

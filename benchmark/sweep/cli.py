@@ -27,6 +27,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dashboard", action="store_true",
                         help="start the local runtime's Ray dashboard, on 127.0.0.1 only")
     parser.add_argument("--no-progress", action="store_true", help="no progress display")
+    parser.add_argument("--no-data-check", action="store_true",
+                        help="with --dry-run: plan without reading the data root or datasets (a preview before downloading)")
+    parser.add_argument("--gpu", default=None, metavar="NAME",
+                        help="with --dry-run: estimate GPU-hours on this GPU from craft perf's measured rates (e.g. h100)")
+    from benchmark.sweep.cli_options import add_override_arguments
+
+    add_override_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,12 +49,21 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if value is not None and value < (1 if flag == "num_cpus" else 0):
             raise UserError(f"--{flag.replace('_', '-')} must be {'>= 1' if flag == 'num_cpus' else '>= 0'}, got {value}")
-    cfg = load_config(args.config)
+    from benchmark.sweep.cli_options import check_out_outside_job, config_overrides
+    from benchmark.sweep.estimate import check_gpu
+
+    if args.no_data_check and not args.dry_run:
+        raise UserError("--no-data-check only previews a plan: give it with --dry-run")
+    if args.gpu is not None:
+        check_gpu(args.gpu)
+    cfg = load_config(args.config, config_overrides(args))
+    check_out_outside_job(cfg.out, args.allow_relative_out)
     cells = expand(cfg)
-    for note in check_inputs(cfg):  # said once, before anything runs
-        print(f"note: {note}", file=sys.stderr)
+    if not args.no_data_check:
+        for note in check_inputs(cfg):  # said once, before anything runs
+            print(f"note: {note}", file=sys.stderr)
     if args.dry_run:
-        print(format_plan(make_plan(cells, cfg.out), cfg, args.rerun_failed))
+        print(format_plan(make_plan(cells, cfg.out), cfg, args.rerun_failed, gpu=args.gpu))
         return 0
     check_location(cfg.out)
 

@@ -76,12 +76,19 @@ def _shipped_folder() -> Any:
     return resources.files("benchmark").joinpath("configs")
 
 
-def load_config(path: str | Path) -> SweepConfig:
-    """Read ``path`` and its includes, check every file, merge, and check the result."""
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepConfig:
+    """Read ``path`` and its includes, check every file, merge, and check the result.
+
+    ``overrides`` (``craft bench --set``, :func:`benchmark.config_yaml.parse_overrides`) are one more
+    layer over the file, checked as a file is (errors name ``--set``): one validation path for both.
+    """
     p = Path(path)
     if not p.is_file():
         raise UserError(f"config file {path} does not exist")
     merged, includes = _load_layers(p, str(path), ())
+    if overrides:
+        _check_layer(overrides, "--set")
+        merged = _merge(merged, overrides)
     return _finish(merged, str(path), includes)
 
 
