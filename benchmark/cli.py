@@ -27,6 +27,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "results": ("benchmark.results.cli", "verify a results folder: cells done and failed, damaged files named"),
     "datasets": ("benchmark.datasets.cli", "list the dataset registry or check a data root"),
     "cache": ("benchmark.model.cache_cli", "list, verify or clear the image-feature cache"),
+    "weights": ("benchmark.model.weights_cli", "list the backbones' weights present here, or fetch them (sha256 recorded)"),
 }
 
 

@@ -91,8 +91,14 @@ def load_model(
     weights: str = BUILTIN,
     device: str | torch.device = "cpu",
     allow_download: bool | None = None,
+    checkpoint: str | None = None,
 ) -> LoadedModel:
-    """Create ``backbone`` with ``weights``: a pretrained tag, a checkpoint path, ``random`` or ``builtin``."""
+    """Create ``backbone`` with ``weights``: a pretrained tag, a checkpoint path, ``random`` or ``builtin``.
+
+    ``checkpoint``: the local file of those weights, found on the sweep's driver and staged here
+    (:mod:`benchmark.model.weights`); loaded as the tag it is (QuickGELU where the tag has it), no cache
+    looked up and nothing downloaded.
+    """
     import open_clip
 
     from benchmark.model.builtin import BUILTIN_BACKBONE, builtin_model_paths, register_builtin_model
@@ -116,6 +122,10 @@ def load_model(
         pretrained = str(builtin_model_paths()[1])
     elif weights == RANDOM:
         pretrained = None
+    elif checkpoint is not None:
+        if not Path(checkpoint).is_file():
+            raise UserError(f"staged weights file not found: {checkpoint} (for {backbone}:{weights})")
+        pretrained = checkpoint
     elif _looks_like_path(weights):
         if not Path(weights).is_file():
             raise UserError(f"checkpoint file not found: {weights} (for backbone {backbone})")
@@ -171,7 +181,7 @@ def tag_quick_gelu(backbone: str, tag: str) -> bool:
     return bool(open_clip.get_pretrained_cfg(backbone, tag).get("quick_gelu", False))
 
 
-def _cached_pretrained(backbone: str, tag: str) -> str | None:
+def cached_pretrained(backbone: str, tag: str) -> str | None:
     """The local file of an open_clip pretrained tag, if already downloaded (no network)."""
     import open_clip
 
@@ -190,6 +200,9 @@ def _cached_pretrained(backbone: str, tag: str) -> str | None:
     if url and (_URL_CACHE / os.path.basename(url)).is_file():
         return str(_URL_CACHE / os.path.basename(url))
     return None
+
+
+_cached_pretrained = cached_pretrained  # the name load_model looks it up by (tests replace it)
 
 
 def _looks_like_path(weights: str) -> bool:

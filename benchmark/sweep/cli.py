@@ -67,11 +67,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
     check_location(cfg.out)
 
-    from benchmark.sweep.runner import run_sweep
+    from benchmark.sweep.runner import resolve_weights, run_sweep
 
+    weights = resolve_weights(cells, cfg.weights)  # on this machine, before Ray starts; staged to the servers
     # The folder is locked, cleaned and listed once, before Ray starts: a second driver is refused at once.
     summary = run_sweep(cells, cfg.out, cfg.server, address=args.address, num_cpus=args.num_cpus, dashboard=args.dashboard,
-                        rerun_failed=args.rerun_failed, progress=not args.no_progress, gpus=args.gpus)
+                        rerun_failed=args.rerun_failed, progress=not args.no_progress, gpus=args.gpus,
+                        weights=weights)
     if summary.skipped == len(cells):
         print(f"nothing to run: all {summary.skipped} cells of {args.config} are done or failed before "
               f"(--rerun-failed retries failed ones); results in {cfg.out}")

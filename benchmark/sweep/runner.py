@@ -25,9 +25,12 @@ from benchmark.errors import UserError
 from benchmark.results.store import (
     parse_cell_file, check_location, check_writable, clean_temporaries, lock_results, move_aside, scan_cells, write_cell, write_log,
 )
+from benchmark.results.provenance import CODE_VERSION_ENV, code_version
 from benchmark.serve.options import ServerOptions
 from benchmark.serve.pool import ServerKey, ServerPool, start_servers, stop_servers
+from benchmark.model.weights import WeightsFile
 from benchmark.serve.ray_runtime import init_ray
+from benchmark.serve.staging import stage
 from benchmark.sweep.cell import Cell
 
 RUN_RETRIES = 3  # re-runs of a cell whose process or node died
@@ -102,16 +105,23 @@ def run_sweep(
     cache_dir: str | None = None,
     gpus: int | None = None,
     dashboard: bool = False,
+    weights: dict[tuple[str, str], WeightsFile | None] | None = None,
 ) -> SweepSummary:
     """Run every cell not yet done under ``out`` on servers serving ``server`` (default options);
     write each (log and rows) as it finishes. With ``server.colocate``, CraFT and BBT runs execute
     in their model server's process (:mod:`benchmark.serve.colocate`); their run task only waits.
+
+    ``weights``: each (backbone, weights) of the cells resolved to a file on this machine
+    (:func:`resolve_weights`; resolved here, before Ray starts, when not given); the servers load
+    these files, staged to their nodes through Ray (:mod:`benchmark.serve.staging`).
     """
     import ray
 
     summary = SweepSummary()
     start = time.perf_counter()
     check_location(out)
+    if weights is None:
+        weights = resolve_weights(cells)
     with lock_results(out):  # one driver per results folder: the scan below and the writes are ours
         clean_temporaries(out)  # first, even when nothing is left to run: what dead writers left
         status, damaged = scan_cells(out)
@@ -121,10 +131,14 @@ def run_sweep(
             summary.wall_s = time.perf_counter() - start
             return summary
 
+        # The commit comes from here, where the checkout's .git is; workers may run from a copy without it.
+        os.environ.setdefault(CODE_VERSION_ENV, code_version())
         init_ray(address, num_cpus, dashboard=dashboard)
         _check_gpus(gpus, address)
         server = server or ServerOptions()
-        servers = start_servers({(c.backbone, c.weights, c.method) for c in todo}, server, gpus=gpus, cache_dir=cache_dir)
+        staged = stage({k: v for k, v in weights.items() if k in {(c.backbone, c.weights) for c in todo}})
+        servers = start_servers({(c.backbone, c.weights, c.method) for c in todo}, server, gpus=gpus, cache_dir=cache_dir,
+                                staged=staged)
         try:  # nothing is written before the servers are up
             check_writable(out)
             # Kept beside their cells under a name nothing reads; the rerun's result takes their place.
@@ -163,6 +177,15 @@ def run_sweep(
             stop_servers(servers)
         summary.wall_s = time.perf_counter() - start
         return summary
+
+
+def resolve_weights(cells: list[Cell], location: str | None = None) -> dict[tuple[str, str], WeightsFile | None]:
+    """Each (backbone, weights) of ``cells`` as a file on this machine, the driver
+    (:func:`benchmark.model.weights.resolve`; ``location``: the config's ``weights:``); UserError before
+    Ray starts when one is missing."""
+    from benchmark.model.weights import resolve
+
+    return {key: resolve(*key, location=location) for key in dict.fromkeys((c.backbone, c.weights) for c in cells)}
 
 
 def _check_gpus(gpus: int | None, address: str | None) -> None:
