@@ -108,3 +108,43 @@ def test_no_data_check_needs_dry_run_and_a_measured_gpu(tmp_path: Path, capsys) 
     path = sweep(tmp_path)
     assert "--no-data-check only previews" in error_of(capsys, ["bench", str(path), "--no-data-check"])
     assert "--gpu 'tpu': no craft perf measurement" in error_of(capsys, ["bench", str(path), "--dry-run", "--gpu", "tpu"])
+
+
+def test_running_cells_stream_their_logs_and_print_their_evaluations(tmp_path: Path, monkeypatch, capsys) -> None:
+    """The driver's side of the progress sink: each drained line lands in the cell's log at once; an
+    evaluation line is printed, at most once per ``every`` seconds per cell."""
+    import types
+
+    import ray
+
+    from benchmark.sweep.runner import LiveLogs, Progress
+
+    batches = [[("c1", "2026-12-05 05:00:00 cell craft/x"), ("c1", "2026-12-05 05:00:01 eval generation=10 queries=400 top1_val=12.5")],
+               [("c1", "2026-12-05 05:00:02 eval generation=20 queries=800 top1_val=20")]]
+    sink = types.SimpleNamespace(drain=types.SimpleNamespace(remote=lambda: batches.pop(0) if batches else []))
+    monkeypatch.setattr(ray, "get", lambda ref, timeout=None: ref)
+    monkeypatch.setattr(ray, "wait", lambda refs, timeout=None: (refs, []))
+    cell = types.SimpleNamespace(method="craft", dataset="dtd", cell_id="c1", label=lambda: "craft/dtd/1shot/seed1/RN50")
+    live = LiveLogs(str(tmp_path), sink, 3600.0, Progress(1, False))
+    live.update({"c1": cell})  # sends the first drain
+    live._drained = 0.0
+    live.update({"c1": cell})  # reads it, sends the next
+    assert (tmp_path / "craft" / "dtd" / "c1.log").read_text().count("\n") == 2
+    live._drained = 0.0
+    live.update({"c1": cell})
+    assert "generation=20" in (tmp_path / "craft" / "dtd" / "c1.log").read_text()
+    err = capsys.readouterr().err
+    assert err == "running craft/dtd/1shot/seed1/RN50: generation=10 queries=400 top1_val=12.5\n"  # once per hour
+
+
+def test_workers_record_the_drivers_commit(monkeypatch) -> None:
+    from benchmark.results import provenance
+    from benchmark.serve.ray_runtime import _runtime_env
+
+    monkeypatch.setenv("CRAFT_CODE_VERSION", "abc123def456")
+    provenance.code_version.cache_clear()
+    try:
+        assert provenance.code_version() == "abc123def456"
+        assert _runtime_env()["env_vars"]["CRAFT_CODE_VERSION"] == "abc123def456"
+    finally:
+        provenance.code_version.cache_clear()

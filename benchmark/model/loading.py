@@ -141,9 +141,9 @@ def load_model(
         if local is None and not allow_download:
             raise UserError(
                 f"weights for {backbone} with pretrained tag {weights!r} are not in the local cache "
-                f"(looked in the Hugging Face cache and {_URL_CACHE}) and downloads are off; download them once "
-                f"with CRAFT_ALLOW_DOWNLOAD=1 on a machine with internet, or pass a local checkpoint path "
-                f"as weights (e.g. --weights /data/ckpt/{backbone}.pt)"
+                f"(looked in the Hugging Face cache and {_URL_CACHE}) and downloads are off; fetch them once "
+                f"with craft weights fetch {backbone}:{weights} on a machine with internet, or give a local checkpoint "
+                f"path as the weights (backbones: [{backbone}:/data/ckpt/{backbone}.pt])"
             )
         pretrained = weights
     # A tag trained with QuickGELU (every ``openai`` tag) on an architecture whose config has GELU
@@ -162,9 +162,9 @@ def load_model(
         if pretrained is not None and not _looks_like_path(pretrained):
             raise UserError(
                 f"weights for {backbone} with pretrained tag {weights!r} are not in the local cache "
-                f"and downloads are off ({type(exc).__name__}); download them once with "
-                f"CRAFT_ALLOW_DOWNLOAD=1 on a machine with internet, or pass a local checkpoint path "
-                f"as weights (e.g. --weights /data/ckpt/{backbone}.pt)"
+                f"and downloads are off ({type(exc).__name__}); fetch them once with "
+                f"craft weights fetch {backbone}:{weights} on a machine with internet, or give a local checkpoint "
+                f"path as the weights (backbones: [{backbone}:/data/ckpt/{backbone}.pt])"
             ) from exc
         raise UserError(f"could not load checkpoint {pretrained!r} into {backbone}: {exc}") from exc
     model.eval()

@@ -27,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dashboard", action="store_true",
                         help="start the local runtime's Ray dashboard, on 127.0.0.1 only")
     parser.add_argument("--no-progress", action="store_true", help="no progress display")
+    parser.add_argument("--progress-every", type=float, default=30.0, metavar="SECONDS",
+                        help="a line per running cell (generation, queries, validation accuracy) at most this often (default 30)")
     parser.add_argument("--no-data-check", action="store_true",
                         help="with --dry-run: plan without reading the data root or datasets (a preview before downloading)")
     parser.add_argument("--gpu", default=None, metavar="NAME",
@@ -45,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.num_cpus is not None and (args.address or os.environ.get("RAY_ADDRESS")):
         raise UserError("--num-cpus sizes a local Ray runtime; a cluster given by --address or RAY_ADDRESS has its own CPUs")
+    if not args.progress_every > 0:
+        raise UserError(f"--progress-every must be a number of seconds > 0, got {args.progress_every}")
     for flag in ("num_cpus", "gpus"):
         value = getattr(args, flag)
         if value is not None and value < (1 if flag == "num_cpus" else 0):
@@ -66,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
         print(format_plan(make_plan(cells, cfg.out), cfg, args.rerun_failed, gpu=args.gpu))
         return 0
     check_location(cfg.out)
+    _note_code_version()
 
     from benchmark.sweep.runner import resolve_weights, run_sweep
 
@@ -73,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     # The folder is locked, cleaned and listed once, before Ray starts: a second driver is refused at once.
     summary = run_sweep(cells, cfg.out, cfg.server, address=args.address, num_cpus=args.num_cpus, dashboard=args.dashboard,
                         rerun_failed=args.rerun_failed, progress=not args.no_progress, gpus=args.gpus,
-                        weights=weights)
+                        weights=weights, progress_every=args.progress_every)
     if summary.skipped == len(cells):
         print(f"nothing to run: all {summary.skipped} cells of {args.config} are done or failed before "
               f"(--rerun-failed retries failed ones); results in {cfg.out}")
@@ -89,3 +94,15 @@ def run(args: argparse.Namespace) -> int:
     if summary.failed:
         print("see each failed cell's .log beside its results; retry them with --rerun-failed", file=sys.stderr)
     return 1 if summary.failed else 0
+
+
+def _note_code_version() -> None:
+    """Say so when a Ray job's upload left ``.git`` behind: results would record no commit."""
+    from benchmark.results.provenance import code_version
+    from benchmark.sweep.cli_options import in_ray_job
+
+    version = code_version()
+    if in_ray_job() and all(c in "0123456789." for c in version.split("+")[0]):  # a package version, no commit
+        print(f"note: no .git in this job's working directory, so results record code_version {version}, not a "
+              "commit; submit with RAY_OVERRIDE_RUNTIME_ENV_DEFAULT_EXCLUDES=.venv,venv,__pycache__ so that Ray "
+              "uploads .git (docs/cluster.md)", file=sys.stderr)
