@@ -168,6 +168,7 @@ def run_sweep(
         init_ray(address, num_cpus, dashboard=dashboard)
         _check_gpus(gpus, address)
         server = server or ServerOptions()
+        sink = _start_sink()  # its process starts while the servers load their models
         staged = stage({k: v for k, v in weights.items() if k in {(c.backbone, c.weights) for c in todo}})
         servers = start_servers({(c.backbone, c.weights, c.method) for c in todo}, server, gpus=gpus, cache_dir=cache_dir,
                                 staged=staged)
@@ -178,10 +179,11 @@ def run_sweep(
             summary.moved_aside = [f"{old} -> {new} ({damaged[old]})" for old, new in moved.items()]
         except BaseException:
             stop_servers(servers)
+            ray.kill(sink)
             raise
         remote_run = ray.remote(num_cpus=1, num_gpus=0, max_retries=RUN_RETRIES, retry_exceptions=False)(_run_cell_task)
         display = Progress(len(todo), progress)
-        live = LiveLogs(out, _start_sink(), progress_every if progress else None, display)
+        live = LiveLogs(out, sink, progress_every if progress else None, display)
         load: dict[ServerKey, list[int]] = {k: [0] * len(g) for k, g in servers.groups.items()}
         pending: dict[Any, tuple[Cell, ServerKey, int]] = {}
         queue = list(todo)
