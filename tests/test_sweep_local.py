@@ -44,7 +44,7 @@ class _Remote:
     def __init__(self) -> None:
         self.started: list[str] = []
 
-    def remote(self, cell, servers, eval_test, colocate):  # noqa: ANN001 - stands in for a Ray remote function
+    def remote(self, cell, servers, eval_test, colocate, sink=None):  # noqa: ANN001 - stands in for a Ray remote function
         self.started.append(cell.cell_id)
         return object()
 

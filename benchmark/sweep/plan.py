@@ -117,7 +117,7 @@ def format_plan(plan: Plan, cfg: SweepConfig, rerun_failed: bool = False, gpu: s
         + (f" ({plan.count('damaged')} with a damaged result file, moved aside when run)" if plan.count("damaged") else "")
         + (" (failed ones included: --rerun-failed)" if rerun_failed and plan.count("failed") else "")
         + f"; estimated queries to run: {q_todo:,} of {q_total:,}",
-        f"text sequences to run: {s_todo:,}; estimated {gpu_hours(s_todo, gpu):.2f} GPU-hours on one {gpu.upper()} "
+        f"text sequences to run: {s_todo:,}; estimated {_gpu_time(gpu_hours(s_todo, gpu))} on one {gpu.upper()} "
         f"(an estimate: {rate.sequences_per_s:,.0f} sequences/s measured by craft perf, {rate.source}; "
         "budgeted queries only, evaluations, image encoding and compiling not counted)",
     ]
@@ -137,3 +137,8 @@ def format_plan(plan: Plan, cfg: SweepConfig, rerun_failed: bool = False, gpu: s
     for r in [header, *rows]:
         lines.append("  ".join(v.ljust(w) if i < 3 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))))
     return "\n".join(lines)
+
+
+def _gpu_time(hours: float) -> str:
+    """``0.49 GPU-hours``, or GPU-seconds for a sweep too small to show in hours."""
+    return f"{hours:.2f} GPU-hours" if hours >= 0.01 else f"{hours * 3600:.1f} GPU-seconds"
