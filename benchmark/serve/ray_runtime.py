@@ -77,8 +77,8 @@ def init_ray(
             ray.init(address=address, runtime_env=_runtime_env(), log_to_driver=False)
         else:
             with _loopback_only():
-                ray.init(
-                    num_cpus=num_cpus or os.cpu_count() or 1, num_gpus=num_gpus, include_dashboard=dashboard,
+                ray.init(  # "local": a new runtime, even where `ray start` left a cluster on this machine
+                    address="local", num_cpus=num_cpus or os.cpu_count() or 1, num_gpus=num_gpus, include_dashboard=dashboard,
                     dashboard_host="127.0.0.1", runtime_env=_runtime_env(), log_to_driver=False,
                 )
             protect_auth_token()
