@@ -53,8 +53,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt-tokens", type=int, default=20,
                    help="class names padded so that every prompt has this many tokens, SOS and EOS included "
                         "(capped at the model's context length; 0: the paper-shapes names as they are)")
-    p.add_argument("--popsize", type=int, default=40)
-    p.add_argument("--intrinsic-dim", type=int, default=512)
+    p.add_argument("--popsize", type=int, default=40, help="CMA-ES population: candidates per generation (default: 40)")
+    p.add_argument("--intrinsic-dim", type=int, default=512, help="dimension CMA-ES searches in (default: 512)")
     p.add_argument("--candidates", type=int, default=None,
                    help="candidates per raw call (default: popsize on GPU; on CPU as many as take about --raw-seconds)")
     p.add_argument("--raw-seconds", type=float, default=5.0, help="CPU: target duration of one fast raw call")
@@ -107,7 +107,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(DIR/trace_<path>.json.gz; open in Perfetto or chrome://tracing)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's; 1 on a CPU device whose load average exceeds its cores)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed of the timed loops (default: 0)")
     p.add_argument("--json", default=None, help="write the figures here")
 
 

@@ -73,8 +73,9 @@ def test_suites():
 def test_datasets_list_prints_a_table(capsys):
     assert main(["datasets", "list", "--suite", "builtin"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split()[:3] == ["key", "name", "classes"]
-    assert [line.split()[0] for line in lines[1:]] == ["digits_noise", "digits_invert", "digits_rotate", "digits_shift"]
+    assert lines[0].split()[:4] == ["key", "name", "folder", "classes"]
+    assert [line.split()[0] for line in lines[1:5]] == ["digits_noise", "digits_invert", "digits_rotate", "digits_shift"]
+    assert lines[1].split()[2] == "digits-noise/" and lines[5] == "" and "CoOp/blob/main/DATASETS.md" in lines[6]
 
 
 def test_datasets_list_does_not_import_torch():

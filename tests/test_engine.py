@@ -54,7 +54,7 @@ def test_fast_and_official_paths_agree_on_random_contexts(tiny):
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("max_sequences, n_cand, seed", [(12, 9, 0), (4, 5, 1)])
+@pytest.mark.parametrize("max_sequences, n_cand, seed", [(12, 9, 0), pytest.param(4, 5, 1, marks=pytest.mark.slow)])
 def test_compiled_path_is_one_graph_for_every_chunk_and_class_list(tiny, max_sequences, n_cand, seed):
     """12 sequences a pass: 3 classes go in chunks of 4, 4 and 1 candidates, 5 classes with shorter
     names in chunks of 2 and 1. 4 sequences a pass: 2 candidates x 2 classes, so 3 classes would

@@ -86,7 +86,7 @@ def test_two_craft_bench_on_one_folder_compute_each_cell_once(tmp_path: Path, ca
     config = tmp_path / "sweep.yaml"
     config.write_text(yaml.safe_dump({
         "out": str(out), "datasets": ["digits_rotate", "digits_shift"], "methods": ["zero_shot_clip"], "shots": [2],
-        "seeds": [1, 2, 3], "backbones": ["craft-tiny:builtin"]}))
+        "seeds": [1], "backbones": ["craft-tiny:builtin"]}))
     cmd = [sys.executable, "-m", "benchmark.cli", "bench", str(config), "--num-cpus", "1", "--no-progress"]
     first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(cache), cwd=tmp_path)
     try:
@@ -101,8 +101,8 @@ def test_two_craft_bench_on_one_folder_compute_each_cell_once(tmp_path: Path, ca
         if first.poll() is None:
             first.kill()
     assert first.returncode == 0, stderr
-    assert "6 cells done" in stdout
-    assert len(cell_status(str(out))) == 6 and len(list(out.rglob("*.parquet"))) == 6
+    assert "2 cells done" in stdout
+    assert len(cell_status(str(out))) == 2 and len(list(out.rglob("*.parquet"))) == 2
     assert not (out / LOCK_NAME).exists()
 
 
@@ -112,7 +112,7 @@ def test_two_craft_tune_on_one_storage_the_second_is_refused_and_the_first_finis
     config.write_text(yaml.safe_dump({
         "methods": ["bbt"], "datasets": ["digits_rotate"], "shots": [2], "backbones": ["craft-tiny:builtin"],
         "out": str(out), "hparams": {"bbt": {"*": {"budget": 80, "popsize": 20, "intrinsic_dim": 16}}},
-        "trials": 3, "max_concurrent_trials": 1, "pruning": False, "warm_start": False}))
+        "trials": 2, "max_concurrent_trials": 1, "pruning": False, "warm_start": False}))
     cmd = [sys.executable, "-m", "benchmark.cli", "tune", str(config), "--search-only", "--num-cpus", "1", "--no-progress"]
     first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(cache), cwd=tmp_path)
     try:
@@ -126,4 +126,4 @@ def test_two_craft_tune_on_one_storage_the_second_is_refused_and_the_first_finis
         if first.poll() is None:
             first.kill()
     assert first.returncode == 0, stderr[-3000:]
-    assert "3/3 trials finished" in stdout and "failed this run" not in stdout
+    assert "2/2 trials finished" in stdout and "failed this run" not in stdout

@@ -272,6 +272,7 @@ def test_an_interleaved_loop_counts_one_run_its_share_of_a_round():
     assert amortised({**loop, "runs": 1})["seconds_per_generation"] == 2.0
 
 
+@pytest.mark.slow
 def test_server_runs_are_processes_against_one_model_server(tmp_path):
     out = tmp_path / "perf.json"
     rc = main(["perf", "--backbone", "craft-tiny", "--dataset", "eurosat", "--device", "cpu", "--candidates", "4",

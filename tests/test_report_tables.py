@@ -229,6 +229,19 @@ def test_shift_table(tmp_path: Path) -> None:
     assert list(csv.DictReader(io.StringIO(render(table, "csv"))))[0]["backbone"] == "RN50"
 
 
+def test_a_shift_table_trained_on_another_dataset_shows_its_own_test_sets(tmp_path: Path) -> None:
+    evals = ("digits_noise", "digits_rotate", "digits_shift")
+    rows = [row(m, "digits_noise", 16, s, eval_dataset=t, backbone="craft-tiny") for m in ("zero_shot_clip", "craft")
+            for s in (1, 2) for t in evals]
+    rows += [row("craft", "digits_invert", 16, 1, backbone="craft-tiny")]  # a few-shot row: not in the table
+    table = build_table(load_results(write_results(tmp_path, rows)), "shift")
+    assert [c.key for c in table.columns] == ["backbone", "method", *evals, "average"]
+    assert "trained on Digits-Noise" in table.title
+    craft = table.find(backbone="craft-tiny", method="craft")
+    assert craft["average"].value == pytest.approx(statistics.mean(
+        accuracy("craft", t, 16, s) for t in evals[1:] for s in (1, 2)))
+
+
 def test_vs_paper(tmp_path: Path) -> None:
     rows = [row("craft", "dtd", 16, s, backbone="RN50") for s in (1, 2, 3)]
     rows += [row("zero_shot_clip", "dtd", 16, 1, backbone="RN50")]

@@ -26,9 +26,11 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from benchmark.results.store import FAILED_SUFFIX, OK_SUFFIX, TMP_PREFIX
+from benchmark.results.store import FAILED_SUFFIX, OK_SUFFIX, TMP_PREFIX, log_path
 from benchmark.sweep.config import load_config
 from benchmark.sweep.plan import expand
+
+pytestmark = pytest.mark.slow  # a real multi-node cluster through faults: the slow tier
 
 SWEEP = {  # 12 cells of about a second each
     "datasets": ["digits_rotate"],
@@ -142,7 +144,8 @@ def assert_every_cell_once(config: Path, out: Path) -> None:
         table = pq.read_table(f)
         assert set(table.column("cell_id").to_pylist()) == {f.name[: -len(OK_SUFFIX)]}
         assert table.column("status").to_pylist() == ["ok"] * table.num_rows
-        assert (f.parent / f.name.replace(OK_SUFFIX, ".log")).is_file()
+        cell = cells[f.name[: -len(OK_SUFFIX)]]
+        assert Path(log_path(str(out), cell.method, cell.dataset, cell.cell_id)).is_file()
 
 
 def test_driver_killed_mid_sweep_loses_only_cells_in_flight(cluster: LocalCluster, tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ def test_a_local_sweep_runs_each_cell_once_one_at_a_time_on_one_cpu(tmp_path: Pa
         "hparams": {"bbt": {"*": {"budget": 400, "intrinsic_dim": 64}}},
     })
     cells = expand(cfg)
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)  # not a cluster `ray start` left
     try:
         summary = run_sweep(cells, cfg.out, ServerOptions(runs_per_server=4), progress=False)
     finally:

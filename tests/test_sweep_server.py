@@ -97,6 +97,7 @@ def test_leases_share_a_task_and_the_last_release_drops_it(cache) -> None:
     assert server.ping()["tasks"] == 0
 
 
+@pytest.mark.slow
 def test_runs_survive_a_dead_server_and_a_restarted_one(cache) -> None:
     ray = pytest.importorskip("ray")
     ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False,

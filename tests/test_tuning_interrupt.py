@@ -9,14 +9,11 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.xfail(strict=False, reason="issue 23, open: in the full suite's order (CI-like runs, twice) the tune driver "
-                   "ignored two Ctrl-C for minutes; alone it stops in seconds; root cause not found yet")
 def test_sigint_during_craft_tune_stops_marks_trials_and_exits_130(tmp_path: Path) -> None:
     import optuna
     from optuna.trial import TrialState
@@ -49,8 +46,10 @@ def test_sigint_during_craft_tune_stops_marks_trials_and_exits_130(tmp_path: Pat
         try:
             stdout, stderr = proc.communicate(timeout=45)
         except subprocess.TimeoutExpired:
-            # In both CI-like full runs the first Ctrl-C went unanswered (alone it is answered in
-            # seconds): a user presses again; issue 23 tracks why either is missed.
+            # Unanswered (benchmark.stop_watch forces a stop 20 s after it): the driver's stacks go to
+            # stderr (craft's SIGUSR2 dump), then a user presses again.
+            proc.send_signal(signal.SIGUSR2)
+            time.sleep(2)
             proc.send_signal(signal.SIGINT)
             presses = 2
             stdout, stderr = proc.communicate(timeout=120)
@@ -58,6 +57,8 @@ def test_sigint_during_craft_tune_stops_marks_trials_and_exits_130(tmp_path: Pat
     finally:
         if proc.poll() is None:
             proc.kill()
+    if presses == 2:
+        print(f"first Ctrl-C unanswered; the driver's stderr with its stacks:\n{stderr[-30000:]}")
     assert proc.returncode == 130, stderr[-3000:]
     assert took < 60 or presses == 2, f"took {took:.1f} s to stop"
     assert f"resume with: craft tune {config}" in stderr
@@ -69,4 +70,6 @@ def test_sigint_during_craft_tune_stops_marks_trials_and_exits_130(tmp_path: Pat
     marked = [t for t in trials if t.user_attrs.get(INTERRUPTED)]
     assert len(marked) >= 1 and all(t.state == TrialState.FAIL for t in marked)
     assert f"{len(marked)} running trial(s) marked failed (interrupted)" in stderr
-    print(f"stopped {took:.1f} s after {presses} SIGINT(s); {len(trials)} trials, {len(marked)} marked interrupted")
+    forced = "did not stop within" in stderr  # the main thread was stuck; its stacks are in stderr
+    print(f"stopped {took:.1f} s after {presses} SIGINT(s){' (forced)' if forced else ''}; {len(trials)} trials, "
+          f"{len(marked)} marked interrupted")

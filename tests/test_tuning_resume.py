@@ -74,6 +74,7 @@ def setup(tmp_path: Path) -> tuple[list[str], dict[str, str], Path]:
     return cmd, env, tmp_path
 
 
+@pytest.mark.slow
 def test_search_killed_midway_resumes_to_exactly_the_requested_trials_without_test_images(setup) -> None:
     cmd, env, tmp = setup
     journal = tmp / "out" / "optuna.journal"

@@ -152,6 +152,17 @@ def run_search(cfg: SearchConfig, *, address: str | None = None, num_cpus: int |
     if not todo:
         return list(statuses.values())
 
+    marked = [0]  # running trials this driver marked interrupted
+
+    def mark() -> int:
+        # This driver is the only one on the storage (tuning.storage.lock_storage): what runs is ours.
+        marked[0] += sum(fail_interrupted(open_study(storage, s.name)) for s in todo)
+        return marked[0]
+
+    from benchmark.stop_watch import say_on_forced_exit
+
+    say_on_forced_exit(f"resume with: craft tune {cfg.path}",  # if Ctrl-C cannot end this thread (stop_watch)
+                       lambda: f"{mark()} running trial(s) marked failed (interrupted)")
     from benchmark.serve.options import ServerOptions
     from benchmark.serve.pool import start_servers, stop_servers
     from benchmark.model.weights import resolve
@@ -182,9 +193,7 @@ def run_search(cfg: SearchConfig, *, address: str | None = None, num_cpus: int |
             status.finished = len(finished(open_study(storage, study.name)))
             status.wall_s = time.perf_counter() - start
     except KeyboardInterrupt:
-        # This driver is the only one on the storage (tuning.storage.lock_storage): what runs is ours.
-        marked = sum(fail_interrupted(open_study(storage, s.name)) for s in todo)
-        raise SearchInterrupted(marked) from None
+        raise SearchInterrupted(mark()) from None
     finally:
         stop_servers(servers)  # free their GPUs for the final evaluation
     return list(statuses.values())

@@ -1,10 +1,16 @@
-"""``craft datasets list [--suite S]`` and ``craft datasets check --root DIR [NAMES...]``."""
+"""``craft datasets list [--suite S]`` and ``craft datasets check --root DIR [NAMES...]``.
+
+Data roots follow CoOp's folder layout (:data:`COOP_DATASETS_MD`): ``list`` shows each dataset's
+folder under the root, as CoOp names it.
+"""
 
 from __future__ import annotations
 
 import argparse
 
 from benchmark.datasets.registry import SUITES, list_datasets
+
+COOP_DATASETS_MD = "https://github.com/KaiyangZhou/CoOp/blob/main/DATASETS.md"
 
 
 def _verify_count(text: str) -> int | None:
@@ -16,11 +22,12 @@ def _verify_count(text: str) -> int | None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True, help="list or check")
     ls = sub.add_parser("list", help="list the registry's datasets")
     ls.add_argument("--suite", choices=SUITES, help="only the datasets of this suite")
     check = sub.add_parser("check", help="check a data root: classes, images per split, every problem")
-    check.add_argument("--root", required=True, help="the folder that holds CoOp's dataset folders")
+    check.add_argument("--root", required=True,
+                       help=f"the folder that holds the dataset folders, in CoOp's layout ({COOP_DATASETS_MD})")
     check.add_argument("names", nargs="*", metavar="NAME", help="dataset keys (default: all 15)")
     check.add_argument(
         "--verify-images", type=_verify_count, default=3, metavar="N|all",
@@ -34,11 +41,14 @@ def _table(rows: list[list[str]]) -> str:
 
 
 def _list(suite: str | None) -> int:
-    rows = [["key", "name", "classes", "test images", "splits", "suites", "template"]]
+    rows = [["key", "name", "folder", "classes", "test images", "splits", "suites", "template"]]
     for s in list_datasets(suite):
         splits = "test" if s.test_only else "train/val/test"
-        rows.append([s.key, s.name, str(s.classes), str(s.test_images), splits, " ".join(s.suites), s.template])
+        folder = f"{s.folder}/" if s.folder else "(built in)"
+        rows.append([s.key, s.name, folder, str(s.classes), str(s.test_images), splits, " ".join(s.suites), s.template])
     print(_table(rows))
+    print(f"\nfolder: under the data root (--root, a config's root), as CoOp lays the datasets out ({COOP_DATASETS_MD}); "
+          "the built-in suite's are generated under $CRAFT_BENCH_CACHE/builtin")
     return 0
 
 

@@ -103,3 +103,12 @@ def get_spec(key: str) -> DatasetSpec:
         raise UserError(
             f"unknown dataset {key!r}; valid keys: {valid} (and paper-shapes/<key> for each of the 15)"
         ) from None
+
+
+def scored_in(test_set: str, trained_on: str) -> bool:
+    """Whether a run trained on ``trained_on`` can be scored on ``test_set``'s test split: the same
+    dataset, a test-only variant of it (ImageNet's), or another dataset of the built-in suite (the
+    ten digits under another shift; :func:`benchmark.model.task.load_task_splits` checks the class names)."""
+    if test_set == trained_on or get_spec(test_set).parent == trained_on:
+        return True
+    return "builtin" in get_spec(test_set).suites and "builtin" in get_spec(trained_on).suites

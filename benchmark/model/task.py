@@ -24,7 +24,7 @@ import torch
 from benchmark.datasets.check import require_images
 from benchmark.datasets.fewshot import few_shot_splits
 from benchmark.datasets.loaders import load_dataset
-from benchmark.datasets.registry import get_spec
+from benchmark.datasets.registry import get_spec, scored_in
 from benchmark.datasets.transforms import aug_varies, train_transform
 from benchmark.datasets.types import DatasetSplits, Item
 from benchmark.model.engine import ClipEngine, TaskData, TrainViews
@@ -75,10 +75,11 @@ def load_task_splits(spec: TaskSpec) -> tuple[DatasetSplits, list[DatasetSplits]
     require_images(fs, splits)
     extra = []
     for key in spec.eval_datasets if spec.eval_test else ():
-        e_spec = get_spec(key)
-        if (e_spec.parent or key) != spec.dataset:
+        if not scored_in(key, spec.dataset):
             raise UserError(f"eval dataset {key} is not scored in {spec.dataset}'s label space")
         ds = load_dataset(key, spec.root)
+        if not get_spec(key).parent and ds.classnames != full.classnames:
+            raise UserError(f"eval dataset {key} has other class names than {spec.dataset}: it cannot be scored in its label space")
         require_images(ds, ("test",))
         extra.append(ds)
     return fs, extra

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
 from collections.abc import Callable
 
 import pandas as pd
@@ -15,10 +15,12 @@ from benchmark.errors import UserError
 from benchmark.results.store import verify_file
 from benchmark.results.schema import SCHEMA
 
+log = logging.getLogger(__name__)
+
 
 def warn_damaged(path: str, why: str) -> None:
     """Say on stderr that a damaged result file is left out (the default of :func:`load_results`)."""
-    print(f"warning: skipped damaged result file {path}: {why} (craft bench runs its cell again)", file=sys.stderr)
+    log.warning("warning: skipped damaged result file %s: %s (craft bench runs its cell again)", path, why)
 
 
 def load_results(

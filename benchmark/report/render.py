@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Sequence
+from typing import Any
 
 import pandas as pd
 
@@ -30,9 +31,19 @@ def render_table(
     shots: Sequence[int] | None = None,
     datasets: Sequence[str] | None = None,
     source: str | None = None,
+    **options: Any,
 ) -> str:
-    """Table ``kind`` of the results ``df`` as text in ``fmt`` (see :func:`~benchmark.report.tables.build_table`)."""
-    return render(build_table(df, kind, backbone=backbone, shots=shots, datasets=datasets, source=source), fmt)
+    """Table ``kind`` of the results ``df`` as text in ``fmt``; ``options``: ``group_by``, ``cost_line``
+    (see :func:`~benchmark.report.tables.build_table`), and for ``compare`` ``other`` (B's rows) and ``names``."""
+    if kind == "compare":
+        from benchmark.report.compare import build_compare
+
+        other, names = options.pop("other", None), options.pop("names", ("A", "B"))
+        if other is None:
+            raise UserError("--kind compare needs two results folders: craft table A B --kind compare")
+        table = build_compare(df, other, names, backbone=backbone, shots=shots, datasets=datasets, **options)
+        return render(table, fmt)
+    return render(build_table(df, kind, backbone=backbone, shots=shots, datasets=datasets, source=source, **options), fmt)
 
 
 def render(table: Table, fmt: str) -> str:

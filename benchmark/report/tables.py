@@ -15,12 +15,14 @@ import pandas as pd
 
 from benchmark.datasets.registry import list_datasets
 from benchmark.errors import UserError
-from benchmark.report.aggregate import (average_over, describe_run, fewshot_rows, marked_on_test, prepare, seed_stats,
-                                        select_datasets, sorted_backbones)
+from benchmark.report.aggregate import (VARIANT, average_over, describe_run, fewshot_rows, marked_on_test, prepare,
+                                        seed_stats, select_datasets, sorted_backbones)
+from benchmark.report.claims import measure_claims, ours_text
 from benchmark.report.labels import WHITE_BOX, backbone_key, dataset_key, dataset_label, method_key, method_label
 from benchmark.report.published import PUBLISHED_SOURCE, published_results
 
-KINDS = ("few-shot", "shift", "vs-paper", "cost")
+KINDS = ("few-shot", "shift", "vs-paper", "cost", "claims", "compare")
+RUN = ["backbone", "method", "shots", VARIANT]  # what one row of a table is: a run over seeds (and datasets)
 SHIFT_SOURCE = "imagenet"
 COL = "{col}"  # placeholder for the column's key in a row's name, for the missing list
 ON_TEST_MARK = "†"
@@ -38,6 +40,9 @@ class Column:
     label: str
     numeric: bool = True
     fmt: str = ".2f"
+
+
+VARIANT_COLUMN = Column(VARIANT, "Variant", False)
 
 
 @dataclass(frozen=True)
@@ -88,22 +93,52 @@ def build_table(
     shots: Sequence[int] | None = None,
     datasets: Sequence[str] | None = None,
     source: str | None = None,
+    group_by: Sequence[str] | None = None,
+    cost_line: bool = False,
 ) -> Table:
-    """Table ``kind`` (one of :data:`KINDS`) from results rows; ``source`` is named under it."""
+    """Table ``kind`` (one of :data:`KINDS`) from results rows; ``source`` is named under it.
+
+    ``group_by``: columns (``budget``, ``hparams.KEY``, ``precision``...) whose values make runs of one
+    method variants, each a row of its own (:func:`~benchmark.report.aggregate.add_variant`).
+    ``cost_line``: end with what the runs cost (:func:`cost_note`). ``compare`` takes two folders:
+    :func:`benchmark.report.compare.build_compare`.
+    """
     if kind not in KINDS:
         raise UserError(f"unknown table kind {kind!r}; kinds: {', '.join(KINDS)}")
-    df = prepare(df, backbone=backbone, shots=shots)
+    df = prepare(df, backbone=backbone, shots=shots, group_by=group_by)
+    if kind == "compare":  # two folders: benchmark.report.compare builds it (it imports this module)
+        raise UserError("--kind compare needs two results folders: craft table A B --kind compare")
     if kind == "few-shot":
         table = few_shot_table(df, datasets)
     elif kind == "shift":
         table = shift_table(df)
     elif kind == "vs-paper":
         table = vs_paper_table(df, published_results(), datasets)
+    elif kind == "claims":
+        table = claims_table(df, datasets)
     else:
         table = cost_table(df, datasets)
     if source:
         table.notes.append(source)
+    if cost_line:
+        table.notes.append(cost_note(df))
     return table
+
+
+def cost_note(rows: pd.DataFrame) -> str:
+    """One line of what the runs in ``rows`` cost, from what they record: runs, queries, wall and GPU hours
+    (each sum over the runs that record it, with how many do)."""
+    runs = rows.drop_duplicates("cell_id") if "cell_id" in rows and rows["cell_id"].notna().all() else rows
+    parts = [f"cost: {len(runs)} runs"]
+    for column, name, scale, fmt in (("queries", "queries", 1, ",.0f"), ("images_encoded", "images encoded", 1, ",.0f"),
+                                     ("wall_s", "wall hours", 3600, ".3f"),
+                                     ("gpu_s", "GPU hours", 3600, ".3f")):
+        have = runs[column].dropna() if column in runs else pd.Series(dtype=float)
+        if have.empty:
+            parts.append(f"{name}: not recorded")
+            continue
+        parts.append(f"{format(have.sum() / scale, fmt)} {name}" + ("" if len(have) == len(runs) else f" ({len(have)} of {len(runs)} runs record it)"))
+    return ", ".join(parts)
 
 
 def few_shot_table(df: pd.DataFrame, datasets: Sequence[str] | None = None) -> Table:
@@ -116,21 +151,24 @@ def few_shot_table(df: pd.DataFrame, datasets: Sequence[str] | None = None) -> T
     stats, avg, on_test = _run_stats(rows, "dataset", cols)
     backbones = sorted_backbones(rows)
     multi = len(backbones) > 1
+    variants = has_variants(rows)
     blocks, fewer = [], []
     for b in backbones:
-        combos = rows.loc[rows["backbone"] == b, ["shots", "method"]].drop_duplicates()
+        combos = rows.loc[rows["backbone"] == b, ["shots", "method", VARIANT]].drop_duplicates()
         for k in sorted(combos["shots"].unique()):
             block = []
-            for m in sorted(combos.loc[combos["shots"] == k, "method"], key=method_key):
-                name = describe_run(m, COL, k, b if multi else None)
+            at_k = combos.loc[combos["shots"] == k, ["method", VARIANT]].itertuples(index=False, name=None)
+            for m, v in sorted(at_k, key=lambda mv: (method_key(mv[0]), mv[1])):
+                name = variant_name(describe_run(m, COL, k, b if multi else None), v)
                 keys_cells = [TableCell(b)] if multi else []
-                keys_cells += [TableCell(int(k)), _method_cell(m, (b, m, k) in on_test)]
-                block.append(_averaged_row(stats, avg, (b, m, k), cols, keys_cells, name, fewer))
+                keys_cells += [TableCell(int(k)), _method_cell(m, (b, m, k, v) in on_test)]
+                keys_cells += [TableCell(v)] if variants else []
+                block.append(_averaged_row(stats, avg, (b, m, k, v), cols, keys_cells, name, fewer))
             blocks.append(block)
     key_columns = ([Column("backbone", "Backbone", False)] if multi else []) + [
         Column("shots", "Shots", False),
         Column("method", "Method", False),
-    ]
+    ] + ([VARIANT_COLUMN] if variants else [])
     where = f" on {backbones[0]}" if not multi else ""
     title = (
         f"Few-shot top-1 accuracy (%){where}{_OVER_SEEDS if _has_std(stats) else ''}; "
@@ -139,30 +177,52 @@ def few_shot_table(df: pd.DataFrame, datasets: Sequence[str] | None = None) -> T
     return _averaged_table(title, key_columns, cols, blocks, rows, fewer, on_test)
 
 
+def shift_source(df: pd.DataFrame) -> tuple[str, list[str]]:
+    """The dataset a shift table is trained on and the test sets it shows (the source first).
+
+    ImageNet and its four variants when the rows hold them (the paper's table); else the one dataset
+    whose runs were also scored on other test sets (``eval_datasets``, e.g. the built-in suite's).
+    """
+    cross = df[(df["dataset"] != df["eval_dataset"]) & df["top1_test"].notna()]
+    sources = sorted(cross["dataset"].unique(), key=dataset_key)
+    if not sources or SHIFT_SOURCE in sources:
+        return SHIFT_SOURCE, [s.key for s in list_datasets("imagenet_shift")]
+    if len(sources) > 1:
+        raise UserError(f"shift results trained on {len(sources)} datasets ({', '.join(sources)}); pick one with "
+                        f"--where \"dataset == '{sources[0]}'\"")
+    evals = cross.loc[cross["dataset"] == sources[0], "eval_dataset"].unique()
+    return sources[0], [sources[0], *sorted(evals, key=dataset_key)]
+
+
 def shift_table(df: pd.DataFrame) -> Table:
-    """Trained on ImageNet, evaluated on it and its variants, with the average over the variants; per backbone."""
-    targets = [s.key for s in list_datasets("imagenet_shift")]
-    variants = [t for t in targets if t != SHIFT_SOURCE]
-    rows = df[(df["dataset"] == SHIFT_SOURCE) & df["eval_dataset"].isin(targets) & df["top1_test"].notna()]
+    """Trained on one dataset (ImageNet in the paper), evaluated on it and its shifted variants, with the
+    average over the variants; per backbone."""
+    source, targets = shift_source(df)
+    variants = [t for t in targets if t != source]
+    rows = df[(df["dataset"] == source) & df["eval_dataset"].isin(targets) & df["top1_test"].notna()]
     if rows.empty:
         raise UserError(
-            f"no distribution-shift results: rows trained on imagenet and evaluated on {', '.join(targets)}"
+            f"no distribution-shift results: rows trained on {source} and evaluated on {', '.join(targets)}"
         )
     stats, avg, on_test = _run_stats(rows, "eval_dataset", variants)
     show_shots = rows.loc[rows["shots"] > 0, "shots"].nunique() > 1
+    grouped = has_variants(rows)
     blocks, fewer = [], []
     for b in sorted_backbones(rows):
-        combos = rows.loc[rows["backbone"] == b, ["method", "shots"]].drop_duplicates()
+        combos = rows.loc[rows["backbone"] == b, ["method", "shots", VARIANT]].drop_duplicates()
         block = []
-        for m, k in sorted(combos.itertuples(index=False), key=lambda mk: (method_key(mk[0]), mk[1])):
-            keys_cells = [TableCell(b), _method_cell(m, (b, m, k) in on_test)]
+        for m, k, v in sorted(combos.itertuples(index=False), key=lambda mk: (method_key(mk[0]), mk[1], mk[2])):
+            keys_cells = [TableCell(b), _method_cell(m, (b, m, k, v) in on_test)]
             keys_cells += [TableCell(int(k))] if show_shots else []
-            block.append(_averaged_row(stats, avg, (b, m, k), targets, keys_cells, describe_run(m, COL, k, b), fewer))
+            keys_cells += [TableCell(v)] if grouped else []
+            name = variant_name(describe_run(m, COL, k, b), v)
+            block.append(_averaged_row(stats, avg, (b, m, k, v), targets, keys_cells, name, fewer))
         blocks.append(block)
     key_columns = [Column("backbone", "Backbone", False), Column("method", "Method", False)]
     key_columns += [Column("shots", "Shots", False)] if show_shots else []
+    key_columns += [VARIANT_COLUMN] if grouped else []
     title = (
-        f"Distribution shift: top-1 accuracy (%) trained on ImageNet{_OVER_SEEDS if _has_std(stats) else ''}; "
+        f"Distribution shift: top-1 accuracy (%) trained on {dataset_label(source)}{_OVER_SEEDS if _has_std(stats) else ''}; "
         f"Average over the {len(variants)} variants; bold: best per column and backbone"
     )
     return _averaged_table(title, key_columns, targets, blocks, rows, fewer, on_test)
@@ -183,34 +243,37 @@ def vs_paper_table(df: pd.DataFrame, published: pd.DataFrame, datasets: Sequence
         if ours.empty:
             raise UserError(f"no results on {', '.join(wanted)}")
     group = ["backbone", "method", "shots"]
-    stats = _lookup(seed_stats(ours, [*group, "dataset", "eval_dataset"]))
-    on_test = marked_on_test(ours, group)
+    stats = _lookup(seed_stats(ours, [*RUN, "dataset", "eval_dataset"]))
+    on_test = marked_on_test(ours, RUN)
     paper = _lookup(pub[[*group, "dataset", "eval_dataset", "top1_test"]], ("top1_test",))
+    variants = has_variants(ours)
     blocks = []
-    for b, m, k in sorted(
-        ours[group].drop_duplicates().itertuples(index=False),
-        key=lambda g: (backbone_key(g[0]), method_key(g[1]), g[2]),
+    for b, m, k, v in sorted(
+        ours[RUN].drop_duplicates().itertuples(index=False),
+        key=lambda g: (backbone_key(g[0]), method_key(g[1]), g[2], g[3]),
     ):
-        pairs = {key[3:] for key in stats if key[:3] == (b, m, k)} | {key[3:] for key in paper if key[:3] == (b, m, k)}
+        pairs = {key[4:] for key in stats if key[:4] == (b, m, k, v)} | {key[3:] for key in paper if key[:3] == (b, m, k)}
         block = []
         for d, e in sorted(pairs, key=lambda p: (dataset_key(p[1]), dataset_key(p[0]))):
             values = {}
-            if (b, m, k, d, e) in stats:
-                mean, std, n = stats[(b, m, k, d, e)]
+            if (b, m, k, v, d, e) in stats:
+                mean, std, n = stats[(b, m, k, v, d, e)]
                 values |= {"ours": (mean, std), "seeds": (n, math.nan)}
             if (b, m, k, d, e) in paper:
                 values["paper"] = (paper[(b, m, k, d, e)][0], math.nan)
             if "ours" in values and "paper" in values:
                 values["delta"] = (values["ours"][0] - values["paper"][0], math.nan)
-            name = describe_run(m, e, k, b)
-            keys_cells = [TableCell(b), _method_cell(m, (b, m, k) in on_test), TableCell(int(k)),
-                          TableCell(e, label=dataset_label(e))]
+            name = variant_name(describe_run(m, e, k, b), v)
+            keys_cells = [TableCell(b), _method_cell(m, (b, m, k, v) in on_test), TableCell(int(k))]
+            keys_cells += [TableCell(v)] if variants else []
+            keys_cells += [TableCell(e, label=dataset_label(e))]
             block.append(_Row(keys_cells, values, name))
         blocks.append(block)
     key_columns = [
         Column("backbone", "Backbone", False),
         Column("method", "Method", False),
         Column("shots", "Shots", False),
+        *([VARIANT_COLUMN] if variants else []),
         Column("eval_dataset", "Dataset", False),
     ]
     value_columns = [
@@ -261,27 +324,32 @@ def cost_table(df: pd.DataFrame, datasets: Sequence[str] | None = None) -> Table
     backbones = sorted_backbones(runs)
     multi = len(backbones) > 1
     with_ratio = (runs["method"] == WHITE_BOX).any()
+    variants = has_variants(runs)
     blocks = []
     for b in backbones:
-        per_method = runs[runs["backbone"] == b].groupby("method")
+        per_method = runs[runs["backbone"] == b].groupby(["method", VARIANT])
         means = per_method[[c.key for c in COST_METRICS]].mean()
         counts = per_method.size()
-        white_mem = means.loc[WHITE_BOX, "peak_mem_mb"] if WHITE_BOX in means.index else math.nan
+        white = [mv for mv in means.index if mv[0] == WHITE_BOX]
+        white_mem = means.loc[white[0], "peak_mem_mb"] if white else math.nan
         block = []
-        for m in sorted(means.index, key=method_key):
+        for m, v in sorted(means.index, key=lambda mv: (method_key(mv[0]), mv[1])):
+            mv = (m, v)
             values = {
-                c.key: (float(means.loc[m, c.key]), math.nan) for c in COST_METRICS if pd.notna(means.loc[m, c.key])
+                c.key: (float(means.loc[mv, c.key]), math.nan) for c in COST_METRICS if pd.notna(means.loc[mv, c.key])
             }
-            values["runs"] = (float(counts[m]), math.nan)
+            values["runs"] = (float(counts[mv]), math.nan)
             if with_ratio and pd.notna(white_mem) and white_mem > 0:
                 for col, num in (("mem_vs_white_box", "peak_mem_mb"), ("learned_vs_white_box", "learned_bytes")):
                     if num in values:
                         scale = 2**20 if num == "learned_bytes" else 1
                         values[col] = (values[num][0] / (white_mem * scale), math.nan)
-            name = f"{b + '/' if multi else ''}{m}/{COL}"
-            block.append(_Row(([TableCell(b)] if multi else []) + [_method_cell(m)], values, name))
+            name = variant_name(f"{b + '/' if multi else ''}{m}/{COL}", v)
+            keys = ([TableCell(b)] if multi else []) + [_method_cell(m)] + ([TableCell(v)] if variants else [])
+            block.append(_Row(keys, values, name))
         blocks.append(block)
     key_columns = ([Column("backbone", "Backbone", False)] if multi else []) + [Column("method", "Method", False)]
+    key_columns += [VARIANT_COLUMN] if variants else []
     value_columns = [Column("runs", "Runs", fmt=".0f"), *COST_METRICS, *(RATIO_COLUMNS if with_ratio else [])]
     notes = (
         ["Mem / CoOp: peak memory over CoOp's (its training) on the same backbone; Learned / CoOp mem: learned "
@@ -294,20 +362,44 @@ def cost_table(df: pd.DataFrame, datasets: Sequence[str] | None = None) -> Table
     return _assemble(title, key_columns, value_columns, blocks, bold=False, listed=listed, notes=notes)
 
 
+def claims_table(df: pd.DataFrame, datasets: Sequence[str] | None = None) -> Table:
+    """The papers' claims (:mod:`benchmark.report.claims`): published, ours, and how ours was measured."""
+    if datasets:
+        df = df[df["dataset"].isin(select_datasets(df["dataset"].unique(), datasets))]
+    columns = [Column("claim", "Claim", False), Column("published", "Published", False),
+               Column("ours", "Ours", False), Column("evidence", "How ours was measured", False)]
+    claims = measure_claims(df)
+    rows = [[TableCell(c.statement), TableCell(c.published_text), TableCell(ours_text(c)), TableCell(c.evidence)]
+            for c in claims]
+    notes = ["Published: " + "; ".join(f"{c.key}: {c.source}" for c in claims),
+             "training time: CoOp's mean wall_s over CraFT's (above 1: CraFT faster); memory: CraFT's mean "
+             "peak_mem_mb over CoOp's; accuracies in points of top-1 (%)"]
+    return Table("Claims of the CraFT and CBBT papers, published and measured", columns, rows, notes=notes)
+
+
 def _run_stats(rows: pd.DataFrame, column: str, averaged: Sequence[str]) -> tuple[dict, dict, set[tuple]]:
     """Per run (backbone, method, shots) and value of ``column``: mean, std and n over seeds; per run: the
     mean and std of its average over the ``averaged`` values; and the runs whose epoch was chosen on test."""
-    run = ["backbone", "method", "shots"]
-    stats = _lookup(seed_stats(rows, [*run, column]))
-    avg = _lookup(average_over(rows, run, averaged, column), ("mean", "std"))
-    return stats, avg, marked_on_test(rows, run)
+    stats = _lookup(seed_stats(rows, [*RUN, column]))
+    avg = _lookup(average_over(rows, RUN, averaged, column), ("mean", "std"))
+    return stats, avg, marked_on_test(rows, RUN)
+
+
+def has_variants(rows: pd.DataFrame) -> bool:
+    """Whether ``rows`` were grouped into variants (``--group-by``): tables then show a Variant column."""
+    return VARIANT in rows and bool((rows[VARIANT] != "").any())
+
+
+def variant_name(name: str, variant: str) -> str:
+    """How a run of a variant is named in a table's notes: ``craft/dtd/16-shot [budget=2000]``."""
+    return f"{name} [{variant}]" if variant else name
 
 
 def _averaged_row(
     stats: dict[tuple, tuple[float, ...]], avg: dict[tuple, tuple[float, ...]], run: tuple, columns: Sequence[str],
     keys_cells: list[TableCell], name: str, fewer: list[str],
 ) -> _Row:
-    """The row of ``run`` (backbone, method, shots): its mean and std in each of ``columns`` and its
+    """The row of ``run`` (backbone, method, shots, variant): its mean and std in each of ``columns`` and its
     ``average``; those of its columns measured over fewer seeds than its others are added to ``fewer``."""
     values = {c: stats[(*run, c)][:2] for c in columns if (*run, c) in stats}
     if run in avg:

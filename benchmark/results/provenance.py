@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 from functools import lru_cache
 from importlib import metadata
@@ -42,3 +43,10 @@ def _version(name: str) -> str | None:
 @lru_cache(maxsize=1)
 def package_versions() -> dict[str, str]:
     return {name: v for name in PACKAGES if (v := _version(name))}
+
+
+@lru_cache(maxsize=1)
+def runtime_versions() -> dict[str, str | None]:
+    """The schema's version columns: Python's, torch's and open_clip's (None where not installed)."""
+    return {"python_version": platform.python_version(), "torch_version": _version("torch"),
+            "open_clip_version": _version("open_clip_torch")}

@@ -19,7 +19,15 @@ ImageNet variants of the distribution-shift table). Accuracies are top-1 in perc
 | learned_params, learned_bytes | size of what the method learned (the deployable part) |
 | wall_s, gpu_s, peak_mem_mb | cost of the run (gpu_s: server busy seconds for this run) |
 | trace | per generation: queries used, fitness, train loss, val/test accuracy where evaluated |
-| code_version, packages, host, started_at, finished_at | provenance |
+| code_version, packages, host, started_at, finished_at | provenance: the code (``git describe``), package versions (JSON), where and when |
+| precision | the sweep's ``precision`` server option (auto, bf16, fp32); part of the cell id where it is not the protocol's default |
+| computed_in | what the run's model server computed in: bf16 or fp32 (``auto`` gives bf16 on a GPU, fp32 for CBBT and on CPUs) |
+| compile, attention, colocate | the other server options: torch.compile mode (``false``: none), attention kernel, whether the run ran in its server's process (not in the cell id: same math, other kernels; rounding-level differences) |
+| device, cuda_version | the model server's device (``cpu`` or the GPU's name) and torch's CUDA version (null on CPUs) |
+| python_version, torch_version, open_clip_version | versions of the run's Python and of torch and open_clip |
+| config, config_hash | the resolved sweep config (includes merged; JSON) and the first 16 hex of its sha256, the same for every cell of one sweep |
+
+Columns added after a folder was written read as null (:func:`benchmark.report.load.load_results`).
 """
 
 from __future__ import annotations
@@ -77,6 +85,18 @@ SCHEMA = pa.schema(
         ("protocol", pa.string()),
         ("train_aug", pa.string()),
         ("shots_used", pa.int32()),
+        ("precision", pa.string()),
+        ("computed_in", pa.string()),
+        ("compile", pa.string()),
+        ("attention", pa.string()),
+        ("colocate", pa.bool_()),
+        ("device", pa.string()),
+        ("cuda_version", pa.string()),
+        ("python_version", pa.string()),
+        ("torch_version", pa.string()),
+        ("open_clip_version", pa.string()),
+        ("config", pa.string()),
+        ("config_hash", pa.string()),
     ]
 )
 

@@ -1,7 +1,12 @@
 """Writing and finding result files: one Parquet file per cell, never half-written or doubled.
 
 A cell's rows go to ``<out>/<method>/<dataset>/<cell_id>.parquet`` (``<cell_id>.failed.parquet``
-for a failed cell) and its log to ``<cell_id>.log`` beside it. Each file is written under a
+for a failed cell) and its log to ``<out>/_logs/<method>/<dataset>/<cell_id>.log``: under a ``_``
+folder, which pyarrow's dataset reader (so ``pd.read_parquet(out)``) skips, as it skips the
+dot-named temporaries, lock and moved-aside files, so that every Parquet reader opens ``out`` as it
+is. Folders written before kept each log beside its results; they still read, resume and verify
+(nothing here reads a log), and :func:`tidy_logs` (run by ``craft bench`` and ``craft results
+--tidy``) moves such logs under ``_logs/``. Each file is written under a
 temporary name in the same folder and then renamed, so a reader (or a rerun after a killed
 driver) sees a whole file or none (:mod:`benchmark.files`). A temporary name says who writes it
 (``.tmp-<pid>@<host>@<random>.tmp``), so that cleaning up removes only what a dead writer left.
@@ -36,6 +41,7 @@ from benchmark.results.schema import to_table
 OK_SUFFIX = ".parquet"
 FAILED_SUFFIX = ".failed.parquet"
 LOG_SUFFIX = ".log"
+LOGS_DIR = "_logs"  # a reader-skipped folder (pyarrow ignores names starting with "_" or ".")
 DAMAGED_MARK = ".damaged-"  # a damaged result file moved aside: .<name>.damaged-<UTC time>
 # A temporary of a writer on another host is taken as abandoned after this long.
 FOREIGN_TMP_MAX_AGE_S = 3600.0
@@ -117,9 +123,31 @@ def cell_path(base: str, method: str, dataset: str, cell_id: str, failed: bool =
 
 
 def log_path(out: str, method: str, dataset: str, cell_id: str) -> str:
-    """Where a cell's log goes (beside its results)."""
+    """Where a cell's log goes: ``<out>/_logs/<method>/<dataset>/<cell_id>.log``, out of Parquet readers' way."""
     _, base = resolve(out)
-    return f"{base}/{method}/{dataset}/{cell_id}{LOG_SUFFIX}"
+    return f"{base}/{LOGS_DIR}/{method}/{dataset}/{cell_id}{LOG_SUFFIX}"
+
+
+def tidy_logs(out: str) -> dict[str, str]:
+    """Move logs of the older layout (``<cell_id>.log`` beside the results) to :func:`log_path`, so that
+    pyarrow and pandas open the folder; a log already there is kept (the older one then keeps its place).
+    Returns ``{old path: new path}`` of the logs moved."""
+    fs, base = resolve(out)
+    moved = {}
+    for f in list_files(out):
+        rel = f.path[len(base) + 1:].split("/")
+        if not f.base_name.endswith(LOG_SUFFIX) or rel[0] == LOGS_DIR or f.base_name.startswith(TMP_PREFIX):
+            continue
+        target = f"{base}/{LOGS_DIR}/{'/'.join(rel)}"
+        if fs.get_file_info(target).type != pafs.FileType.NotFound:
+            continue
+        fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+        try:
+            fs.move(f.path, target)
+        except FileNotFoundError:
+            continue
+        moved[f.path] = target
+    return moved
 
 
 def _write_atomic(fs: pafs.FileSystem, path: str, write: Any) -> None:
@@ -154,14 +182,15 @@ def write_cell(out: str, rows: list[dict[str, Any]]) -> str:
 
 
 def write_log(out: str, method: str, dataset: str, cell_id: str, text: str) -> str:
-    """Write a cell's log atomically beside its results (replacing an earlier attempt's)."""
+    """Write a cell's log atomically to :func:`log_path` (replacing an earlier attempt's)."""
     fs, _ = resolve(out)
     path = log_path(out, method, dataset, cell_id)
     _write_atomic(fs, path, lambda stream: stream.write(text.encode("utf-8")))
     return path
 
 
-def _files(out: str) -> list[pafs.FileInfo]:
+def list_files(out: str) -> list[pafs.FileInfo]:
+    """Every file under the results location ``out`` (recursive; none if it is not a folder); UserError if unreadable."""
     fs, base = resolve(out)
     try:
         if fs.get_file_info(base).type != pafs.FileType.Directory:
@@ -226,7 +255,7 @@ def scan_cells(out: str) -> tuple[dict[str, str], dict[str, str]]:
     fs, _ = resolve(out)
     status: dict[str, str] = {}
     damaged: dict[str, str] = {}
-    for f in _files(out):
+    for f in list_files(out):
         kind = parse_cell_file(f.base_name)
         if kind is None:
             continue
@@ -265,7 +294,7 @@ def move_aside(out: str, paths: list[str]) -> dict[str, str]:
 
 def stray_temporaries(out: str) -> list[str]:
     """Temporary files under ``out``, whoever writes them."""
-    return [f.path for f in _files(out) if f.base_name.startswith(TMP_PREFIX)]
+    return [f.path for f in list_files(out) if f.base_name.startswith(TMP_PREFIX)]
 
 
 def _writer_dead(info: pafs.FileInfo, now: float) -> bool:
@@ -296,7 +325,7 @@ def clean_temporaries(out: str) -> int:
     two drivers on one results folder do not delete each other's files mid-write.
     """
     fs, _ = resolve(out)
-    files = _files(out)
+    files = list_files(out)
     now = time.time()
     removed = 0
     ok = {f.path[: -len(OK_SUFFIX)] for f in files if f.base_name.endswith(OK_SUFFIX)

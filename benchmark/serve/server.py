@@ -191,10 +191,20 @@ class ModelServer:
     def embed_words(self, text: str) -> np.ndarray:
         return self.engine.embed_words(text).numpy()
 
-    def release(self, tid: str) -> dict[str, float]:
-        """End a lease (the task is forgotten with its last lease); return the lease's server-side cost."""
+    def release(self, tid: str) -> dict[str, Any]:
+        """End a lease (the task is forgotten with its last lease); return the lease's server-side cost and
+        :meth:`device_info`."""
         with self._prepare_lock:
             task = self._leases.pop(tid, None)
             if task is not None and task not in self._leases.values():
                 self._tasks.pop(task, None)
-        return {"gpu_s": self._busy_s.pop(tid, 0.0), "peak_mem_mb": device_peak_mb(self.engine.device)}
+        return {"gpu_s": self._busy_s.pop(tid, 0.0), "peak_mem_mb": device_peak_mb(self.engine.device),
+                **self.device_info()}
+
+    def device_info(self) -> dict[str, str | None]:
+        """What a result row records of this server: its device (the GPU's name, or ``cpu``), torch's CUDA
+        version there, and what it computes in."""
+        cuda = self.engine.device.type == "cuda"
+        return {"device": torch.cuda.get_device_name(self.engine.device) if cuda else self.engine.device.type,
+                "cuda_version": torch.version.cuda if cuda else None,
+                "computed_in": "bf16" if self.engine.bf16 else "fp32"}

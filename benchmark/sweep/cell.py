@@ -34,6 +34,7 @@ class Cell:
     eval_datasets: tuple[str, ...] = ()
     root: str | None = field(default=None, compare=False)
     protocol: str = HARNESS  # benchmark.sweep.protocol; its method hparams are already in ``hparams``
+    precision: str | None = None  # the servers' precision where a config asks another than its protocol's default
     if TYPE_CHECKING:  # set once by __post_init__; not fields, so that asdict(cell) is what defines the cell
         config: Any  # the method's frozen, typed config
         cell_id: str
@@ -46,7 +47,8 @@ class Cell:
                                                        get_spec(self.dataset).classes, self.backbone))
 
     def _id(self) -> str:
-        """The hash of the cell's definition; ids of cells from before protocols (and train_aug) stay as they were."""
+        """The hash of the cell's definition; ids of cells from before protocols (and train_aug, and precision)
+        stay as they were: each enters the hash only where it is not its default."""
         d: dict[str, Any] = {
             "method": self.method, "dataset": self.dataset, "shots": self.shots, "seed": self.seed,
             "backbone": self.backbone, "weights": self.weights, "hparams": self.full_hparams(),
@@ -56,6 +58,8 @@ class Cell:
             d["protocol"] = self.protocol
         if self.train_aug is not None:
             d["train_aug"] = self.train_aug
+        if self.precision is not None:  # bf16 and fp32 runs are other cells: they never overwrite or mix
+            d["precision"] = self.precision
         text = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:20]
 

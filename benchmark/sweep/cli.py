@@ -8,9 +8,11 @@ run starts and before anything is written. Rerunning the same command skips done
 from __future__ import annotations
 
 import argparse
-import sys
+import logging
 
 from benchmark.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,19 +67,21 @@ def run(args: argparse.Namespace) -> int:
     cells = expand(cfg)
     if not args.no_data_check:
         for note in check_inputs(cfg):  # said once, before anything runs
-            print(f"note: {note}", file=sys.stderr)
+            log.info("note: %s", note)
     if args.dry_run:
         print(format_plan(make_plan(cells, cfg.out), cfg, args.rerun_failed, gpu=args.gpu))
         return 0
     check_location(cfg.out)
     _note_code_version()
 
+    from benchmark.stop_watch import say_on_forced_exit
     from benchmark.sweep.runner import resolve_weights, run_sweep
 
     weights = resolve_weights(cells, cfg.weights)  # on this machine, before Ray starts; staged to the servers
+    say_on_forced_exit(f"done cells are kept; run craft bench {args.config} again to resume")
     # The folder is locked, cleaned and listed once, before Ray starts: a second driver is refused at once.
     summary = run_sweep(cells, cfg.out, cfg.server, address=args.address, num_cpus=args.num_cpus, dashboard=args.dashboard,
-                        rerun_failed=args.rerun_failed, progress=not args.no_progress, gpus=args.gpus,
+                        rerun_failed=args.rerun_failed, progress=not args.no_progress, gpus=args.gpus, config=cfg,
                         weights=weights, progress_every=args.progress_every)
     if summary.skipped == len(cells):
         print(f"nothing to run: all {summary.skipped} cells of {args.config} are done or failed before "
@@ -88,11 +92,12 @@ def run(args: argparse.Namespace) -> int:
         f"{summary.failed} failed, in {summary.wall_s:.1f} s; results and per-cell logs in {cfg.out}"
     )
     for line in summary.moved_aside:
-        print(f"damaged result file moved aside, its cell run again: {line}", file=sys.stderr)
+        log.warning("damaged result file moved aside, its cell run again: %s", line)
     for line in summary.failures:
-        print(f"failed: {line}", file=sys.stderr)
+        log.error("failed: %s", line)
     if summary.failed:
-        print("see each failed cell's .log beside its results; retry them with --rerun-failed", file=sys.stderr)
+        log.error("see each failed cell's log under _logs/ in the results folder (craft results lists their errors); "
+                  "retry them with --rerun-failed")
     return 1 if summary.failed else 0
 
 
@@ -103,6 +108,6 @@ def _note_code_version() -> None:
 
     version = code_version()
     if in_ray_job() and all(c in "0123456789." for c in version.split("+")[0]):  # a package version, no commit
-        print(f"note: no .git in this job's working directory, so results record code_version {version}, not a "
-              "commit; submit with RAY_OVERRIDE_RUNTIME_ENV_DEFAULT_EXCLUDES=.venv,venv,__pycache__ so that Ray "
-              "uploads .git (docs/cluster.md)", file=sys.stderr)
+        log.warning("note: no .git in this job's working directory, so results record code_version %s, not a commit; "
+                    "submit with RAY_OVERRIDE_RUNTIME_ENV_DEFAULT_EXCLUDES=.venv,venv,__pycache__ so that Ray uploads "
+                    ".git (docs/cluster.md)", version)

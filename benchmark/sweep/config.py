@@ -202,7 +202,7 @@ def _check_layer(raw: dict[str, Any], where: str) -> None:
 
 
 def _check_eval_datasets(value: Any, where: str) -> None:
-    from benchmark.datasets.registry import get_spec
+    from benchmark.datasets.registry import scored_in
 
     if not isinstance(value, dict):
         raise UserError(f"{where}: eval_datasets must map a training dataset to a list of test sets, got {show(value)}")
@@ -212,8 +212,7 @@ def _check_eval_datasets(value: Any, where: str) -> None:
             raise UserError(f"{where}: eval_datasets.{ds} must be a non-empty list of names, got {show(extra)}")
         for i, key in enumerate(extra):
             check_dataset(key, where, f"eval_datasets.{ds}[{i}]")
-            spec = get_spec(key)
-            if (spec.parent or key) != ds:
+            if not scored_in(key, ds):
                 raise UserError(f"{where}: eval_datasets.{ds}[{i}]: {key} is not scored in {ds}'s label space")
 
 

@@ -7,13 +7,14 @@ A thin wrapper of ``craft bench``: its flags make the sweep config of ``configs/
 from __future__ import annotations
 
 import argparse
-import sys
+import logging
 import time
 from collections.abc import Sequence
 
 from benchmark.sweep.config import SweepConfig
 
 METHODS = ("zero_shot_clip", "bbt", "craft")
+log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,9 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--protocol", default="harness", choices=("harness", "official"),
                         help="harness (default) or official: every fidelity switch on the official code's side (docs/fidelity.md)")
     parser.add_argument("--datasets", nargs="+", default=None, help="built-in datasets (default: all)")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray runtime")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
+                        help=f"methods to run (default: {' '.join(METHODS)})")
+    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray runtime (default: all)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress display")
 
 
 def demo_config(
@@ -55,16 +57,16 @@ def run(args: argparse.Namespace) -> int:
     cfg = demo_config(args.out, args.datasets, args.methods, args.shots, args.seeds, args.protocol)
     cells = expand(cfg)
     for note in check_inputs(cfg):  # said once, before anything runs
-        print(f"note: {note}", file=sys.stderr)
+        log.info("note: %s", note)
     start = time.perf_counter()
-    summary = run_sweep(cells, cfg.out, cfg.server, num_cpus=args.num_cpus, progress=not args.no_progress)
+    summary = run_sweep(cells, cfg.out, cfg.server, num_cpus=args.num_cpus, progress=not args.no_progress, config=cfg)
     wall = time.perf_counter() - start
     print(
         f"\n{summary.done} runs done, {summary.skipped} already done (skipped), {summary.failed} failed "
         f"in {wall:.1f} s; results in {args.out}\n"
     )
     for line in summary.failures:
-        print(f"failed: {line}")
+        log.error("failed: %s", line)
     df = load_results(args.out)
     df = df[df["cell_id"].isin({c.cell_id for c in cells})]
     print(render_table(df, "few-shot", "md", datasets=[c.dataset for c in cells]))

@@ -12,17 +12,20 @@ from collections import Counter
 from dataclasses import dataclass
 
 from benchmark.errors import UserError
+from benchmark.results.cli import text_columns
 from benchmark.results.store import parse_cell_file, scan_cells
 from benchmark.sweep.cell import Cell
-from benchmark.sweep.config import SweepConfig
+from benchmark.sweep.config import SweepConfig, official_precision
 from craft.budget import whole_steps
 from craft.methods import METHODS
 
 
 
 def expand(cfg: SweepConfig) -> list[Cell]:
-    """Every cell of ``cfg``, in run order, each once."""
+    """Every cell of ``cfg``, in run order, each once. A ``precision`` other than the protocol's default
+    enters each cell's id (:class:`~benchmark.sweep.cell.Cell`); other server options do not."""
     grid = cfg.grid
+    precision = None if cfg.server.precision == official_precision(cfg.protocol) else cfg.server.precision
     cells: list[Cell] = []
     for backbone, weights in grid.backbones:
         for ds in grid.datasets:
@@ -33,7 +36,8 @@ def expand(cfg: SweepConfig) -> list[Cell]:
                         if not METHODS[method].learns and shots != max(grid.shots):
                             continue
                         hparams = grid.cell_hparams(method, ds)
-                        cells.append(Cell(method, ds, shots, seed, backbone, weights, hparams, extra, cfg.root, cfg.protocol))
+                        cells.append(Cell(method, ds, shots, seed, backbone, weights, hparams, extra, cfg.root, cfg.protocol,
+                                          precision))
     return list({c.cell_id: c for c in cells}.values())
 
 
@@ -99,6 +103,13 @@ def check_inputs(cfg: SweepConfig) -> list[str]:
     return notes
 
 
+def left_to_run(plan: Plan, limit: int = 20) -> list[str]:
+    """The cells of ``plan`` not done (to run, damaged or failed), each named, at most ``limit`` of them."""
+    left = [c for c in plan.cells if plan.status[c.cell_id] != "done"]
+    lines = [f"{plan.status[c.cell_id]}: {c.label()} ({c.cell_id})" for c in left[:limit]]
+    return lines + ([f"... and {len(left) - limit} more"] if len(left) > limit else [])
+
+
 def format_plan(plan: Plan, cfg: SweepConfig, rerun_failed: bool = False, gpu: str | None = None) -> str:
     """The dry-run report: totals, the text sequences to run with an estimate of their GPU-hours on
     ``gpu`` (default h100; :mod:`benchmark.sweep.estimate`), then one line per (backbone, method, dataset)."""
@@ -133,10 +144,7 @@ def format_plan(plan: Plan, cfg: SweepConfig, rerun_failed: bool = False, gpu: s
     header = ("backbone", "method", "dataset", "cells", "done", "failed", "to run", "queries to run", "sequences to run")
     rows = [(b, m, d, str(g["cells"]), str(g["done"]), str(g["failed"]), str(g["run"]), f"{g['queries']:,}",
              f"{g['sequences']:,}") for (b, m, d), g in groups.items()]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    for r in [header, *rows]:
-        lines.append("  ".join(v.ljust(w) if i < 3 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))))
-    return "\n".join(lines)
+    return "\n".join(lines + text_columns(header, rows, left=3))
 
 
 def _gpu_time(hours: float) -> str:

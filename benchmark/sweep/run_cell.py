@@ -11,7 +11,7 @@ from threadpoolctl import threadpool_limits
 
 from benchmark.datasets.registry import get_spec
 from benchmark.memory import process_peak_rss_mb
-from benchmark.results.provenance import code_version, package_versions
+from benchmark.results.provenance import code_version, package_versions, runtime_versions
 from benchmark.serve.client import RemoteBackend
 from benchmark.sweep.cell import Cell
 from benchmark.datasets.task_spec import TaskSpec
@@ -103,6 +103,8 @@ def result_rows(
         "trace": result.trace,
         "code_version": code_version(),
         "packages": package_versions(),
+        **runtime_versions(),
+        **{k: server_cost.get(k) for k in ("device", "cuda_version", "computed_in")},
         "host": socket.gethostname(),
         "started_at": started,
         "finished_at": dt.datetime.now(dt.timezone.utc),
@@ -120,6 +122,7 @@ def failed_row(cell: Cell, error: str) -> dict[str, Any]:
         "cell_id": cell.cell_id, "status": "failed", "error": error[-4000:], "method": cell.method,
         "dataset": cell.dataset, "eval_dataset": cell.dataset, "backbone": cell.backbone,
         "weights": cell.weights, "shots": cell.shots, "seed": cell.seed, "hparams": cell.full_hparams(),
-        "protocol": cell.protocol, "budget": cell.budget(), "code_version": code_version(), "host": socket.gethostname(),
+        "protocol": cell.protocol, "budget": cell.budget(), "code_version": code_version(), **runtime_versions(),
+        "host": socket.gethostname(),
         "started_at": now, "finished_at": now,
     }

@@ -12,7 +12,10 @@ loses only the cells in flight, and the same command run again does only what is
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
+import logging
 import os
 import socket
 import sys
@@ -23,7 +26,8 @@ from typing import Any
 
 from benchmark.errors import UserError
 from benchmark.results.store import (
-    parse_cell_file, check_location, check_writable, clean_temporaries, lock_results, move_aside, scan_cells, write_cell, write_log,
+    parse_cell_file, check_location, check_writable, clean_temporaries, lock_results, move_aside, scan_cells, tidy_logs, write_cell,
+    write_log,
 )
 from benchmark.results.provenance import CODE_VERSION_ENV, code_version
 from benchmark.serve.options import ServerOptions
@@ -34,6 +38,7 @@ from benchmark.serve.staging import stage
 from benchmark.sweep.cell import Cell
 
 RUN_RETRIES = 3  # re-runs of a cell whose process or node died
+log = logging.getLogger(__name__)
 
 @dataclass
 class SweepSummary:
@@ -134,11 +139,13 @@ def run_sweep(
     cache_dir: str | None = None,
     gpus: int | None = None,
     dashboard: bool = False,
+    config: Any = None,
     weights: dict[tuple[str, str], WeightsFile | None] | None = None,
     progress_every: float = 30.0,
 ) -> SweepSummary:
     """Run every cell not yet done under ``out`` on servers serving ``server`` (default options);
-    write each (log and rows) as it finishes. With ``server.colocate``, CraFT and BBT runs execute
+    write each (log and rows) as it finishes, its rows stamped with the server options and the sweep
+    ``config`` (a :class:`~benchmark.sweep.config.SweepConfig`, resolved: :func:`sweep_provenance`). With ``server.colocate``, CraFT and BBT runs execute
     in their model server's process (:mod:`benchmark.serve.colocate`); their run task only waits.
 
     ``weights``: each (backbone, weights) of the cells resolved to a file on this machine
@@ -156,6 +163,7 @@ def run_sweep(
         weights = resolve_weights(cells)
     with lock_results(out):  # one driver per results folder: the scan below and the writes are ours
         clean_temporaries(out)  # first, even when nothing is left to run: what dead writers left
+        tidy_logs(out)  # logs of the older layout out of Parquet readers' way
         status, damaged = scan_cells(out)
         todo, summary.skipped = cells_to_run(cells, status, rerun_failed)
         damaged = _damaged_of(todo, damaged)
@@ -168,6 +176,7 @@ def run_sweep(
         init_ray(address, num_cpus, dashboard=dashboard)
         _check_gpus(gpus, address)
         server = server or ServerOptions()
+        stamp = sweep_provenance(server, config)
         sink = _start_sink()  # its process starts while the servers load their models
         staged = stage({k: v for k, v in weights.items() if k in {(c.backbone, c.weights) for c in todo}})
         servers = start_servers({(c.backbone, c.weights, c.method) for c in todo}, server, gpus=gpus, cache_dir=cache_dir,
@@ -198,6 +207,7 @@ def run_sweep(
                     load[key][idx] -= 1
                     live.finished(cell.cell_id)
                     rows, log_text = _collect(ref, cell)
+                    rows = [{**r, **stamp} for r in rows]
                     write_log(out, cell.method, cell.dataset, cell.cell_id, log_text)
                     write_cell(out, rows)
                     ok = rows[0]["status"] == "ok"
@@ -224,6 +234,20 @@ def resolve_weights(cells: list[Cell], location: str | None = None) -> dict[tupl
     from benchmark.model.weights import resolve
 
     return {key: resolve(*key, location=location) for key in dict.fromkeys((c.backbone, c.weights) for c in cells)}
+
+
+def sweep_provenance(server: ServerOptions, config: Any = None) -> dict[str, Any]:
+    """The columns every row of a sweep shares: its server options, and its resolved config as JSON with
+    the hash of that config (its file's path left out of the hash, so that a moved file hashes the same)."""
+    compile_ = str(server.compile).lower() if isinstance(server.compile, bool) else server.compile
+    record: dict[str, Any] = {"precision": server.precision, "compile": compile_, "attention": server.attention,
+                              "colocate": server.colocate}
+    if config is not None:
+        resolved = dataclasses.asdict(config)
+        text = json.dumps({k: v for k, v in resolved.items() if k != "path"}, default=str, sort_keys=True)
+        record |= {"config": json.dumps(resolved, default=str, sort_keys=True),
+                   "config_hash": hashlib.sha256(text.encode()).hexdigest()[:16]}
+    return record
 
 
 def _check_gpus(gpus: int | None, address: str | None) -> None:
@@ -347,6 +371,7 @@ class Progress:
     """Cells done, running and failed, queries per second and an ETA: a bar on a terminal, lines in a log."""
 
     def __init__(self, total: int, enabled: bool) -> None:
+        enabled = enabled and log.isEnabledFor(logging.INFO)  # -q: no bar, no lines
         self.total, self.enabled = total, enabled
         self.bar = None
         self._last_line = 0.0
@@ -368,14 +393,14 @@ class Progress:
             self.bar.update(1)
             self.bar.set_postfix(running=running, failed=s.failed, qps=f"{s.queries / max(elapsed, 1e-9):.0f}")
         else:
-            print(f"{'ok' if ok else 'FAILED'} {cell.label()}; {self._status(s, running, elapsed)}", file=sys.stderr, flush=True)
+            log.info("%s %s; %s", "ok" if ok else "FAILED", cell.label(), self._status(s, running, elapsed))
 
     def note(self, line: str) -> None:
         """A line about a running cell: above the bar on a terminal, else on stderr."""
         if self.bar is not None:
             self.bar.write(line, file=sys.stderr)
         else:
-            print(line, file=sys.stderr, flush=True)
+            log.info("%s", line)
 
     def tick(self, s: SweepSummary, running: int, elapsed: float) -> None:
         if self.bar is not None:
