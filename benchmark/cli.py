@@ -34,8 +34,11 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "paper": ("benchmark.sweep.paper", "the CraFT paper's whole grid (few-shot, references, shift), then every table, "
               "the figures and the claims table"),
     "tune": ("tuning.cli", "search hyperparameters with Optuna through Ray Tune"),
-    "table": ("benchmark.report.tables_cli", "render result tables (Markdown, LaTeX, CSV)"),
-    "plot": ("benchmark.report.plots_cli", "render result figures (PNG)"),
+    "table": ("benchmark.report.tables_cli", "render result tables (Markdown, LaTeX, CSV, HTML)"),
+    "plot": ("benchmark.report.plots_cli", "render result figures (PNG, PDF, SVG)"),
+    "report": ("benchmark.report.report_cli", "one self-contained HTML report of a results folder: tables, figures, "
+                                              "failures, cost, provenance"),
+    "export": ("benchmark.track.cli", "log a results folder already run to MLflow or W&B (offline by default)"),
     "results": ("benchmark.sweep.status_cli", "a results folder: cells done, failed and left (--config), cost, damaged files"),
     "datasets": ("benchmark.datasets.cli", "list the dataset registry or check a data root"),
     "cache": ("benchmark.model.cache_cli", "list, verify or clear the image-feature cache"),

@@ -14,6 +14,20 @@ every call:
 * model calls: every text sequence and image encoded, budgeted or not (refinement
   epochs and evaluations call the model too, and the cost table reports them).
 
+Image-side capabilities (a backend that publishes ``BackendInfo.image_side``), each explicit and
+counted in their own unit, ``query_images`` (images the model encoded to answer), beside text
+sequences; budgeted ones (on ``train``) are capped by ``image_budget`` the way queries are by
+``budget``, refused before any compute:
+
+* :meth:`MeteredBlackBox.image_logits`: logits of images re-encoded under a :class:`VisualPrompt`
+  (shallow prompt tokens appended to a ViT's patch tokens, BPT-VLM; and/or a pixel-space prompt
+  added to the images, BlackVIP), per candidate: ``candidates x images`` images encoded, and, when
+  budgeted, ``candidates`` queries.
+* :meth:`MeteredBlackBox.image_features`: the image embeddings of an image set, as an embedding API
+  returns them (LFA): one image encoded per image returned.
+* :meth:`MeteredBlackBox.pixels`: the method's own images, preprocessed as the model's input (a
+  user holds its data; BlackVIP's coordinator reads them). No model call, nothing counted.
+
 Besides the registered image sets, a backend that says so (``BackendInfo.train_views``) answers
 on augmented views of the training images (:func:`view_split`): view ``v`` is a fresh random
 augmentation of every training image, the same for every run of the same data, encoded when first
@@ -65,6 +79,10 @@ class Usage:
     text_sequences: int = 0
     images_encoded: int = 0
     calls: int = 0
+    # Images encoded to answer image-side queries and feature requests (all of them), and those of
+    # them that were budgeted (capped by the image budget).
+    query_images: int = 0
+    budgeted_images: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -84,6 +102,41 @@ class BackendInfo:
     device: str = "cpu"
     # Whether the backend answers on augmented views of the training images (view_split).
     train_views: bool = False
+    # Image-side capabilities (VisualPrompt, image_features, pixels): whether it serves them, the
+    # width of its vision tokens (0: no prompt tokens, a tower that is not a ViT), how many prompt
+    # tokens it takes, the shape of one preprocessed image (C, H, W) and each channel's valid range
+    # after preprocessing (where a pixel prompt is clipped: [(lo, hi)] per channel).
+    image_side: bool = False
+    vision_width: int = 0
+    max_visual_tokens: int = 0
+    image_shape: tuple[int, ...] = ()
+    pixel_range: tuple[tuple[float, float], ...] = ()
+    # Published statistics of the model's input layers, which BPT-VLM's projections are drawn from
+    # (its official code reads them off the weights): token_std (token embedding), patch_mean,
+    # patch_std and patch_fan_in (the patch embedding's convolution).
+    init_stats: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class VisualPrompt:
+    """The image side of a query, per candidate; at least one part is given.
+
+    ``tokens``: ``candidates x n_tokens x vision_width``, shallow prompt tokens appended after a ViT's
+    class and patch tokens (after their positional embeddings, before its first layer norm), the
+    same for every image. ``pixels``: added to the preprocessed images (then clipped to
+    ``BackendInfo.pixel_range``), either one prompt per candidate (``candidates x C x H x W``) or
+    one per candidate and image (``candidates x images x C x H x W``: an input-dependent prompt).
+    """
+
+    tokens: torch.Tensor | None = None
+    pixels: torch.Tensor | None = None
+
+    @property
+    def candidates(self) -> int:
+        part = self.tokens if self.tokens is not None else self.pixels
+        if part is None:
+            raise ValueError("a visual prompt needs tokens or pixels (or both)")
+        return int(part.shape[0])
 
 
 class OutputFeatures(NamedTuple):
@@ -120,6 +173,12 @@ class Backend(Protocol):
         """Logits ``images x classes`` of hand-written prompts ``template.format(classname)``."""
         ...
 
+    # Image-side capabilities, for a backend whose info says ``image_side`` (not part of the runtime
+    # check: older backends have none):
+    #   image_logits(contexts | None, prompt: VisualPrompt, split, indices) -> (logits, images encoded)
+    #     (contexts None: the task's template) ; image_features(split, indices) -> (features, images encoded)
+    #   template_features(template) -> classes x embed ; pixels(split, indices) -> images x C x H x W
+
 
 class BlackBox(Protocol):
     """What methods hold: logits for prompt contexts, and the usage so far."""
@@ -146,6 +205,21 @@ class BlackBox(Protocol):
 
     def remaining(self) -> int: ...
 
+    # Image side (see the module's docstring); image_budget None: no cap but the query budget.
+    image_budget: int | None
+
+    def image_logits(self, contexts: torch.Tensor | None, prompt: VisualPrompt, split: str = TRAIN,
+                     indices: torch.Tensor | None = None, *, budgeted: bool = True) -> torch.Tensor: ...
+
+    def image_features(self, split: str = TRAIN, indices: torch.Tensor | None = None, *,
+                       budgeted: bool = True) -> torch.Tensor: ...
+
+    def template_features(self, template: str) -> torch.Tensor: ...
+
+    def pixels(self, split: str = TRAIN, indices: torch.Tensor | None = None) -> torch.Tensor: ...
+
+    def images_remaining(self) -> int | None: ...
+
 
 class MeteredBlackBox:
     """Counts every call to a :class:`Backend` and enforces the query budget.
@@ -156,12 +230,16 @@ class MeteredBlackBox:
     calls on any split other than ``train`` are refused: the budget is for training.
     """
 
-    def __init__(self, backend: Backend, budget: int) -> None:
+    def __init__(self, backend: Backend, budget: int, image_budget: int | None = None) -> None:
+        """``image_budget``: the images that budgeted image-side calls may encode (None: no cap of its own)."""
         if budget < 0:
             raise ValueError(f"query budget must be >= 0, got {budget}")
+        if image_budget is not None and image_budget < 0:
+            raise ValueError(f"image budget must be >= 0 or None, got {image_budget}")
         self._backend = backend
         self._info = backend.info()
         self.budget = int(budget)
+        self.image_budget = None if image_budget is None else int(image_budget)
         self.usage = Usage()
 
     @property
@@ -246,6 +324,115 @@ class MeteredBlackBox:
         out, images_encoded = self._backend.template_logits(template, split)
         self._record(1, budgeted=False, images_encoded=images_encoded)
         return out
+
+    # ----------------------------------------------------------------- image side
+    def images_remaining(self) -> int | None:
+        """Images that budgeted image-side calls may still encode (None: no image budget)."""
+        return None if self.image_budget is None else self.image_budget - self.usage.budgeted_images
+
+    def image_logits(self, contexts: torch.Tensor | None, prompt: VisualPrompt, split: str = TRAIN,
+                     indices: torch.Tensor | None = None, *, budgeted: bool = True) -> torch.Tensor:
+        """Logits ``candidates x images x classes`` of images re-encoded under ``prompt`` (one visual prompt
+        per candidate), scored against the prompt contexts ``contexts`` (one per candidate, or one for
+        all; None: the task's template). Counts ``candidates`` queries when budgeted, and
+        ``candidates x images`` images encoded; refused before any compute past either budget."""
+        self._require_image_side()
+        n_cand = prompt.candidates
+        prompt = self._check_visual(prompt, split, indices)
+        if contexts is not None:
+            contexts = self._check_contexts(contexts)
+            if contexts.shape[0] not in (1, n_cand):
+                raise ValueError(f"{contexts.shape[0]} prompt contexts for {n_cand} visual prompts; give one or one each")
+        n_img = self._n_images(split, indices)
+        self._admit_images(n_cand * n_img, split, budgeted, queries=n_cand)
+        out, encoded = self._backend.image_logits(contexts, prompt, split, indices)  # type: ignore[attr-defined]
+        n_text = 1 if contexts is None else contexts.shape[0]  # the template's class prompts: one candidate's worth
+        self._record_images(n_cand * n_img, budgeted, queries=n_cand, text_candidates=n_text, cache_encoded=0)
+        return out
+
+    def image_features(self, split: str = TRAIN, indices: torch.Tensor | None = None, *,
+                       budgeted: bool = True) -> torch.Tensor:
+        """Normalised image embeddings ``images x embed`` of an image set (rows ``indices``): what an
+        embedding API returns. One image encoded per image returned, budgeted on ``train``."""
+        self._require_image_side()
+        self._check_split(split)
+        n_img = self._n_images(split, indices)
+        self._admit_images(n_img, split, budgeted, queries=0)
+        out, cache_encoded = self._backend.image_features(split, indices)  # type: ignore[attr-defined]
+        self._record_images(n_img, budgeted, queries=0, text_candidates=0, cache_encoded=cache_encoded)
+        return out
+
+    def template_features(self, template: str) -> torch.Tensor:
+        """Normalised text embeddings ``classes x embed`` of ``template.format(classname)``; one unbudgeted query."""
+        self._require_image_side()
+        out = self._backend.template_features(template)  # type: ignore[attr-defined]
+        self._record(1, budgeted=False, images_encoded=0)
+        return out
+
+    def pixels(self, split: str = TRAIN, indices: torch.Tensor | None = None) -> torch.Tensor:
+        """The method's own images of an image set, preprocessed as the model's input (``images x C x H x W``;
+        the training set's augmented pass as ``train`` holds it). The user's data: no model call."""
+        self._require_image_side()
+        self._check_split(split)
+        return self._backend.pixels(split, indices)  # type: ignore[attr-defined]
+
+    def _require_image_side(self) -> None:
+        if not self._info.image_side:
+            raise ValueError("this black box serves no image-side queries (BackendInfo.image_side is False)")
+
+    def _n_images(self, split: str, indices: torch.Tensor | None) -> int:
+        if indices is not None:
+            return int(torch.as_tensor(indices).numel())
+        if split not in self._info.split_sizes:
+            raise ValueError(f"image set {split!r} has no fixed size; image-side queries take registered sets: "
+                             f"{sorted(self._info.split_sizes)}")
+        return int(self._info.split_sizes[split])
+
+    def _check_visual(self, prompt: VisualPrompt, split: str, indices: torch.Tensor | None) -> VisualPrompt:
+        self._check_split(split)
+        info, n_cand = self._info, prompt.candidates
+        if prompt.tokens is not None:
+            t = prompt.tokens
+            if info.vision_width == 0:
+                raise ValueError("this black box's image tower takes no prompt tokens (not a ViT); use a pixel prompt")
+            if t.dim() != 3 or t.shape[2] != info.vision_width or not 1 <= t.shape[1] <= info.max_visual_tokens:
+                raise ValueError(f"visual prompt tokens must have shape (candidates, n_tokens <= {info.max_visual_tokens}, "
+                                 f"{info.vision_width}), got {tuple(t.shape)}")
+        if prompt.pixels is not None:
+            p, shape = prompt.pixels, tuple(info.image_shape)
+            n_img = self._n_images(split, indices)
+            if tuple(p.shape) not in ((n_cand, *shape), (n_cand, n_img, *shape)):
+                raise ValueError(f"a pixel prompt must have shape {(n_cand, *shape)} or {(n_cand, n_img, *shape)} "
+                                 f"(candidates[, images], C, H, W), got {tuple(p.shape)}")
+        return prompt
+
+    def _admit_images(self, n_images: int, split: str, budgeted: bool, queries: int) -> None:
+        """Refuse, before any compute, a budgeted image-side call off ``train``, past the query budget or
+        past the image budget."""
+        if not budgeted:
+            return
+        if split != TRAIN:
+            raise ValueError(f"budgeted queries score training images only, got split {split!r}; "
+                             "pass budgeted=False for evaluations")
+        if self.usage.queries + queries > self.budget:
+            raise BudgetExceeded(f"query budget {self.budget} would be exceeded: {self.usage.queries} used, "
+                                 f"{queries} candidate(s) asked, {self.remaining()} left")
+        left = self.images_remaining()
+        if left is not None and n_images > left:
+            raise BudgetExceeded(f"image budget {self.image_budget} would be exceeded: {self.usage.budgeted_images} "
+                                 f"images encoded, {n_images} asked, {left} left")
+
+    def _record_images(self, n_images: int, budgeted: bool, *, queries: int, text_candidates: int,
+                       cache_encoded: int) -> None:
+        if budgeted:
+            self.usage.queries += queries
+            self.usage.budgeted_images += n_images
+        else:
+            self.usage.unbudgeted_queries += queries
+        self.usage.query_images += n_images
+        self.usage.text_sequences += text_candidates * self._info.n_classes
+        self.usage.images_encoded += int(cache_encoded)
+        self.usage.calls += 1
 
     def _check_split(self, split: str) -> None:
         if split in self._info.split_sizes:

@@ -296,9 +296,9 @@ def test_table_and_plot_out_under_a_file(tmp_path: Path, capsys: pytest.CaptureF
         f"craft table: error: --out {afile / 't.md'} lies under {afile}, a file; give a file path in a folder")  # was NotADirectoryError
     journal = str(tmp_path / "j.journal")
     assert one_sentence(capsys, ["plot", "--kind", "optuna", "--storage", journal, "--out", str(afile)]) == (
-        f"craft plot: error: --out {afile} is a file; give a folder for the PNG files")  # was FileExistsError
+        f"craft plot: error: --out {afile} is a file; give a folder for the figure files")  # was FileExistsError
     assert one_sentence(capsys, ["plot", "--kind", "optuna", "--storage", journal, "--out", str(afile / "p")]) == (
-        f"craft plot: error: --out {afile / 'p'} lies under {afile}, a file; give a folder for the PNG files")
+        f"craft plot: error: --out {afile / 'p'} lies under {afile}, a file; give a folder for the figure files")
 
 
 def test_plot_of_a_damaged_optuna_journal(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -63,7 +63,7 @@ def test_budget_larger_than_box_is_clipped_to_what_is_left():
 
 
 def test_unknown_method_and_hyperparameter_errors_name_the_valid_ones():
-    with pytest.raises(ValueError, match="unknown method 'crafty'; known methods: bbt, cbbt, coop, craft, zero_shot_clip"):
+    with pytest.raises(ValueError, match="unknown method 'crafty'; known methods: bbt, blackvip, bpt_vlm, cbbt, coop, craft, lfa, zero_shot_clip"):
         get_method("crafty")
     with pytest.raises(ValueError, match=r"unknown hyperparameter\(s\) sigmaa in method craft; CraFTConfig accepts: .*sigma"):
         make_config("craft", {"sigmaa": 1})

@@ -71,5 +71,6 @@ def test_the_report_holds_every_table_and_the_figures(tmp_path: Path) -> None:
     assert "not rendered" not in text and "cost: 156 runs" in text
     assert "1/100.0" in text  # CraFT's memory over CoOp's, from the rows
     names = {p.name for p in written}
-    assert {"few-shot.csv", "shift.csv", "cost.csv", "claims.csv"} <= names
+    assert {"few-shot.csv", "shift.csv", "cost.csv", "claims.csv", "report.html"} <= names
+    assert "Claims of the CraFT" in (Path(plan.out) / "report" / "report.html").read_text()
     assert any(n.startswith("shots_") and n.endswith(".png") for n in names)

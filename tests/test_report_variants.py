@@ -36,7 +36,7 @@ def test_a_budget_sweep_renders_one_row_per_budget(tmp_path: Path, capsys: pytes
     assert "| Shots | Method | Variant |" in out
     assert values(out, "16", "BBT", "budget=400") == ["42.00 ± 1.00", "42.00 ± 1.00", "42.00 ± 1.00"]
     assert values(out, "16", "BBT", "budget=800") == ["**52.00** ± 1.00"] * 3
-    assert "cost: 12 runs, 7,200 queries, wall hours: not recorded, 0.120 GPU hours" in out
+    assert "cost: 12 runs, 7,200 queries, images encoded: not recorded, wall hours: not recorded, 0.120 GPU hours" in out
     assert main(["table", folder, "--group-by", "hparams.budget", "--format", "csv"]) == 0
     assert "16,bbt,budget=800,52," in capsys.readouterr().out
     assert main(["table", folder, "--where", "budget == 400"]) == 0  # one run per cell left: no Variant column

@@ -22,6 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from benchmark.sweep.cli_options import add_override_arguments
 
     add_override_arguments(parser)
+    from benchmark.sweep.cli import add_track_argument
+
+    add_track_argument(parser)  # trials through Ray Tune's MLflow/W&B callbacks, final cells as craft bench logs them
 
 
 def run(args: argparse.Namespace) -> int:
@@ -34,6 +37,10 @@ def run(args: argparse.Namespace) -> int:
     if args.num_cpus is not None and args.num_cpus < 1:  # 0 would mean "all of them" to the runtime
         raise UserError(f"--num-cpus must be >= 1, got {args.num_cpus}")
 
+    if args.track:
+        from benchmark.track.trackers import parse_track
+
+        args.track_specs = [parse_track(v) for v in args.track]  # a typo or a missing library: before anything
     from benchmark.sweep.cli_options import check_out_outside_job, config_overrides
 
     cfg = load_search_config(args.config, overrides=config_overrides(args))
@@ -54,8 +61,15 @@ def _search(cfg, args) -> int:
     from benchmark.errors import UserError
     from tuning.search import SearchInterrupted, run_search
 
+    callbacks = None
+    if args.track:
+        from tuning.tracking import prepare_offline, trial_callbacks
+
+        prepare_offline(args.track_specs)
+        callbacks = lambda study: trial_callbacks(args.track_specs, cfg.out, study)  # noqa: E731
     try:
-        statuses = run_search(cfg, address=args.address, num_cpus=args.num_cpus, progress=not args.no_progress)
+        statuses = run_search(cfg, address=args.address, num_cpus=args.num_cpus, progress=not args.no_progress,
+                              callbacks=callbacks)
     except SearchInterrupted as stop:
         print(f"interrupted: the search stopped, {stop.marked} running trial(s) marked failed (interrupted); "
               f"resume with: craft tune {cfg.path}", file=sys.stderr)
@@ -119,8 +133,18 @@ def _final(cfg, bests, args) -> int:
     from benchmark.sweep.runner import run_sweep
     from tuning.export import final_cells
 
+    from benchmark.sweep.cli import open_trackers
+
     cells = final_cells(cfg, bests)
-    summary = run_sweep(cells, cfg.out, address=args.address, num_cpus=args.num_cpus, progress=not args.no_progress)
+    trackers, on_cell = open_trackers(args.track, cfg.out)
+    try:
+        summary = run_sweep(cells, cfg.out, address=args.address, num_cpus=args.num_cpus, progress=not args.no_progress,
+                            on_cell=on_cell)
+    finally:
+        for tracker in trackers:
+            tracker.close()
+    for tracker in trackers:
+        print(f"tracked: {tracker.where()}")
     print(f"final test evaluation: {summary.done} cells done, {summary.skipped} already done, "
           f"{summary.failed} failed; results in {cfg.out}")
     for line in summary.failures:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -92,7 +93,7 @@ def _searcher_cls():
 
 
 def _tune_once(study: Study, cfg: SearchConfig, storage: Any, servers: ServerPool, n: int,
-               progress: bool) -> None:
+               progress: bool, callbacks: list[Any] | None = None) -> None:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -117,6 +118,7 @@ def _tune_once(study: Study, cfg: SearchConfig, storage: Any, servers: ServerPoo
             name=f"{study.name.replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=os.path.abspath(os.path.join(cfg.out, "ray_tune")) if local else None,
             failure_config=tune.FailureConfig(max_failures=0), verbose=1 if progress else 0,
+            callbacks=callbacks or None,
         ),
     )
     tuner.fit()
@@ -141,8 +143,9 @@ def server_runs(studies: list[Study]) -> set[tuple[str, str, str]]:
 
 
 def run_search(cfg: SearchConfig, *, address: str | None = None, num_cpus: int | None = None,
-               progress: bool = True) -> list[StudyStatus]:
-    """Bring every study of ``cfg`` to ``cfg.trials`` finished trials; return where each stands."""
+               progress: bool = True, callbacks: Callable[[str], list[Any]] | None = None) -> list[StudyStatus]:
+    """Bring every study of ``cfg`` to ``cfg.trials`` finished trials; return where each stands.
+    ``callbacks(study_name)``: Ray Tune callbacks for that study's trials (experiment tracking)."""
     if not cfg.is_url():  # the default journal lives in ``out``, created here
         os.makedirs(os.path.dirname(os.path.abspath(cfg.storage)), exist_ok=True)
     storage = open_storage(cfg.storage)
@@ -185,7 +188,8 @@ def run_search(cfg: SearchConfig, *, address: str | None = None, num_cpus: int |
                 if missing <= 0:
                     break
                 before = len(finished(open_study(storage, study.name)))
-                _tune_once(study, cfg, storage, servers, missing, progress)
+                _tune_once(study, cfg, storage, servers, missing, progress,
+                           callbacks(study.name) if callbacks else None)
                 after = len(finished(open_study(storage, study.name)))
                 status.failed_now += missing - (after - before)
                 if after == before:

@@ -27,10 +27,13 @@ import torch.nn.functional as F
 
 from benchmark.model import text_tower
 from benchmark.model.loading import LoadedModel
-from craft.blackbox import BackendInfo, OutputFeatures, parse_view_split
+from craft.blackbox import BackendInfo, OutputFeatures, VisualPrompt, parse_view_split
 from craft.waits import blocked
 
 
+MAX_VISUAL_TOKENS = 64  # shallow visual prompt tokens an image-side query may append (BPT-VLM uses 5)
+# Images per image-tower pass of an image-side query (candidates x images, chunked by candidates).
+_IMAGES_PER_PASS = {"cpu": 2048, "cuda": 16384}
 PRECISIONS = ("auto", "bf16", "fp32")  # of the fast path on a GPU; see ClipEngine
 # Attention kernels the fast path may be held to, by their torch.nn.attention.SDPBackend names.
 _SDP_BACKENDS = {"math": "MATH", "efficient": "EFFICIENT_ATTENTION", "cudnn": "CUDNN_ATTENTION", "flash": "FLASH_ATTENTION"}
@@ -120,6 +123,7 @@ class ClipEngine:
             self._encode = _one_graph(torch.compile(self._encode_embeddings, **opts), graphs)
             self._encode_prefix = _one_graph(torch.compile(self._prefix_features, **opts), graphs)
         self._class_parts: dict[tuple[str, ...], ClassPart] = {}
+        self.query_images_encoded = 0  # images encoded by image-side queries (encode_prompted)
         tok = loaded.tokenizer("")[0]
         self.sot_id, self.eot_id = int(tok[0]), int(tok[1])
 
@@ -334,6 +338,71 @@ class ClipEngine:
         out = torch.cat(feats)
         return F.normalize(out, dim=-1) if normalize else out
 
+    # ----------------------------------------------------------------- image-side queries
+    def vision_tokens(self) -> bool:
+        """Whether the image tower is an open_clip ViT that takes shallow prompt tokens."""
+        v = self.model.visual
+        return all(hasattr(v, a) for a in ("conv1", "class_embedding", "positional_embedding", "ln_pre", "transformer", "_pool"))
+
+    def vision_width(self) -> int:
+        return int(self.model.visual.conv1.out_channels) if self.vision_tokens() else 0
+
+    def init_stats(self) -> dict[str, float]:
+        """Statistics of the input layers that BPT-VLM's official code draws its projections from."""
+        out = {"token_std": float(self.model.token_embedding.weight.float().std())}
+        if self.vision_tokens():
+            w = self.model.visual.conv1.weight.float()
+            out.update(patch_mean=float(w.mean()), patch_std=float(w.std()), patch_fan_in=float(w[0].numel()))
+        return out
+
+    def _vision_prompted(self, x: torch.Tensor, tokens: torch.Tensor | None) -> torch.Tensor:
+        """open_clip's ViT forward with prompt tokens (``batch x n x width``) appended after the class and
+        patch tokens, after their positional embeddings and before ``ln_pre`` (BPT-VLM's shallow
+        prompt, ``model/shallow_encoder.py``); without tokens, ``encode_image`` itself."""
+        v = self.model.visual
+        if tokens is None:
+            return self.model.encode_image(x)
+        x = v.conv1(x)
+        x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
+        cls = v.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + v.positional_embedding.to(x.dtype)
+        x = torch.cat([x, tokens.to(x.dtype)], dim=1)
+        x = v.ln_pre(v.patch_dropout(x))
+        x = v.transformer(x)
+        pooled, _ = v._pool(x)
+        return pooled @ v.proj if v.proj is not None else pooled
+
+    @torch.no_grad()
+    def encode_prompted(self, images: torch.Tensor, prompt: VisualPrompt, pixel_range: Sequence[tuple[float, float]]
+                        ) -> torch.Tensor:
+        """Normalised features ``candidates x images x embed`` of preprocessed ``images`` under each
+        candidate's visual prompt: pixels added (clipped to ``pixel_range`` per channel, as BlackVIP's
+        ``clip_clipping``), tokens appended. Candidates are batched, ``_IMAGES_PER_PASS`` images a pass;
+        :attr:`query_images_encoded` counts every image encoded."""
+        images = images.to(self.device, torch.float32)
+        n_img = images.shape[0]
+        n_cand = prompt.candidates
+        step = max(1, _IMAGES_PER_PASS.get(self.device.type, 2048) // max(1, n_img))
+        lo = torch.tensor([r[0] for r in pixel_range], device=self.device).view(1, 1, -1, 1, 1)
+        hi = torch.tensor([r[1] for r in pixel_range], device=self.device).view(1, 1, -1, 1, 1)
+        out = []
+        for b in range(0, n_cand, step):
+            nb = min(step, n_cand - b)
+            x = images.unsqueeze(0).expand(nb, *images.shape)
+            if prompt.pixels is not None:
+                px = prompt.pixels[b : b + nb].to(self.device, torch.float32)
+                x = x + (px if px.dim() == 5 else px.unsqueeze(1))
+                x = torch.maximum(torch.minimum(x, hi), lo)
+            tokens = None
+            if prompt.tokens is not None:
+                t = prompt.tokens[b : b + nb].to(self.device, torch.float32)
+                tokens = t.repeat_interleave(n_img, dim=0)
+            with self._autocast():
+                feats = self._vision_prompted(x.reshape(nb * n_img, *images.shape[1:]), tokens).float()
+            self.query_images_encoded += nb * n_img
+            out.append(F.normalize(feats, dim=-1).view(nb, n_img, -1))
+        return torch.cat(out) if out else torch.zeros(0, n_img, 0, device=self.device)
+
     def logits(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
         """``logit_scale * cos``: ``candidates x images x classes`` (or ``images x classes``)."""
         if text_features.dim() == 2:
@@ -442,6 +511,19 @@ class TaskData:
     labels: dict[str, torch.Tensor] = field(default_factory=dict)  # split -> N labels
     class_subsets: dict[str, list[int]] = field(default_factory=dict)  # image sets scored in a label subspace (ImageNet-A/R)
     images_encoded: int = 0  # by the preparation (0: every feature from the cache)
+    # split -> its preprocessed images (images x C x H x W), for image-side queries; loaded on first use
+    # (the training set's augmented pass, the same images its features were encoded from) and kept.
+    pixel_source: Callable[[str], torch.Tensor] | None = None
+    pixel_range: tuple[tuple[float, float], ...] = ()
+    _pixels: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def pixels(self, split: str) -> torch.Tensor:
+        """An image set's preprocessed images (loaded once)."""
+        if self.pixel_source is None:
+            raise ValueError("this task serves no image-side queries (no pixel source)")
+        if split not in self._pixels:
+            self._pixels[split] = self.pixel_source(split)
+        return self._pixels[split]
 
     def images(self, split: str) -> tuple[torch.Tensor, int]:
         """An image set's features and the images encoded to answer (views are encoded on demand)."""
@@ -478,7 +560,48 @@ class EngineBackend:
             split_sizes={k: int(v.shape[0]) for k, v in self.task.features.items()},
             device=str(self.output_device),
             train_views=self.task.train_views is not None,
+            **self._image_side_info(),
         )
+
+    def _image_side_info(self) -> dict:
+        if self.task.pixel_source is None:
+            return {}
+        e = self.engine
+        size = int(e.loaded.image_size)
+        return dict(image_side=True, vision_width=e.vision_width(), max_visual_tokens=MAX_VISUAL_TOKENS if e.vision_tokens() else 0,
+                    image_shape=(3, size, size), pixel_range=tuple(self.task.pixel_range), init_stats=e.init_stats())
+
+    # ----------------------------------------------------------------- image side
+    def pixels(self, split: str, indices: torch.Tensor | None = None) -> torch.Tensor:
+        px = self.task.pixels(split)
+        return (px if indices is None else px[indices.to(px.device)]).cpu()
+
+    def image_logits(self, contexts: torch.Tensor | None, prompt: VisualPrompt, split: str,
+                     indices: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+        """Logits ``candidates x images x classes`` of images re-encoded under ``prompt``; the images encoded."""
+        images = self.task.pixels(split)
+        if indices is not None:
+            images = images[indices.to(images.device)]
+        before = self.engine.query_images_encoded
+        feats = self.engine.encode_prompted(images, prompt, self.task.pixel_range)
+        if contexts is None:
+            text = self._template_text().unsqueeze(0)
+        else:
+            text = self.engine.text_features(contexts, self.part)
+        logits = self.engine.logit_scale * torch.einsum("bne,bce->bnc", feats, text.expand(feats.shape[0], -1, -1))
+        return self._out(logits), self.engine.query_images_encoded - before
+
+    def image_features(self, split: str, indices: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+        feats, encoded = self.images(split, indices)
+        return self._out(feats.float()), encoded
+
+    def template_features(self, template: str) -> torch.Tensor:
+        return self._out(self.engine.template_features(template, self.task.classnames))
+
+    def _template_text(self) -> torch.Tensor:
+        if not hasattr(self, "_template_cache"):
+            self._template_cache = self.engine.template_features(self.task.template, self.task.classnames)
+        return self._template_cache
 
     def embed_words(self, text: str) -> torch.Tensor:
         return self.engine.embed_words(text)

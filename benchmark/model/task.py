@@ -147,5 +147,24 @@ def prepare_task(engine: ClipEngine, spec: TaskSpec, cache: FeatureCache | None 
         if ds.class_subset is not None:
             subsets[name] = list(ds.class_subset)
     views = TrainViews(encode_view, varies=aug_varies(aug))
+    sources = {"train": (fs.train, fs, train_aug, spec.seed), "val": (fs.val, fs, preprocess, None)}
+    if spec.eval_test:
+        sources["test"] = (fs.test, fs, preprocess, None)
+    for ds in extra:
+        sources[f"test:{ds.key}"] = (ds.test, ds, preprocess, None)
+
+    def load_pixels(split: str) -> torch.Tensor:
+        """An image set's preprocessed images: the training set's augmented pass drawn with the run's
+        seed, in the order its features were encoded, so that a prompt-free query sees those images."""
+        from benchmark.datasets.images import load_image
+
+        items, ds, transform, seed = sources[split]
+        with _SEEDED_PASS:
+            if seed is not None:
+                torch.manual_seed(seed)
+            return torch.stack([transform(load_image(ds.abspath(it))) for it in items]).to(engine.device)
+
+    pixel_range = tuple(((0.0 - m) / s, (1.0 - m) / s) for m, s in zip(mean, std))
     return TaskData(classnames=list(fs.classnames), template=fs.template, features=features, train_views=views,
-                    labels=labels, class_subsets=subsets, images_encoded=encoded)
+                    labels=labels, class_subsets=subsets, images_encoded=encoded, pixel_source=load_pixels,
+                    pixel_range=pixel_range)

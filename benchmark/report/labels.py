@@ -10,8 +10,10 @@ from benchmark.report.published import published_results
 
 ZERO_SHOT = "zero_shot_clip"  # learns nothing: one row whatever its shots
 WHITE_BOX = "coop"  # the method whose memory the cost table compares against
-METHOD_LABELS = {ZERO_SHOT: "ZS-CLIP", "bbt": "BBT", "bpt_vlm": "BPT-VLM", "blackvip": "BlackVIP", "lfa": "LFA",
-                 "cbbt": "CBBT", WHITE_BOX: "CoOp", "craft": "CraFT"}
+METHOD_LABELS = {
+    ZERO_SHOT: "ZS-CLIP", "bbt": "BBT", "bpt_vlm": "BPT-VLM", "blackvip": "BlackVIP", "lfa": "LFA", "cbbt": "CBBT",
+    WHITE_BOX: "CoOp", "craft": "CraFT",
+}
 
 
 def method_label(method: str) -> str:

@@ -1,7 +1,10 @@
-"""The paper's figures as PNG files: accuracy versus shots, the anytime curves, and Optuna studies.
+"""The paper's figures as PNG, PDF or SVG files: accuracy versus shots, the anytime curves, and Optuna studies.
 
-Figures are drawn on Agg with matplotlib's default style, a fixed size and dpi, in sorted order,
-and saved without the software stamp, so the same input gives the same bytes.
+Figures are drawn on Agg in one paper style (:func:`_style`: matplotlib's defaults, then 8-9 pt
+sans-serif text, thin axes, and the Okabe-Ito palette, which colour-blind readers tell apart), at a
+fixed size, PNG at print resolution (:data:`DPI`), PDF with TrueType fonts (editable, accepted by
+journals), SVG with text as paths; in sorted order and without the software stamp or dates, so the
+same input gives the same bytes.
 """
 
 from __future__ import annotations
@@ -25,20 +28,33 @@ from benchmark.report.labels import ZERO_SHOT, backbone_key, dataset_label, meth
 from benchmark.report.published import published_results
 
 KINDS = ("shots", "queries", "optuna")
-DPI = 100
+FORMATS = ("png", "pdf", "svg")
+DPI = 300  # print resolution for PNG (PDF and SVG are vector)
 PANEL = (3.2, 2.6)  # inches per panel
 TOP, BOTTOM = 0.7, 0.9  # inches above the panels (title) and below them (axis labels, legend)
 NCOLS = 4
-METADATA = {"Software": None}
+METADATA = {"png": {"Software": None}, "pdf": {"Creator": None, "Producer": None, "CreationDate": None},
+            "svg": {"Creator": None, "Date": None}}
+# Okabe & Ito (2008), "Color universal design": told apart with any colour-vision deficiency. Black first
+# (zero-shot comes first in method order), yellow last (faint on white).
+PALETTE = ("#000000", "#0072B2", "#D55E00", "#009E73", "#CC79A7", "#56B4E9", "#E69F00", "#F0E442")
+PAPER_RC = {
+    "font.family": "sans-serif", "font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8, "xtick.labelsize": 7,
+    "ytick.labelsize": 7, "legend.fontsize": 8, "axes.linewidth": 0.6, "lines.linewidth": 1.2,
+    "axes.spines.top": False, "axes.spines.right": False, "axes.prop_cycle": matplotlib.cycler(color=PALETTE),
+    "pdf.fonttype": 42, "svg.fonttype": "path", "svg.hashsalt": "craft-bench",
+}
 AVERAGE = "average"
 
 
 def plot_shots(
-    df: pd.DataFrame, out_dir: str | Path, *, datasets: Sequence[str] | None = None, backbone: str | None = None
+    df: pd.DataFrame, out_dir: str | Path, *, datasets: Sequence[str] | None = None, backbone: str | None = None,
+    formats: Sequence[str] = ("png",),
 ) -> list[Path]:
-    """Accuracy versus shots, one panel per dataset plus Average, one PNG per backbone (``shots_<backbone>.png``).
+    """Accuracy versus shots, one panel per dataset plus Average, one figure per backbone and format
+    (``shots_<backbone>.<format>``, ``formats`` among :data:`FORMATS`).
 
-    Lines: mean over seeds with std error bars; zero-shot as a dashed level; the published numbers
+    Lines: mean over seeds with std error bars and a ±std band; zero-shot as a dashed level; the published numbers
     as hollow markers where the paper has the dataset and backbone.
     """
     rows = fewshot_rows(prepare(df, backbone=backbone))
@@ -69,7 +85,7 @@ def plot_shots(
                 ax.set_xticks(range(len(xs)), [str(x) for x in xs])
                 ax.set_xlabel("shots per class", fontsize=8)
                 ax.set_ylabel("top-1 (%)", fontsize=8)
-            written.append(_save(fig, Path(out_dir) / f"shots_{_slug(b)}.png", f"Accuracy versus shots ({b})"))
+            written += _save(fig, Path(out_dir) / f"shots_{_slug(b)}", f"Accuracy versus shots ({b})", formats)
     return written
 
 
@@ -86,6 +102,9 @@ def _shots_panel(ax, ours: pd.DataFrame, pub: pd.DataFrame, xs: list[int], metho
         return
     ours = ours.sort_values("shots")
     if not ours.empty:
+        x = [xs.index(k) for k in ours["shots"]]
+        std = ours["std"].fillna(0)
+        ax.fill_between(x, ours["mean"] - std, ours["mean"] + std, color=color, alpha=0.15, linewidth=0)
         ax.errorbar([xs.index(k) for k in ours["shots"]], ours["mean"], yerr=ours["std"].fillna(0), color=color,
                     marker="o", markersize=3, capsize=2, linewidth=1.2, label=label + (" (best on test)" if on_test else ""))
     pub = pub.sort_values("shots")
@@ -101,8 +120,10 @@ def plot_queries(
     datasets: Sequence[str] | None = None,
     backbone: str | None = None,
     shots: Sequence[int] | None = None,
+    formats: Sequence[str] = ("png",),
 ) -> list[Path]:
-    """Accuracy versus queries used, from each run's trace: one PNG per backbone and shots, one panel per dataset.
+    """Accuracy versus queries used, from each run's trace: one figure per backbone, shots and format, one panel
+    per dataset.
 
     A trace point counts its test accuracy, or its validation accuracy where test was not evaluated.
     Lines: mean over seeds; band: min to max over seeds; zero-shot as a dashed level.
@@ -126,7 +147,7 @@ def plot_queries(
                 ax.set_xlabel("queries", fontsize=8)
                 ax.set_ylabel("top-1 (%)", fontsize=8)
             title = f"Accuracy versus queries ({b}, {k} shots; test, or validation where test was not evaluated)"
-            written.append(_save(fig, Path(out_dir) / f"queries_{_slug(b)}_{k}shot.png", title))
+            written += _save(fig, Path(out_dir) / f"queries_{_slug(b)}_{k}shot", title, formats)
     return written
 
 
@@ -156,7 +177,8 @@ def _present(value: object) -> bool:
     return value is not None and not (isinstance(value, float) and math.isnan(value))
 
 
-def plot_optuna(storage: str, out_dir: str | Path, *, on_skip: Callable[[str], None] | None = None) -> list[Path]:
+def plot_optuna(storage: str, out_dir: str | Path, *, on_skip: Callable[[str], None] | None = None,
+                formats: Sequence[str] = ("png",)) -> list[Path]:
     """Optimisation history and parameter importances of each study in ``storage``.
 
     ``storage`` is a JournalFileStorage file or an RDB URL. Importances need two completed trials
@@ -186,7 +208,7 @@ def plot_optuna(storage: str, out_dir: str | Path, *, on_skip: Callable[[str], N
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             ax = ov.plot_optimization_history(study, **target)
             ax.set_title(f"{ax.get_title()}: {name}")
-            written.append(_save_pyplot(ax.figure, Path(out_dir) / f"optuna_{_slug(name)}_history.png"))
+            written += _save_pyplot(ax.figure, Path(out_dir) / f"optuna_{_slug(name)}_history", formats)
             params = {k for t in done for k in t.params}
             varies = any(len({repr(t.params.get(p)) for t in done}) > 1 for p in params)
             if len(done) < 2 or not varies:
@@ -194,7 +216,7 @@ def plot_optuna(storage: str, out_dir: str | Path, *, on_skip: Callable[[str], N
                 continue
             ax = ov.plot_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=0), **target)
             ax.set_title(f"{ax.get_title()}: {name}")
-            written.append(_save_pyplot(ax.figure, Path(out_dir) / f"optuna_{_slug(name)}_importances.png"))
+            written += _save_pyplot(ax.figure, Path(out_dir) / f"optuna_{_slug(name)}_importances", formats)
     return written
 
 
@@ -216,9 +238,10 @@ def _open_storage(storage: str):
 
 @contextmanager
 def _style() -> Iterator[None]:
-    """Matplotlib's default style whatever the user's matplotlibrc, restored afterwards."""
+    """The paper style (:data:`PAPER_RC` over matplotlib's defaults) whatever the user's matplotlibrc, restored afterwards."""
     with matplotlib.rc_context():
         matplotlib.rcdefaults()
+        matplotlib.rcParams.update(PAPER_RC)
         yield
 
 
@@ -243,36 +266,55 @@ def _grid(n: int) -> tuple[Figure, list]:
     return fig, axes[:n]
 
 
-def _save(fig: Figure, path: Path, title: str) -> Path:
-    """Title, one legend for all panels (labels in first-seen order), and the PNG without a software stamp."""
+def check_formats(formats: Sequence[str]) -> list[str]:
+    """``formats`` checked against :data:`FORMATS` (UserError naming the first other one), duplicates dropped."""
+    for f in formats:
+        if f not in FORMATS:
+            raise UserError(f"--format {f!r}: expected one or more of {', '.join(FORMATS)} (comma-separated)")
+    return list(dict.fromkeys(formats))
+
+
+def _write(fig: Figure, stem: Path, formats: Sequence[str]) -> list[Path]:
+    """``stem.<format>`` for each format, PNG at :data:`DPI`, no software stamp or date."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    written = []
+    for fmt in check_formats(formats):
+        path = stem.with_name(f"{stem.name}.{fmt}")
+        fig.savefig(path, format=fmt, dpi=DPI, metadata=METADATA[fmt])
+        written.append(path)
+    return written
+
+
+def _save(fig: Figure, stem: Path, title: str, formats: Sequence[str] = ("png",)) -> list[Path]:
+    """Title, one legend for all panels (labels in first-seen order), and the files (:func:`_write`)."""
     handles: dict[str, object] = {}
     for ax in fig.axes:
         for h, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, h)
-    fig.suptitle(title, fontsize=10, y=1 - 0.15 / fig.get_figheight())
+    # 10 pt, smaller where a narrow figure (one or two panels) would cut a long title (about 0.55 em a character)
+    size = min(10.0, 0.95 * fig.get_figwidth() * 72 / (0.55 * max(len(title), 1)))
+    fig.suptitle(title, fontsize=size, y=1 - 0.15 / fig.get_figheight())
     if handles:
         fig.legend(list(handles.values()), list(handles), loc="lower center", ncols=min(len(handles), 6),
                    fontsize=8, frameon=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=DPI, metadata=METADATA)
-    return path
+    return _write(fig, stem, formats)
 
 
-def _save_pyplot(fig: Figure, path: Path) -> Path:
+def _save_pyplot(fig: Figure, stem: Path, formats: Sequence[str] = ("png",)) -> list[Path]:
     """Save a figure that Optuna drew through pyplot at the fixed size, then close it."""
     import matplotlib.pyplot as plt
 
     fig.set_size_inches(8, 5)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=DPI, metadata=METADATA)
-    plt.close(fig)
-    return path
+    try:
+        return _write(fig, stem, formats)
+    finally:
+        plt.close(fig)
 
 
 def _color(method: str, methods: list[str]):
-    """The same colour for a method in every panel of a figure."""
-    return matplotlib.colormaps["tab10"](methods.index(method) % 10)
+    """The same colour for a method in every panel of a figure (Okabe-Ito, :data:`PALETTE`)."""
+    return PALETTE[methods.index(method) % len(PALETTE)]
 
 
 def _slug(name: str) -> str:

@@ -1,6 +1,6 @@
-"""A :class:`~benchmark.report.tables.Table` as Markdown, LaTeX (booktabs) or CSV text.
+"""A :class:`~benchmark.report.tables.Table` as Markdown, LaTeX (booktabs), CSV or HTML text.
 
-Markdown and LaTeX show a missing cell as a dash, the best of a block in bold and the table's
+Markdown, LaTeX and HTML (a ``<table>`` with its caption and notes, escaped, for ``craft report``) show a missing cell as a dash, the best of a block in bold and the table's
 notes (missing cells, fewer seeds, sources) under it. CSV is data: keys as they are in the
 results, numbers at full precision, a ``<column>_std`` column beside any column with stds,
 empty fields for missing cells, no notes.
@@ -9,6 +9,7 @@ empty fields for missing cells, no notes.
 from __future__ import annotations
 
 import csv
+import html
 import io
 from collections.abc import Sequence
 from typing import Any
@@ -18,7 +19,7 @@ import pandas as pd
 from benchmark.errors import UserError
 from benchmark.report.tables import TableCell, Column, Table, build_table
 
-FORMATS = ("md", "latex", "csv")
+FORMATS = ("md", "latex", "csv", "html")
 WIDE = 8  # LaTeX tables with more columns are scaled to the text width
 
 
@@ -54,6 +55,8 @@ def render(table: Table, fmt: str) -> str:
         return _latex(table)
     if fmt == "csv":
         return _csv(table)
+    if fmt == "html":
+        return _html(table)
     raise UserError(f"unknown format {fmt!r}; formats: {', '.join(FORMATS)}")
 
 
@@ -142,3 +145,24 @@ def _csv(table: Table) -> str:
                 fields.append("" if cell.std is None else format(cell.std, ".10g"))
         writer.writerow(fields)
     return out.getvalue()
+
+
+def _html(table: Table) -> str:
+    """A ``<figure>`` holding the table (caption: its title; numbers right-aligned, best in bold, a rule at each
+    block) and its notes; every text escaped."""
+
+    def text(cell: TableCell, col: Column) -> str:
+        if not col.numeric:
+            return html.escape(cell.label or str(cell.value))
+        return "&ndash;" if cell.value is None else html.escape(_number(cell, col, "\x00{}\x01", " ± {}")).replace(
+            "\x00", "<b>").replace("\x01", "</b>")
+
+    head = "".join(f'<th class="{"num" if c.numeric else "key"}">{html.escape(c.label)}</th>' for c in table.columns)
+    body = []
+    for i, row in enumerate(table.rows):
+        cls = ' class="block"' if i in table.breaks and i else ""
+        cells = "".join(f'<td class="{"num" if c.numeric else "key"}">{text(cell, c)}</td>' for cell, c in zip(row, table.columns))
+        body.append(f"<tr{cls}>{cells}</tr>")
+    notes_html = "".join(f"<p class=\"note\">{html.escape(n)}</p>" for n in notes(table))
+    return (f"<figure class=\"table\"><table><caption>{html.escape(table.title)}</caption><thead><tr>{head}</tr></thead>"
+            f"<tbody>{''.join(body)}</tbody></table>{notes_html}</figure>\n")

@@ -131,9 +131,11 @@ def cost_note(rows: pd.DataFrame) -> str:
     runs = rows.drop_duplicates("cell_id") if "cell_id" in rows and rows["cell_id"].notna().all() else rows
     parts = [f"cost: {len(runs)} runs"]
     for column, name, scale, fmt in (("queries", "queries", 1, ",.0f"), ("images_encoded", "images encoded", 1, ",.0f"),
-                                     ("wall_s", "wall hours", 3600, ".3f"),
+                                     ("query_images", "query images", 1, ",.0f"), ("wall_s", "wall hours", 3600, ".3f"),
                                      ("gpu_s", "GPU hours", 3600, ".3f")):
         have = runs[column].dropna() if column in runs else pd.Series(dtype=float)
+        if column == "query_images" and not (have > 0).any():
+            continue  # text-side methods only: no image-side queries to count
         if have.empty:
             parts.append(f"{name}: not recorded")
             continue
@@ -297,6 +299,7 @@ COST_METRICS = [
     Column("queries", "Queries", fmt=".0f"),
     Column("text_sequences", "Text seqs", fmt=".0f"),
     Column("images_encoded", "Images enc.", fmt=".0f"),
+    Column("query_images", "Query images", fmt=".0f"),
     Column("model_calls", "Model calls", fmt=".0f"),
     Column("wall_s", "Wall (s)", fmt=".1f"),
     Column("gpu_s", "GPU (s)", fmt=".1f"),
@@ -321,6 +324,8 @@ def cost_table(df: pd.DataFrame, datasets: Sequence[str] | None = None) -> Table
     runs = pd.concat([df[df["cell_id"].isna()], df[df["cell_id"].notna()].drop_duplicates("cell_id")])
     if runs.empty:
         raise UserError("no runs to report costs for")
+    # Images encoded by image-side queries: none for text-side methods and in folders older than the column.
+    runs = runs.assign(query_images=runs["query_images"].fillna(0) if "query_images" in runs else 0)
     backbones = sorted_backbones(runs)
     multi = len(backbones) > 1
     with_ratio = (runs["method"] == WHITE_BOX).any()

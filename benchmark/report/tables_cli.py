@@ -1,4 +1,4 @@
-"""``craft table``: render a results table (few-shot, shift, vs-paper, cost, claims, compare) as Markdown, LaTeX or CSV.
+"""``craft table``: render a results table (few-shot, shift, vs-paper, cost, claims, compare) as Markdown, LaTeX, CSV or HTML.
 
 ``--where`` keeps the rows a pandas query selects and ``--group-by`` makes runs that differ in the
 named columns (``budget``, ``hparams.KEY``, ``precision``, ...) rows of their own, so that an

@@ -15,6 +15,7 @@ ImageNet variants of the distribution-shift table). Accuracies are top-1 in perc
 | shots_used | the fewest training images of any class: below ``shots`` where a class has fewer images than asked (null in older folders) |
 | budget, queries | query budget and queries used (one query: one prompt scored on the training images) |
 | unbudgeted_queries, text_sequences, images_encoded, model_calls | every model call, counted |
+| query_images, image_budget | images encoded to answer image-side queries and feature requests (BPT-VLM, BlackVIP, LFA; 0 for text-side methods), and the cap on those of them made in training (null in older folders: read as 0 images) |
 | top1_val, top1_test | few-shot validation and test accuracy (%) |
 | learned_params, learned_bytes | size of what the method learned (the deployable part) |
 | wall_s, gpu_s, peak_mem_mb | cost of the run (gpu_s: server busy seconds for this run) |
@@ -97,6 +98,8 @@ SCHEMA = pa.schema(
         ("open_clip_version", pa.string()),
         ("config", pa.string()),
         ("config_hash", pa.string()),
+        ("query_images", pa.int64()),
+        ("image_budget", pa.int64()),
     ]
 )
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from benchmark.datasets.task_spec import TaskSpec
-from craft.blackbox import BackendInfo, OutputFeatures
+from craft.blackbox import BackendInfo, OutputFeatures, VisualPrompt
 
 
 class UnknownTask(KeyError):
@@ -83,7 +83,8 @@ class RemoteBackend:
                         ) from exc
                     time.sleep(pause)
                     pause = min(2 * pause, 15.0)
-                if name in ("logits", "template_logits", "features", "run_here", "release"):
+                if name in ("logits", "template_logits", "features", "run_here", "release", "image_logits",
+                            "image_features", "template_features", "pixels"):
                     raise UnknownTask("moved to another server") from exc  # prepare there, then repeat
 
     def _get(self, ref: Any) -> Any:
@@ -142,6 +143,21 @@ class RemoteBackend:
         idx = None if indices is None else indices.numpy()
         (text, image, scale), n = self._task_call("features", contexts.detach().cpu().numpy(), split, idx)
         return OutputFeatures(_tensor(text), _tensor(image), float(scale)), n
+
+    # Image side (craft.blackbox.VisualPrompt): the prompt travels as arrays, as contexts do.
+    def image_logits(self, contexts: torch.Tensor | None, prompt: VisualPrompt, split: str,
+                     indices: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+        arr = lambda t: None if t is None else t.detach().cpu().numpy()  # noqa: E731
+        return self._query("image_logits", arr(contexts), arr(prompt.tokens), arr(prompt.pixels), split, arr(indices))
+
+    def image_features(self, split: str, indices: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+        return self._query("image_features", split, None if indices is None else indices.numpy())
+
+    def template_features(self, template: str) -> torch.Tensor:
+        return _tensor(self._task_call("template_features", template))
+
+    def pixels(self, split: str, indices: torch.Tensor | None = None) -> torch.Tensor:
+        return _tensor(self._task_call("pixels", split, None if indices is None else indices.numpy()))
 
     def run_here(self, method: str, hparams: dict[str, Any], seed: int, budget: int, eval_splits: tuple[str, ...]) -> dict[str, Any]:
         """Have the server run ``method`` beside its model: a white-box reference (the model never leaves

@@ -35,6 +35,7 @@ from benchmark.model.feature_cache import FeatureCache
 from benchmark.model.loading import load_model
 from benchmark.serve.client import UnknownTask
 from benchmark.serve.options import ServerOptions
+from craft.blackbox import VisualPrompt
 from craft.methods import get_method
 from craft.methods.base import SERVER
 from benchmark.model.task import prepare_task
@@ -167,6 +168,27 @@ class ModelServer:
         self._busy_s[tid] += time.perf_counter() - start
         self._served += 1
         return (out.text.numpy(), out.image.numpy(), out.logit_scale), n
+
+    # Image-side queries (craft.blackbox.VisualPrompt, image_features, pixels): arrays in, arrays out.
+    def image_logits(self, tid: str, contexts: np.ndarray | None, tokens: np.ndarray | None, pixels: np.ndarray | None,
+                     split: str, indices: np.ndarray | None) -> tuple[np.ndarray, int]:
+        """Logits of images re-encoded under a visual prompt (its tokens and/or pixels), and the images encoded."""
+        prompt = VisualPrompt(None if tokens is None else torch.as_tensor(tokens),
+                              None if pixels is None else torch.as_tensor(pixels))
+        ctx = None if contexts is None else torch.as_tensor(contexts)
+        idx = None if indices is None else torch.as_tensor(indices)
+        return self._timed(tid, self._backend(tid).image_logits, ctx, prompt, split, idx)
+
+    def image_features(self, tid: str, split: str, indices: np.ndarray | None) -> tuple[np.ndarray, int]:
+        idx = None if indices is None else torch.as_tensor(indices)
+        return self._timed(tid, self._backend(tid).image_features, split, idx)
+
+    def template_features(self, tid: str, template: str) -> np.ndarray:
+        return self._backend(tid).template_features(template).numpy()
+
+    def pixels(self, tid: str, split: str, indices: np.ndarray | None) -> np.ndarray:
+        idx = None if indices is None else torch.as_tensor(indices)
+        return self._backend(tid).pixels(split, idx).numpy()
 
     def run_here(
         self, tid: str, method: str, hparams: dict[str, Any], seed: int, budget: int, shots: int, dataset: str,

@@ -38,6 +38,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from benchmark.sweep.cli_options import add_override_arguments
 
     add_override_arguments(parser)
+    add_track_argument(parser)
+
+
+def add_track_argument(parser: argparse.ArgumentParser) -> None:
+    """``--track mlflow[:URI]|wandb[:PROJECT]`` (repeatable), shared with ``craft tune``."""
+    parser.add_argument("--track", action="append", metavar="mlflow[:URI]|wandb[:PROJECT]",
+                        help="log each cell as it finishes to MLflow (default: file store OUT/_mlruns) or W&B "
+                             "(default project craft-bench, offline under OUT/_wandb unless WANDB_MODE is set); "
+                             "repeat for both; needs pip install 'craft-bench[track]'")
+
+
+def open_trackers(values: list[str] | None, out: str) -> tuple[list, object]:
+    """The trackers ``--track`` names (checked, client libraries imported) and an ``on_cell`` for
+    :func:`~benchmark.sweep.runner.run_sweep` that logs a cell to each (None without ``--track``)."""
+    if not values:
+        return [], None
+    from benchmark.track.trackers import open_tracker, parse_track
+
+    trackers = [open_tracker(spec, out) for spec in [parse_track(v) for v in values]]
+
+    def on_cell(rows: list[dict]) -> None:
+        for tracker in trackers:
+            tracker.log_cell(rows)
+
+    return trackers, on_cell
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,6 +80,11 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if value is not None and value < (1 if flag == "num_cpus" else 0):
             raise UserError(f"--{flag.replace('_', '-')} must be {'>= 1' if flag == 'num_cpus' else '>= 0'}, got {value}")
+    if args.track:
+        from benchmark.track.trackers import parse_track
+
+        for value in args.track:  # a typo or a missing library, before the config is even read
+            parse_track(value)
     from benchmark.sweep.cli_options import check_out_outside_job, config_overrides
     from benchmark.sweep.estimate import check_gpu
 
@@ -73,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     check_location(cfg.out)
     _note_code_version()
+    trackers, on_cell = open_trackers(args.track, cfg.out)
 
     from benchmark.stop_watch import say_on_forced_exit
     from benchmark.sweep.runner import resolve_weights, run_sweep
@@ -80,9 +111,16 @@ def run(args: argparse.Namespace) -> int:
     weights = resolve_weights(cells, cfg.weights)  # on this machine, before Ray starts; staged to the servers
     say_on_forced_exit(f"done cells are kept; run craft bench {args.config} again to resume")
     # The folder is locked, cleaned and listed once, before Ray starts: a second driver is refused at once.
-    summary = run_sweep(cells, cfg.out, cfg.server, address=args.address, num_cpus=args.num_cpus, dashboard=args.dashboard,
-                        rerun_failed=args.rerun_failed, progress=not args.no_progress, gpus=args.gpus, config=cfg,
-                        weights=weights, progress_every=args.progress_every)
+    try:
+        summary = run_sweep(cells, cfg.out, cfg.server, address=args.address, num_cpus=args.num_cpus,
+                            dashboard=args.dashboard, rerun_failed=args.rerun_failed, progress=not args.no_progress,
+                            gpus=args.gpus, config=cfg, on_cell=on_cell,
+                            weights=weights, progress_every=args.progress_every)
+    finally:
+        for tracker in trackers:  # what was logged stays logged (W&B writes its files' last records here)
+            tracker.close()
+    for tracker in trackers:
+        log.info("tracked: %s", tracker.where())
     if summary.skipped == len(cells):
         print(f"nothing to run: all {summary.skipped} cells of {args.config} are done or failed before "
               f"(--rerun-failed retries failed ones); results in {cfg.out}")

@@ -4,7 +4,7 @@ The grid is data (``benchmark/configs/paper/<suite>.yaml``: shared keys and name
 part a sweep config checked by the same parser as ``craft bench``). All parts' cells run as one
 sweep, on one set of model servers, largest datasets first, so that the servers never wait on the
 tail of a part. Rows record the whole paper plan as their config. Then ``<out>/report/`` gets the
-tables (Markdown and CSV), the figures and the claims table.
+tables (Markdown and CSV), the figures, the claims table and ``report.html`` (``craft report``).
 """
 
 from __future__ import annotations
@@ -150,6 +150,11 @@ def write_report(plan: PaperPlan, cells: list[Cell]) -> list[Path]:
         written.append(path)
     report = folder / "tables.md"
     _write_text(report, "\n".join(text))
+    from benchmark.report.html_report import build_report
+
+    html = folder / "report.html"  # the whole folder as one file that opens in a browser
+    _write_text(html, build_report(plan.out, title=f"craft paper --suite {plan.suite}"))
+    written.append(html)
     figures = folder / "figures"
     for plot in (plot_shots, plot_queries):
         try:

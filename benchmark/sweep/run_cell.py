@@ -17,7 +17,7 @@ from benchmark.sweep.cell import Cell
 from benchmark.datasets.task_spec import TaskSpec
 from craft.blackbox import MeteredBlackBox
 from craft.methods import RunResult, Task, get_method
-from craft.methods.base import SERVER
+from craft.methods.base import SERVER, run_image_budget
 
 
 def task_spec(cell: Cell, eval_test: bool = True) -> TaskSpec:
@@ -38,8 +38,9 @@ def run_cell(
     method = get_method(cell.method)
     backend = RemoteBackend(server, task_spec(cell, eval_test))
     prep = backend.prepared
-    box = MeteredBlackBox(backend, cell.budget())
     labels = {k: torch.as_tensor(v) for k, v in prep["labels"].items()}
+    image_budget = run_image_budget(method, cell.config, cell.budget(), len(labels["train"]), cell.dataset)
+    box = MeteredBlackBox(backend, cell.budget(), image_budget)
     eval_splits = tuple(s for s in labels if s != "train")
     task = Task(cell.dataset, prep["classnames"], prep["template"], labels, cell.shots, eval_splits, prep["class_subsets"],
                 on_eval, cell.backbone)
@@ -59,7 +60,7 @@ def run_cell(
     server_cost = backend.release()
     return result_rows(cell, result, box.budget, started, backend.images_encoded, server_cost,
                        whitebox_peak_mb or server_cost.get("peak_mem_mb") or process_peak_rss_mb(),
-                       shots_used(labels["train"]))
+                       shots_used(labels["train"]), image_budget)
 
 
 def shots_used(train_labels: torch.Tensor) -> int:
@@ -72,6 +73,7 @@ def shots_used(train_labels: torch.Tensor) -> int:
 def result_rows(
     cell: Cell, result: RunResult, budget: int, started: dt.datetime, server_images: int,
     server_cost: dict[str, Any], peak_mem_mb: float | None, shots_had: int | None = None,
+    image_budget: int | None = None,
 ) -> list[dict[str, Any]]:
     """A finished run's schema rows: one for its dataset, one per extra eval dataset."""
     usage = result.usage
@@ -94,6 +96,8 @@ def result_rows(
         "text_sequences": usage["text_sequences"],
         "images_encoded": usage["images_encoded"] + server_images,
         "model_calls": usage["calls"],
+        "query_images": usage.get("query_images", 0),
+        "image_budget": image_budget,
         "top1_val": result.metrics.get("top1_val"),
         "learned_params": result.learned_params,
         "learned_bytes": result.learned_bytes,

@@ -21,6 +21,7 @@ import socket
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -142,6 +143,7 @@ def run_sweep(
     config: Any = None,
     weights: dict[tuple[str, str], WeightsFile | None] | None = None,
     progress_every: float = 30.0,
+    on_cell: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> SweepSummary:
     """Run every cell not yet done under ``out`` on servers serving ``server`` (default options);
     write each (log and rows) as it finishes, its rows stamped with the server options and the sweep
@@ -153,6 +155,8 @@ def run_sweep(
     these files, staged to their nodes through Ray (:mod:`benchmark.serve.staging`).
     ``progress_every``: seconds between two progress lines of one running cell (generation, queries,
     validation accuracy at its last evaluation); its log file is written anew as lines arrive.
+    ``on_cell(rows)`` gets each cell's rows once they are stored (experiment tracking, :mod:`benchmark.track`);
+    an error there is a warning, the sweep goes on.
     """
     import ray
 
@@ -210,6 +214,8 @@ def run_sweep(
                     rows = [{**r, **stamp} for r in rows]
                     write_log(out, cell.method, cell.dataset, cell.cell_id, log_text)
                     write_cell(out, rows)
+                    if on_cell is not None:
+                        _tell(on_cell, rows, cell)
                     ok = rows[0]["status"] == "ok"
                     if ok:
                         summary.done += 1
@@ -234,6 +240,15 @@ def resolve_weights(cells: list[Cell], location: str | None = None) -> dict[tupl
     from benchmark.model.weights import resolve
 
     return {key: resolve(*key, location=location) for key in dict.fromkeys((c.backbone, c.weights) for c in cells)}
+
+
+def _tell(on_cell: Callable[[list[dict[str, Any]]], None], rows: list[dict[str, Any]], cell: Cell) -> None:
+    """Hand a stored cell's rows to ``on_cell``; its failure is a warning (the rows are stored: craft export logs them later)."""
+    try:
+        on_cell(rows)
+    except Exception as exc:  # noqa: BLE001 - a tracking server down must not stop a sweep
+        log.warning("warning: cell %s stored but not tracked: %s: %s (craft export logs a folder later)",
+                    cell.label(), type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
 
 
 def sweep_provenance(server: ServerOptions, config: Any = None) -> dict[str, Any]:

@@ -6,13 +6,19 @@ from __future__ import annotations
 from typing import Any
 
 from craft.methods.base import Method, RunResult, Task, method_config_from_dict
+from craft.methods.blackvip import BlackVIP, BlackVIPConfig
+from craft.methods.bptvlm import BPTVLM, BPTVLMConfig
 from craft.methods.cbbt import CBBT, CBBTConfig
 from craft.methods.collaborative import BBT, BBTConfig, CraFT, CraFTConfig
+from craft.methods.lfa import LFA, LFAConfig
 from craft.methods.whitebox import CoOp, CoOpConfig
 from craft.methods.zeroshot import ZeroShot, ZeroShotConfig
 
 # ``coop`` is a white-box reference (``runs_on = SERVER``): the cell runner trains it on the server.
-METHODS: dict[str, Method] = {m.name: m for m in (ZeroShot(), BBT(), CraFT(), CBBT(), CoOp())}
+# BPT-VLM, BlackVIP and LFA use the black box's image-side capabilities (craft.blackbox.VisualPrompt).
+METHODS: dict[str, Method] = {
+    m.name: m for m in (ZeroShot(), BBT(), CraFT(), CBBT(), CoOp(), BPTVLM(), BlackVIP(), LFA())
+}
 
 
 def get_method(name: str) -> Method:
@@ -29,5 +35,5 @@ def make_config(name: str, hparams: dict[str, Any] | None = None, where: str = "
 
 __all__ = [
     "METHODS", "Method", "RunResult", "Task", "get_method", "make_config",
-    "BBTConfig", "CBBTConfig", "CoOpConfig", "CraFTConfig", "ZeroShotConfig",
+    "BBTConfig", "BPTVLMConfig", "BlackVIPConfig", "CBBTConfig", "LFAConfig", "CoOpConfig", "CraFTConfig", "ZeroShotConfig",
 ]

@@ -188,6 +188,12 @@ class MethodTraits:
         """The queries of a run whose config sets no budget: by shots, as the official CraFT scripts."""
         return default_budget(shots, dataset)
 
+    def default_image_budget(self, config: Any, queries: int, n_train: int, dataset: str) -> int | None:
+        """Images its budgeted image-side calls may encode when its config sets no ``image_budget``
+        (``queries``: its query budget; ``n_train``: training images). None: no image-side budget
+        (methods that make no image-side calls are refused any)."""
+        return None
+
 
 class Timer:
     """Wall-clock seconds since construction."""
@@ -197,6 +203,17 @@ class Timer:
 
     def __call__(self) -> float:
         return time.perf_counter() - self.start
+
+
+def run_image_budget(method: Any, config: Any, queries: int, n_train: int, dataset: str) -> int:
+    """The image budget of a run (:class:`craft.blackbox.MeteredBlackBox`'s ``image_budget``): the config's
+    ``image_budget`` when it gives one, else the method's ``default_image_budget``; 0 for methods without one
+    (text-side methods: any image-side call of theirs is refused)."""
+    if getattr(config, "image_budget", None) is not None:
+        return int(config.image_budget)
+    fn = getattr(method, "default_image_budget", None)
+    value = fn(config, queries, n_train, dataset) if fn is not None else None
+    return 0 if value is None else int(value)
 
 
 def run_budget(method: Any, config: Any, shots: int, dataset: str, classes: int, backbone: str = "") -> int:

@@ -1,0 +1,1 @@
+"""Experiment tracking: result rows into MLflow or Weights & Biases (``--track``, ``craft export``)."""
