@@ -42,6 +42,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "results": ("benchmark.sweep.status_cli", "a results folder: cells done, failed and left (--config), cost, damaged files"),
     "datasets": ("benchmark.datasets.cli", "list the dataset registry or check a data root"),
     "cache": ("benchmark.model.cache_cli", "list, verify or clear the image-feature cache"),
+    "weights": ("benchmark.model.weights_cli", "list the backbones' weights present here, or fetch them (sha256 recorded)"),
 }
 
 

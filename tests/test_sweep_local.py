@@ -27,7 +27,7 @@ def test_a_local_sweep_runs_each_cell_once_one_at_a_time_on_one_cpu(tmp_path: Pa
         "hparams": {"bbt": {"*": {"budget": 400, "intrinsic_dim": 64}}},
     })
     cells = expand(cfg)
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)  # not a cluster `ray start` left
     try:
         summary = run_sweep(cells, cfg.out, ServerOptions(runs_per_server=4), progress=False)
     finally:
@@ -44,7 +44,7 @@ class _Remote:
     def __init__(self) -> None:
         self.started: list[str] = []
 
-    def remote(self, cell, servers, eval_test, colocate):  # noqa: ANN001 - stands in for a Ray remote function
+    def remote(self, cell, servers, eval_test, colocate, sink=None):  # noqa: ANN001 - stands in for a Ray remote function
         self.started.append(cell.cell_id)
         return object()
 

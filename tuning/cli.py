@@ -19,6 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local runtime)")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray runtime")
     parser.add_argument("--no-progress", action="store_true", help="no Ray Tune progress tables")
+    from benchmark.sweep.cli_options import add_override_arguments
+
+    add_override_arguments(parser)
     from benchmark.sweep.cli import add_track_argument
 
     add_track_argument(parser)  # trials through Ray Tune's MLflow/W&B callbacks, final cells as craft bench logs them
@@ -38,7 +41,10 @@ def run(args: argparse.Namespace) -> int:
         from benchmark.track.trackers import parse_track
 
         args.track_specs = [parse_track(v) for v in args.track]  # a typo or a missing library: before anything
-    cfg = load_search_config(args.config)
+    from benchmark.sweep.cli_options import check_out_outside_job, config_overrides
+
+    cfg = load_search_config(args.config, overrides=config_overrides(args))
+    check_out_outside_job(cfg.out, args.allow_relative_out)
     if args.export:
         return _export(cfg, args.export)
     if args.dry_run:

@@ -264,10 +264,18 @@ def parse_config(raw: Any, path: str, *, check_data: bool = True) -> SearchConfi
     return cfg
 
 
-def load_search_config(path: str, *, check_data: bool = True) -> SearchConfig:
-    """Read and check a ``craft tune`` YAML file."""
+def load_search_config(path: str, *, check_data: bool = True, overrides: dict[str, Any] | None = None) -> SearchConfig:
+    """Read and check a ``craft tune`` YAML file; ``overrides`` (``craft tune --set``) replace its top-level
+    keys before the one check, an unknown one refused naming ``--set``."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"config file {path} does not exist")
     raw = read_yaml(p, str(path))
+    if overrides:
+        unknown = sorted(map(str, set(overrides) - set(KEYS)))
+        if unknown:
+            from benchmark.sweep.grid import unknown as unknown_key
+
+            raise unknown_key(unknown[0], KEYS, "key", "--set")
+        raw = {**raw, **overrides} if isinstance(raw, dict) else raw
     return parse_config(raw, str(path), check_data=check_data)

@@ -168,13 +168,17 @@ def run_search(cfg: SearchConfig, *, address: str | None = None, num_cpus: int |
                        lambda: f"{mark()} running trial(s) marked failed (interrupted)")
     from benchmark.serve.options import ServerOptions
     from benchmark.serve.pool import start_servers, stop_servers
+    from benchmark.model.weights import resolve
     from benchmark.serve.ray_runtime import init_ray
+    from benchmark.serve.staging import stage
 
+    runs = server_runs(todo)
+    weights = {key: resolve(*key) for key in dict.fromkeys((b, w) for b, w, _ in runs)}  # before Ray starts
     init_ray(address, num_cpus)
     # Ray Tune's own SIGINT handler ends a round "gracefully" and returns, so the loop below would
     # start another; without it Ctrl-C raises KeyboardInterrupt out of fit() and ends the search.
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
-    servers = start_servers(server_runs(todo), ServerOptions(runs_per_server=cfg.max_concurrent_trials))
+    servers = start_servers(runs, ServerOptions(runs_per_server=cfg.max_concurrent_trials), staged=stage(weights))
     try:
         for study in todo:
             start = time.perf_counter()

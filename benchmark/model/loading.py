@@ -91,8 +91,14 @@ def load_model(
     weights: str = BUILTIN,
     device: str | torch.device = "cpu",
     allow_download: bool | None = None,
+    checkpoint: str | None = None,
 ) -> LoadedModel:
-    """Create ``backbone`` with ``weights``: a pretrained tag, a checkpoint path, ``random`` or ``builtin``."""
+    """Create ``backbone`` with ``weights``: a pretrained tag, a checkpoint path, ``random`` or ``builtin``.
+
+    ``checkpoint``: the local file of those weights, found on the sweep's driver and staged here
+    (:mod:`benchmark.model.weights`); loaded as the tag it is (QuickGELU where the tag has it), no cache
+    looked up and nothing downloaded.
+    """
     import open_clip
 
     from benchmark.model.builtin import BUILTIN_BACKBONE, builtin_model_paths, register_builtin_model
@@ -116,6 +122,10 @@ def load_model(
         pretrained = str(builtin_model_paths()[1])
     elif weights == RANDOM:
         pretrained = None
+    elif checkpoint is not None:
+        if not Path(checkpoint).is_file():
+            raise UserError(f"staged weights file not found: {checkpoint} (for {backbone}:{weights})")
+        pretrained = checkpoint
     elif _looks_like_path(weights):
         if not Path(weights).is_file():
             raise UserError(f"checkpoint file not found: {weights} (for backbone {backbone})")
@@ -131,9 +141,9 @@ def load_model(
         if local is None and not allow_download:
             raise UserError(
                 f"weights for {backbone} with pretrained tag {weights!r} are not in the local cache "
-                f"(looked in the Hugging Face cache and {_URL_CACHE}) and downloads are off; download them once "
-                f"with CRAFT_ALLOW_DOWNLOAD=1 on a machine with internet, or pass a local checkpoint path "
-                f"as weights (e.g. --weights /data/ckpt/{backbone}.pt)"
+                f"(looked in the Hugging Face cache and {_URL_CACHE}) and downloads are off; fetch them once "
+                f"with craft weights fetch {backbone}:{weights} on a machine with internet, or give a local checkpoint "
+                f"path as the weights (backbones: [{backbone}:/data/ckpt/{backbone}.pt])"
             )
         pretrained = weights
     # A tag trained with QuickGELU (every ``openai`` tag) on an architecture whose config has GELU
@@ -152,9 +162,9 @@ def load_model(
         if pretrained is not None and not _looks_like_path(pretrained):
             raise UserError(
                 f"weights for {backbone} with pretrained tag {weights!r} are not in the local cache "
-                f"and downloads are off ({type(exc).__name__}); download them once with "
-                f"CRAFT_ALLOW_DOWNLOAD=1 on a machine with internet, or pass a local checkpoint path "
-                f"as weights (e.g. --weights /data/ckpt/{backbone}.pt)"
+                f"and downloads are off ({type(exc).__name__}); fetch them once with "
+                f"craft weights fetch {backbone}:{weights} on a machine with internet, or give a local checkpoint "
+                f"path as the weights (backbones: [{backbone}:/data/ckpt/{backbone}.pt])"
             ) from exc
         raise UserError(f"could not load checkpoint {pretrained!r} into {backbone}: {exc}") from exc
     model.eval()
@@ -171,7 +181,7 @@ def tag_quick_gelu(backbone: str, tag: str) -> bool:
     return bool(open_clip.get_pretrained_cfg(backbone, tag).get("quick_gelu", False))
 
 
-def _cached_pretrained(backbone: str, tag: str) -> str | None:
+def cached_pretrained(backbone: str, tag: str) -> str | None:
     """The local file of an open_clip pretrained tag, if already downloaded (no network)."""
     import open_clip
 
@@ -190,6 +200,9 @@ def _cached_pretrained(backbone: str, tag: str) -> str | None:
     if url and (_URL_CACHE / os.path.basename(url)).is_file():
         return str(_URL_CACHE / os.path.basename(url))
     return None
+
+
+_cached_pretrained = cached_pretrained  # the name load_model looks it up by (tests replace it)
 
 
 def _looks_like_path(weights: str) -> bool:

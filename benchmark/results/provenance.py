@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from functools import lru_cache
@@ -11,9 +12,16 @@ from pathlib import Path
 PACKAGES = ("craft-bench", "torch", "open_clip_torch", "ray", "cma", "optuna", "pyarrow", "numpy")
 
 
+# Set by a sweep's driver (where the checkout's .git is) for its workers, which may run from a copy without it.
+CODE_VERSION_ENV = "CRAFT_CODE_VERSION"
+
+
 @lru_cache(maxsize=1)
 def code_version() -> str:
-    """``git describe`` of the checkout (``-dirty`` when modified), else the package version."""
+    """The driver's code version when it passed one (:data:`CODE_VERSION_ENV`), else ``git describe`` of
+    the checkout (``-dirty`` when modified), else the package version."""
+    if os.environ.get(CODE_VERSION_ENV):
+        return os.environ[CODE_VERSION_ENV]
     here = Path(__file__).resolve().parent
     try:
         out = subprocess.run(

@@ -54,12 +54,14 @@ def server_count(keys: int, gpus: int) -> tuple[int, float]:
 
 def start_servers(
     runs: Iterable[tuple[str, str, str]], options: ServerOptions, *, gpus: int | None = None, cache_dir: str | None = None,
+    staged: dict[tuple[str, str], Any] | None = None,
 ) -> ServerPool:
     """Start the servers that ``runs`` (``(backbone, weights, method)`` each) need, spread over GPUs and
     nodes, each serving ``options``; wait until they answer.
 
     ``gpus``: the GPUs to place servers on (default: those the cluster has now; more make an
-    autoscaling cluster add GPU nodes).
+    autoscaling cluster add GPU nodes). ``staged``: (backbone, weights) -> the driver's weights file
+    (:func:`benchmark.serve.staging.stage`), which each server loads instead of looking on its node.
     """
     import ray
 
@@ -77,7 +79,8 @@ def start_servers(
     for _ in range(per_key):  # interleaved, so that each GPU tends to get one server of each key
         for key in keys:
             pool.groups[key].append(actor_cls.options(**actor_options).remote(
-                key.backbone, key.weights, options, key.precision, cache_dir=cache_dir))
+                key.backbone, key.weights, options, key.precision, cache_dir=cache_dir,
+                staged=(staged or {}).get((key.backbone, key.weights))))
     for key, group in pool.groups.items():  # fail fast: weights missing, unknown backbone
         try:
             _wait([s.ping.remote() for s in group], f"the model servers of {key.backbone}:{key.weights}")

@@ -20,6 +20,8 @@ from typing import Any
 from benchmark.errors import UserError, raise_terminated
 from benchmark.model.feature_keys import FINGERPRINT_ENV
 
+# Variables the driver passes on to every worker when set: its feature-cache key choice and its code version.
+PASSED_ENV = (FINGERPRINT_ENV, "CRAFT_CODE_VERSION")
 WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
@@ -50,8 +52,9 @@ def _runtime_env() -> dict[str, Any]:
         job = json.loads(os.environ[RAY_JOB_CONFIG_JSON_ENV_VAR])
         job_env = (job.get("runtime_env") or {}).get("env_vars") or {}
     env = dict(WORKER_ENV)
-    if os.environ.get(FINGERPRINT_ENV):  # the driver's choice of feature-cache keys holds on every node
-        env[FINGERPRINT_ENV] = os.environ[FINGERPRINT_ENV]
+    for name in PASSED_ENV:  # the driver's choices (feature-cache keys, its commit) hold on every node
+        if os.environ.get(name):
+            env[name] = os.environ[name]
     return {"env_vars": {k: v for k, v in env.items() if k not in job_env}}
 
 
@@ -74,8 +77,8 @@ def init_ray(
             ray.init(address=address, runtime_env=_runtime_env(), log_to_driver=False)
         else:
             with _loopback_only():
-                ray.init(
-                    num_cpus=num_cpus or os.cpu_count() or 1, num_gpus=num_gpus, include_dashboard=dashboard,
+                ray.init(  # "local": a new runtime, even where `ray start` left a cluster on this machine
+                    address="local", num_cpus=num_cpus or os.cpu_count() or 1, num_gpus=num_gpus, include_dashboard=dashboard,
                     dashboard_host="127.0.0.1", runtime_env=_runtime_env(), log_to_driver=False,
                 )
             protect_auth_token()

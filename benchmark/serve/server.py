@@ -59,15 +59,24 @@ class ModelServer:
         cache_dir: str | None = None,
         device: str | None = None,
         interleave: bool | None = None,
+        staged: Any = None,
     ) -> None:
         """Serve ``backbone:weights`` with ``options``, computing in ``precision`` (the pool's choice for
         this server: ``bf16`` or ``fp32``; ``auto`` leaves it to the engine). ``interleave``: step
         concurrent colocated runs in turn in one thread, their CMA-ES in worker processes (None: on a
         GPU only, where one run's CPU work hides behind another's pass; on a CPU they compute in
-        parallel)."""
+        parallel). ``staged``: the driver's weights file for this backbone
+        (:class:`benchmark.serve.staging.StagedWeights`), loaded with downloads off."""
         options = options or ServerOptions()
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.engine = ClipEngine(load_model(backbone, weights, device), device, **options.engine_kwargs(precision))
+        self.weights_file: str | None = None
+        if staged is not None:
+            from benchmark.serve.staging import local_file
+
+            self.weights_file = local_file(staged)
+        loaded = load_model(backbone, weights, device, allow_download=False if staged is not None else None,
+                            checkpoint=self.weights_file)
+        self.engine = ClipEngine(loaded, device, **options.engine_kwargs(precision))
         self.cache = FeatureCache(cache_dir) if cache_dir != "" else None
         batching = self.engine.device.type == "cuda" if options.batching is None else options.batching
         self._batcher = QueryBatcher(self.engine) if batching else None
@@ -88,7 +97,7 @@ class ModelServer:
             "backbone": self.engine.loaded.backbone, "device": str(self.engine.device), "tasks": len(self._tasks),
             "precision": self.engine.precision, "bf16": self.engine.bf16, "compile": self.engine.compile_mode,
             "attention": self.engine.attention,
-            "pid": os.getpid(), "served": self._served,
+            "pid": os.getpid(), "served": self._served, "weights_file": self.weights_file,
             "batched_passes": batcher.passes if batcher else None, "batched_requests": batcher.requests if batcher else None,
             "colocated_live_max": self._interleaver.live_max if self._interleaver else None,
         }

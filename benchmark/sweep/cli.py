@@ -29,6 +29,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dashboard", action="store_true",
                         help="start the local runtime's Ray dashboard, on 127.0.0.1 only")
     parser.add_argument("--no-progress", action="store_true", help="no progress display")
+    parser.add_argument("--progress-every", type=float, default=30.0, metavar="SECONDS",
+                        help="a line per running cell (generation, queries, validation accuracy) at most this often (default 30)")
+    parser.add_argument("--no-data-check", action="store_true",
+                        help="with --dry-run: plan without reading the data root or datasets (a preview before downloading)")
+    parser.add_argument("--gpu", default=None, metavar="NAME",
+                        help="with --dry-run: estimate GPU-hours on this GPU from craft perf's measured rates (e.g. h100)")
+    from benchmark.sweep.cli_options import add_override_arguments
+
+    add_override_arguments(parser)
     add_track_argument(parser)
 
 
@@ -65,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.num_cpus is not None and (args.address or os.environ.get("RAY_ADDRESS")):
         raise UserError("--num-cpus sizes a local Ray runtime; a cluster given by --address or RAY_ADDRESS has its own CPUs")
+    if not args.progress_every > 0:
+        raise UserError(f"--progress-every must be a number of seconds > 0, got {args.progress_every}")
     for flag in ("num_cpus", "gpus"):
         value = getattr(args, flag)
         if value is not None and value < (1 if flag == "num_cpus" else 0):
@@ -74,25 +85,37 @@ def run(args: argparse.Namespace) -> int:
 
         for value in args.track:  # a typo or a missing library, before the config is even read
             parse_track(value)
-    cfg = load_config(args.config)
+    from benchmark.sweep.cli_options import check_out_outside_job, config_overrides
+    from benchmark.sweep.estimate import check_gpu
+
+    if args.no_data_check and not args.dry_run:
+        raise UserError("--no-data-check only previews a plan: give it with --dry-run")
+    if args.gpu is not None:
+        check_gpu(args.gpu)
+    cfg = load_config(args.config, config_overrides(args))
+    check_out_outside_job(cfg.out, args.allow_relative_out)
     cells = expand(cfg)
-    for note in check_inputs(cfg):  # said once, before anything runs
-        log.info("note: %s", note)
+    if not args.no_data_check:
+        for note in check_inputs(cfg):  # said once, before anything runs
+            log.info("note: %s", note)
     if args.dry_run:
-        print(format_plan(make_plan(cells, cfg.out), cfg, args.rerun_failed))
+        print(format_plan(make_plan(cells, cfg.out), cfg, args.rerun_failed, gpu=args.gpu))
         return 0
     check_location(cfg.out)
+    _note_code_version()
     trackers, on_cell = open_trackers(args.track, cfg.out)
 
     from benchmark.stop_watch import say_on_forced_exit
-    from benchmark.sweep.runner import run_sweep
+    from benchmark.sweep.runner import resolve_weights, run_sweep
 
+    weights = resolve_weights(cells, cfg.weights)  # on this machine, before Ray starts; staged to the servers
     say_on_forced_exit(f"done cells are kept; run craft bench {args.config} again to resume")
     # The folder is locked, cleaned and listed once, before Ray starts: a second driver is refused at once.
     try:
         summary = run_sweep(cells, cfg.out, cfg.server, address=args.address, num_cpus=args.num_cpus,
                             dashboard=args.dashboard, rerun_failed=args.rerun_failed, progress=not args.no_progress,
-                            gpus=args.gpus, config=cfg, on_cell=on_cell)
+                            gpus=args.gpus, config=cfg, on_cell=on_cell,
+                            weights=weights, progress_every=args.progress_every)
     finally:
         for tracker in trackers:  # what was logged stays logged (W&B writes its files' last records here)
             tracker.close()
@@ -114,3 +137,15 @@ def run(args: argparse.Namespace) -> int:
         log.error("see each failed cell's log under _logs/ in the results folder (craft results lists their errors); "
                   "retry them with --rerun-failed")
     return 1 if summary.failed else 0
+
+
+def _note_code_version() -> None:
+    """Say so when a Ray job's upload left ``.git`` behind: results would record no commit."""
+    from benchmark.results.provenance import code_version
+    from benchmark.sweep.cli_options import in_ray_job
+
+    version = code_version()
+    if in_ray_job() and all(c in "0123456789." for c in version.split("+")[0]):  # a package version, no commit
+        log.warning("note: no .git in this job's working directory, so results record code_version %s, not a commit; "
+                    "submit with RAY_OVERRIDE_RUNTIME_ENV_DEFAULT_EXCLUDES=.venv,venv,__pycache__ so that Ray uploads "
+                    ".git (docs/cluster.md)", version)

@@ -37,6 +37,7 @@ KEYS = {
     "seeds": "few-shot seeds, e.g. [1, 2, 3]",
     "backbones": "backbones as [name:weights, ...] or {name: weights}",
     "hparams": "method -> dataset ('*' = every dataset) -> hyperparameter: value",
+    "weights": "where the backbones' weights are: a folder or URI holding craft weights fetch --dir's manifest.json",
     "protocol": "harness (default: every method's defaults) or official (every fidelity switch on the official code's side; docs/fidelity.md)",
     **SERVER_KEYS,
 }
@@ -51,6 +52,7 @@ class SweepConfig(Grid):
     path: str
     out: str
     root: str | None = None
+    weights: str | None = None  # a folder or URI with a weights manifest (benchmark.model.weights)
     eval_datasets: dict[str, tuple[str, ...]] = field(default_factory=dict)
     server: ServerOptions = ServerOptions()
     includes: tuple[str, ...] = ()
@@ -76,12 +78,19 @@ def _shipped_folder() -> Any:
     return resources.files("benchmark").joinpath("configs")
 
 
-def load_config(path: str | Path) -> SweepConfig:
-    """Read ``path`` and its includes, check every file, merge, and check the result."""
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepConfig:
+    """Read ``path`` and its includes, check every file, merge, and check the result.
+
+    ``overrides`` (``craft bench --set``, :func:`benchmark.config_yaml.parse_overrides`) are one more
+    layer over the file, checked as a file is (errors name ``--set``): one validation path for both.
+    """
     p = Path(path)
     if not p.is_file():
         raise UserError(f"config file {path} does not exist")
     merged, includes = _load_layers(p, str(path), ())
+    if overrides:
+        _check_layer(overrides, "--set")
+        merged = _merge(merged, overrides)
     return _finish(merged, str(path), includes)
 
 
@@ -179,6 +188,8 @@ def _check_layer(raw: dict[str, Any], where: str) -> None:
         raise UserError(f"{where}: out must be a folder path or URI, got {show(raw['out'])}")
     if "root" in raw and raw["root"] is not None and (not isinstance(raw["root"], str) or not raw["root"]):
         raise UserError(f"{where}: root must be a folder path or null, got {show(raw['root'])}")
+    if "weights" in raw and raw["weights"] is not None and (not isinstance(raw["weights"], str) or not raw["weights"]):
+        raise UserError(f"{where}: weights must be a folder path or URI holding a weights manifest, or null, got {show(raw['weights'])}")
     check_grid(raw, where)  # methods, datasets or suite, shots, seeds, backbones, hparams
     check_keys(raw, where)
     if "eval_datasets" in raw:
@@ -221,6 +232,7 @@ def _finish(raw: dict[str, Any], where: str, includes: tuple[str, ...]) -> Sweep
         path=where,
         out=expand_home(raw["out"]),
         root=expand_home(raw["root"]) if raw.get("root") else raw.get("root"),
+        weights=expand_home(raw["weights"]) if raw.get("weights") else None,
         **{f.name: getattr(grid, f.name) for f in fields(Grid)},
         eval_datasets=eval_datasets,
         server=ServerOptions.from_config(raw, where, official_precision(protocol)),

@@ -110,17 +110,27 @@ def left_to_run(plan: Plan, limit: int = 20) -> list[str]:
     return lines + ([f"... and {len(left) - limit} more"] if len(left) > limit else [])
 
 
-def format_plan(plan: Plan, cfg: SweepConfig, rerun_failed: bool = False) -> str:
-    """The dry-run report: totals, then one line per (backbone, method, dataset)."""
+def format_plan(plan: Plan, cfg: SweepConfig, rerun_failed: bool = False, gpu: str | None = None) -> str:
+    """The dry-run report: totals, the text sequences to run with an estimate of their GPU-hours on
+    ``gpu`` (default h100; :mod:`benchmark.sweep.estimate`), then one line per (backbone, method, dataset)."""
+    from benchmark.sweep.estimate import cell_sequences, check_gpu, gpu_hours
+
+    gpu = gpu or "h100"
+    rate = check_gpu(gpu)
     todo_ids = {c.cell_id for c in plan.todo(rerun_failed)}
     q_total = sum(plan.queries.values())
     q_todo = sum(plan.queries[i] for i in todo_ids)
+    seqs = {c.cell_id: cell_sequences(plan.queries[c.cell_id], c.dataset) for c in plan.cells}
+    s_todo = sum(seqs[i] for i in todo_ids)
     lines = [
         f"sweep {cfg.path} -> {cfg.out}" + (f" (includes: {', '.join(cfg.includes)})" if cfg.includes else ""),
         f"{len(plan.cells)} cells: {plan.count('done')} done, {plan.count('failed')} failed, {len(todo_ids)} to run"
         + (f" ({plan.count('damaged')} with a damaged result file, moved aside when run)" if plan.count("damaged") else "")
         + (" (failed ones included: --rerun-failed)" if rerun_failed and plan.count("failed") else "")
         + f"; estimated queries to run: {q_todo:,} of {q_total:,}",
+        f"text sequences to run: {s_todo:,}; estimated {_gpu_time(gpu_hours(s_todo, gpu))} on one {gpu.upper()} "
+        f"(an estimate: {rate.sequences_per_s:,.0f} sequences/s measured by craft perf, {rate.source}; "
+        "budgeted queries only, evaluations, image encoding and compiling not counted)",
     ]
     groups: dict[tuple[str, str, str], Counter] = {}
     for c in plan.cells:
@@ -130,7 +140,13 @@ def format_plan(plan: Plan, cfg: SweepConfig, rerun_failed: bool = False) -> str
         if c.cell_id in todo_ids:
             g["run"] += 1
             g["queries"] += plan.queries[c.cell_id]
-    header = ("backbone", "method", "dataset", "cells", "done", "failed", "to run", "queries to run")
-    rows = [(b, m, d, str(g["cells"]), str(g["done"]), str(g["failed"]), str(g["run"]), f"{g['queries']:,}")
-            for (b, m, d), g in groups.items()]
+            g["sequences"] += seqs[c.cell_id]
+    header = ("backbone", "method", "dataset", "cells", "done", "failed", "to run", "queries to run", "sequences to run")
+    rows = [(b, m, d, str(g["cells"]), str(g["done"]), str(g["failed"]), str(g["run"]), f"{g['queries']:,}",
+             f"{g['sequences']:,}") for (b, m, d), g in groups.items()]
     return "\n".join(lines + text_columns(header, rows, left=3))
+
+
+def _gpu_time(hours: float) -> str:
+    """``0.49 GPU-hours``, or GPU-seconds for a sweep too small to show in hours."""
+    return f"{hours:.2f} GPU-hours" if hours >= 0.01 else f"{hours * 3600:.1f} GPU-seconds"

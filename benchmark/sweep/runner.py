@@ -30,9 +30,12 @@ from benchmark.results.store import (
     parse_cell_file, check_location, check_writable, clean_temporaries, lock_results, move_aside, scan_cells, tidy_logs, write_cell,
     write_log,
 )
+from benchmark.results.provenance import CODE_VERSION_ENV, code_version
 from benchmark.serve.options import ServerOptions
 from benchmark.serve.pool import ServerKey, ServerPool, start_servers, stop_servers
+from benchmark.model.weights import WeightsFile
 from benchmark.serve.ray_runtime import init_ray
+from benchmark.serve.staging import stage
 from benchmark.sweep.cell import Cell
 
 RUN_RETRIES = 3  # re-runs of a cell whose process or node died
@@ -52,14 +55,17 @@ class SweepSummary:
 # ----------------------------------------------------------------------------- one cell, on a worker
 
 
-def _run_cell_task(cell: Cell, servers: list[Any], eval_test: bool, colocate: bool = False) -> dict[str, Any]:
-    """Run one cell; return its rows and its log. A Python error is a failed cell, not a lost one."""
+def _run_cell_task(cell: Cell, servers: list[Any], eval_test: bool, colocate: bool = False, sink: Any = None) -> dict[str, Any]:
+    """Run one cell; return its rows and its log. A Python error is a failed cell, not a lost one.
+    ``sink``: the driver's :class:`ProgressSink`, sent each log line as it is written (fire and forget)."""
     from benchmark.sweep.run_cell import failed_row, run_cell
 
     lines: list[str] = []
 
     def log(text: str) -> None:
         lines.append(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}")
+        if sink is not None:
+            sink.report.remote(cell.cell_id, lines[-1])
 
     def on_eval(row: dict[str, float]) -> None:
         log("eval " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
@@ -77,6 +83,32 @@ def _run_cell_task(cell: Cell, servers: list[Any], eval_test: bool, colocate: bo
         log(f"failed after {time.perf_counter() - start:.1f} s:\n{tb}")
         rows = [failed_row(cell, tb)]
     return {"rows": rows, "log": "\n".join(lines) + "\n"}
+
+
+class ProgressSink:
+    """A small actor beside the driver that cells send their log lines to while they run: the driver
+    drains it every couple of seconds, streams each running cell's log to its file and prints a line
+    per cell now and then. One message per log line (a cell logs at start, at each evaluation and at
+    its end), so it costs next to nothing beside the queries."""
+
+    def __init__(self) -> None:
+        self._lines: list[tuple[str, str]] = []
+
+    def report(self, cell_id: str, line: str) -> None:
+        self._lines.append((cell_id, line))
+
+    def drain(self) -> list[tuple[str, str]]:
+        lines, self._lines = self._lines, []
+        return lines
+
+
+def _start_sink() -> Any:
+    """A :class:`ProgressSink` on the driver's node (no CPU reserved); None where it cannot start."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    return ray.remote(num_cpus=0, max_restarts=0)(ProgressSink).options(scheduling_strategy=here).remote()
 
 
 # ----------------------------------------------------------------------------- the sweep
@@ -109,12 +141,20 @@ def run_sweep(
     gpus: int | None = None,
     dashboard: bool = False,
     config: Any = None,
+    weights: dict[tuple[str, str], WeightsFile | None] | None = None,
+    progress_every: float = 30.0,
     on_cell: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> SweepSummary:
     """Run every cell not yet done under ``out`` on servers serving ``server`` (default options);
     write each (log and rows) as it finishes, its rows stamped with the server options and the sweep
     ``config`` (a :class:`~benchmark.sweep.config.SweepConfig`, resolved: :func:`sweep_provenance`). With ``server.colocate``, CraFT and BBT runs execute
     in their model server's process (:mod:`benchmark.serve.colocate`); their run task only waits.
+
+    ``weights``: each (backbone, weights) of the cells resolved to a file on this machine
+    (:func:`resolve_weights`; resolved here, before Ray starts, when not given); the servers load
+    these files, staged to their nodes through Ray (:mod:`benchmark.serve.staging`).
+    ``progress_every``: seconds between two progress lines of one running cell (generation, queries,
+    validation accuracy at its last evaluation); its log file is written anew as lines arrive.
     ``on_cell(rows)`` gets each cell's rows once they are stored (experiment tracking, :mod:`benchmark.track`);
     an error there is a warning, the sweep goes on.
     """
@@ -123,6 +163,8 @@ def run_sweep(
     summary = SweepSummary()
     start = time.perf_counter()
     check_location(out)
+    if weights is None:
+        weights = resolve_weights(cells)
     with lock_results(out):  # one driver per results folder: the scan below and the writes are ours
         clean_temporaries(out)  # first, even when nothing is left to run: what dead writers left
         tidy_logs(out)  # logs of the older layout out of Parquet readers' way
@@ -133,11 +175,16 @@ def run_sweep(
             summary.wall_s = time.perf_counter() - start
             return summary
 
+        # The commit comes from here, where the checkout's .git is; workers may run from a copy without it.
+        os.environ.setdefault(CODE_VERSION_ENV, code_version())
         init_ray(address, num_cpus, dashboard=dashboard)
         _check_gpus(gpus, address)
         server = server or ServerOptions()
         stamp = sweep_provenance(server, config)
-        servers = start_servers({(c.backbone, c.weights, c.method) for c in todo}, server, gpus=gpus, cache_dir=cache_dir)
+        sink = _start_sink()  # its process starts while the servers load their models
+        staged = stage({k: v for k, v in weights.items() if k in {(c.backbone, c.weights) for c in todo}})
+        servers = start_servers({(c.backbone, c.weights, c.method) for c in todo}, server, gpus=gpus, cache_dir=cache_dir,
+                                staged=staged)
         try:  # nothing is written before the servers are up
             check_writable(out)
             # Kept beside their cells under a name nothing reads; the rerun's result takes their place.
@@ -145,20 +192,24 @@ def run_sweep(
             summary.moved_aside = [f"{old} -> {new} ({damaged[old]})" for old, new in moved.items()]
         except BaseException:
             stop_servers(servers)
+            ray.kill(sink)
             raise
         remote_run = ray.remote(num_cpus=1, num_gpus=0, max_retries=RUN_RETRIES, retry_exceptions=False)(_run_cell_task)
         display = Progress(len(todo), progress)
+        live = LiveLogs(out, sink, progress_every if progress else None, display)
         load: dict[ServerKey, list[int]] = {k: [0] * len(g) for k, g in servers.groups.items()}
         pending: dict[Any, tuple[Cell, ServerKey, int]] = {}
         queue = list(todo)
         try:
             while queue or pending:
                 slots = run_slots() - len(pending)
-                queue = _submit(queue, pending, servers, load, remote_run, eval_test, slots)
+                queue = _submit(queue, pending, servers, load, remote_run, eval_test, slots, live.sink)
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=2.0)
+                live.update({c.cell_id: c for c, _, _ in pending.values()})
                 for ref in ready:
                     cell, key, idx = pending.pop(ref)
                     load[key][idx] -= 1
+                    live.finished(cell.cell_id)
                     rows, log_text = _collect(ref, cell)
                     rows = [{**r, **stamp} for r in rows]
                     write_log(out, cell.method, cell.dataset, cell.cell_id, log_text)
@@ -176,9 +227,19 @@ def run_sweep(
                 display.tick(summary, len(pending), time.perf_counter() - start)
         finally:
             display.close()
+            live.close()
             stop_servers(servers)
         summary.wall_s = time.perf_counter() - start
         return summary
+
+
+def resolve_weights(cells: list[Cell], location: str | None = None) -> dict[tuple[str, str], WeightsFile | None]:
+    """Each (backbone, weights) of ``cells`` as a file on this machine, the driver
+    (:func:`benchmark.model.weights.resolve`; ``location``: the config's ``weights:``); UserError before
+    Ray starts when one is missing."""
+    from benchmark.model.weights import resolve
+
+    return {key: resolve(*key, location=location) for key in dict.fromkeys((c.backbone, c.weights) for c in cells)}
 
 
 def _tell(on_cell: Callable[[list[dict[str, Any]]], None], rows: list[dict[str, Any]], cell: Cell) -> None:
@@ -226,7 +287,7 @@ def run_slots() -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
-def _submit(queue, pending, servers: ServerPool, load, remote_run, eval_test, slots: int) -> list[Cell]:
+def _submit(queue, pending, servers: ServerPool, load, remote_run, eval_test, slots: int, sink: Any = None) -> list[Cell]:
     """Start queued cells on the least-loaded of their servers while one has room (at most ``slots``)."""
     left = []
     for cell in queue:
@@ -240,7 +301,7 @@ def _submit(queue, pending, servers: ServerPool, load, remote_run, eval_test, sl
             continue
         group = servers.groups[key]
         ordered = group[idx:] + group[:idx]  # its chosen server first, the others to fail over to
-        pending[remote_run.remote(cell, ordered, eval_test, servers.options.colocate)] = (cell, key, idx)
+        pending[remote_run.remote(cell, ordered, eval_test, servers.options.colocate, sink)] = (cell, key, idx)
         load[key][idx] += 1
         slots -= 1
     return left
@@ -259,6 +320,66 @@ def _collect(ref: Any, cell: Cell) -> tuple[list[dict[str, Any]], str]:
         error = f"{type(exc).__name__}: {exc}"
         text = f"{time.strftime('%Y-%m-%d %H:%M:%S')} cell {cell.label()} id {cell.cell_id} lost after {RUN_RETRIES} retries:\n{error}\n"
         return [failed_row(cell, error)], text
+
+
+class LiveLogs:
+    """The driver's side of :class:`ProgressSink`: each running cell's log lines so far, written to its
+    log file as they come, and one progress line per cell at most every ``every`` seconds (None: none)."""
+
+    DRAIN_S = 2.0
+
+    def __init__(self, out: str, sink: Any, every: float | None, display: "Progress") -> None:
+        self.out, self.sink, self.every, self.display = out, sink, every, display
+        self.lines: dict[str, list[str]] = {}
+        self.printed: dict[str, float] = {}
+        self._drained = 0.0
+        self._pending: Any = None  # the drain call in flight
+
+    def update(self, running: dict[str, Cell]) -> None:
+        """Drain the sink (every couple of seconds): stream logs, print a line per cell that moved."""
+        import ray
+
+        now = time.monotonic()
+        if self.sink is None or now - self._drained < self.DRAIN_S:
+            return
+        self._drained = now
+        if self._pending is None:  # never wait on it: the sink may still be starting
+            self._pending = self.sink.drain.remote()
+            return
+        if not ray.wait([self._pending], timeout=0)[0]:
+            return
+        try:
+            got = ray.get(self._pending)
+        except Exception:  # noqa: BLE001 - progress is a convenience: a lost sink costs only the lines
+            self.sink = None
+            return
+        self._pending = self.sink.drain.remote()
+        moved: set[str] = set()
+        evals: dict[str, str] = {}  # the last evaluation line of each cell: generation, queries, accuracy
+        for cell_id, line in got:
+            if cell_id in running:
+                self.lines.setdefault(cell_id, []).append(line)
+                moved.add(cell_id)
+                text = line.split(" ", 2)[-1]
+                if text.startswith("eval "):
+                    evals[cell_id] = text[len("eval "):]
+        for cell_id in moved:
+            cell = running[cell_id]
+            write_log(self.out, cell.method, cell.dataset, cell_id, "\n".join(self.lines[cell_id]) + "\n")
+        for cell_id, text in evals.items():
+            if self.every is not None and now - self.printed.get(cell_id, -1e9) >= self.every:
+                self.printed[cell_id] = now
+                self.display.note(f"running {running[cell_id].label()}: {text}")
+
+    def finished(self, cell_id: str) -> None:
+        self.lines.pop(cell_id, None)
+        self.printed.pop(cell_id, None)
+
+    def close(self) -> None:
+        if self.sink is not None:
+            import ray
+
+            ray.kill(self.sink)
 
 
 class Progress:
@@ -288,6 +409,13 @@ class Progress:
             self.bar.set_postfix(running=running, failed=s.failed, qps=f"{s.queries / max(elapsed, 1e-9):.0f}")
         else:
             log.info("%s %s; %s", "ok" if ok else "FAILED", cell.label(), self._status(s, running, elapsed))
+
+    def note(self, line: str) -> None:
+        """A line about a running cell: above the bar on a terminal, else on stderr."""
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stderr)
+        else:
+            log.info("%s", line)
 
     def tick(self, s: SweepSummary, running: int, elapsed: float) -> None:
         if self.bar is not None:
