@@ -44,6 +44,15 @@ def test_the_coop_grid_covers_the_papers_tables() -> None:
     assert {c.backbone for c in backbones.cells()} == {"RN50"}
 
 
+def test_the_coop_dry_run_needs_no_data_and_names_the_part_that_bounds_it(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "benchmark.cli", "paper", "--suite", "coop", "--dry-run",
+                           "--out", str(tmp_path / "o")], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    last = done.stdout.strip().splitlines()[-1]
+    assert last.startswith("craft paper --suite coop: 477 cells in all") and "GPU-hours on one H100" in last
+    assert "the largest part: references" in last and not (tmp_path / "o").exists()
+
+
 def test_a_bad_backbone_is_one_sentence_before_anything_runs(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="craft paper --suite builtin"):
         paper_plan("builtin", str(tmp_path), backbones=["no-such-net:builtin"])

@@ -34,7 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="results folder or URI (default: results/paper_<suite>)")
     parser.add_argument("--backbones", nargs="+", metavar="NAME:WEIGHTS", default=None,
                         help="run every part on these backbones instead (e.g. RN50:openai)")
-    parser.add_argument("--dry-run", action="store_true", help="print each part's plan (cells, queries) and run nothing")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print each part's plan (cells, queries, text sequences, estimated GPU time) and run "
+                             "nothing; needs no data and no weights")
+    parser.add_argument("--gpu", default="h100", metavar="NAME",
+                        help="with --dry-run: the GPU whose craft perf rate gives the estimate (default: h100)")
     parser.add_argument("--address", default=None, help="Ray cluster to run on (default: RAY_ADDRESS, else this machine)")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray runtime (default: all)")
     parser.add_argument("--no-progress", action="store_true", help="no progress display")
@@ -85,30 +89,43 @@ def paper_plan(suite: str, out: str | None = None, root: str | None = None,
 
 
 def run(args: argparse.Namespace) -> int:
-    from benchmark.sweep.plan import check_inputs, format_plan, make_plan, expand
+    from benchmark.sweep.plan import check_inputs, estimated_queries, expand, format_plan, make_plan
 
     if args.num_cpus is not None and args.num_cpus < 1:
         raise UserError(f"--num-cpus must be >= 1, got {args.num_cpus}")
     if args.suite == "coop" and args.root is None and not args.dry_run:
         raise UserError("--suite coop needs --root DIR, the folder holding the CoOp dataset folders (see craft datasets list)")
+    from benchmark.sweep.estimate import cell_sequences, check_gpu, gpu_hours
+
+    check_gpu(args.gpu)
     plan = paper_plan(args.suite, args.out, args.root, args.backbones)
     cells = plan.cells()
     if args.dry_run:
+        sequences = {}
         for name, cfg in plan.parts.items():
             print(f"part {name}:")
-            print(format_plan(make_plan(expand(cfg), cfg.out), cfg))
-        print(f"craft paper --suite {plan.suite}: {len(cells)} cells in all (cells shared by parts counted once) -> {plan.out}")
+            print(format_plan(make_plan(expand(cfg), cfg.out), cfg, gpu=args.gpu))
+            sequences[name] = sum(cell_sequences(estimated_queries(c), c.dataset) for c in expand(cfg))
+        total = sum(cell_sequences(estimated_queries(c), c.dataset) for c in cells)
+        bound = max(sequences, key=sequences.get)
+        print(f"craft paper --suite {plan.suite}: {len(cells)} cells in all (shared cells counted once), "
+              f"{total:,} text sequences, estimated {gpu_hours(total, args.gpu):.2f} GPU-hours on one "
+              f"{args.gpu.upper()} (budgeted queries only; see each part); the largest part: {bound} "
+              f"({sequences[bound] / max(total, 1):.0%} of the sequences) -> {plan.out}")
         return 0
     for cfg in plan.parts.values():
         for note in check_inputs(cfg):  # said once, before anything runs
             log.info("note: %s", note)
 
-    from benchmark.sweep.runner import run_sweep
+    from benchmark.stop_watch import say_on_forced_exit
+    from benchmark.sweep.runner import resolve_weights, run_sweep
 
     first = next(iter(plan.parts.values()))
+    weights = resolve_weights(cells, first.weights)  # on this machine, before Ray starts; staged to the servers
+    say_on_forced_exit(f"done cells are kept; run craft paper --suite {plan.suite} again to resume")
     start = time.perf_counter()
     summary = run_sweep(cells, plan.out, first.server, address=args.address, num_cpus=args.num_cpus,
-                        progress=not args.no_progress, config=plan)
+                        progress=not args.no_progress, config=plan, weights=weights)
     print(f"{summary.done} cells done, {summary.skipped} already done (skipped), {summary.failed} failed, "
           f"in {time.perf_counter() - start:.1f} s; results in {plan.out}")
     for line in summary.failures:
