@@ -67,7 +67,7 @@ def test_a_sweep_with_colocate_runs_craft_on_its_ray_model_server(tmp_path, monk
         "backbones": ["craft-tiny:builtin"], "runs_per_server": 1, "colocate": True, "hparams": {"craft": {"*": hp}},
     })
     cells = expand(cfg)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         summary = run_sweep(cells, cfg.out, cfg.server.replace(runs_per_server=1), progress=False)
     finally:

@@ -110,7 +110,7 @@ def test_a_rerun_recomputes_each_damaged_cell_once_and_keeps_the_damaged_files(
         "seeds": [1, 2, 3, 4], "backbones": ["craft-tiny:builtin"],
     })
     cells = expand(cfg)
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
     try:
         first = run_sweep(cells, out, ServerOptions(runs_per_server=2), progress=False)
         assert (first.done, first.failed) == (4, 0)

@@ -100,7 +100,7 @@ def test_leases_share_a_task_and_the_last_release_drops_it(cache) -> None:
 @pytest.mark.slow
 def test_runs_survive_a_dead_server_and_a_restarted_one(cache) -> None:
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"CRAFT_BENCH_CACHE": str(cache), "OMP_NUM_THREADS": "1"}})
     try:
         actor = ray.remote(ModelServer).options(num_cpus=0, max_restarts=-1, max_task_retries=0, max_concurrency=4)
