@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from importlib.metadata import entry_points
 
 from benchmark.errors import UserError, was_terminated
@@ -161,6 +162,10 @@ def run_command(command: str, module_name: str, description: str, argv: list[str
     module.add_arguments(sub_parser)
     add_verbosity(sub_parser)
     args = sub_parser.parse_args(argv)
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # A shell that starts a program in the background (``cmd &`` in a script) ignores SIGINT for it, and
+        # Python then never raises KeyboardInterrupt: Ctrl-C (or kill -INT) would be silently ignored.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     if hasattr(signal, "SIGUSR2") and sys.__stderr__ is not None:
         # ``kill -USR2 PID`` prints where every thread is, to the process's own stderr (Ray Tune owns SIGUSR1).
         with contextlib.suppress(OSError, ValueError):

@@ -39,9 +39,6 @@ def install(command: str) -> bool:
     """Start the watcher for ``craft command`` (main thread only); False where it cannot be installed."""
     if threading.current_thread() is not threading.main_thread():
         return False
-    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
-        # Inherited from a shell that started us in the background: Ctrl-C is still ours to answer.
-        signal.signal(signal.SIGINT, signal.default_int_handler)
     reader, writer = socket.socketpair()
     writer.setblocking(False)
     try:

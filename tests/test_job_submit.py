@@ -84,6 +84,7 @@ def job_cluster(tmp_path: Path):
         shutil.rmtree(top, ignore_errors=True)
 
 
+@pytest.mark.slow  # a loopback cluster and a Ray job: about a minute and a half
 def test_ray_job_submit_as_the_docs_say(job_cluster, tmp_path: Path) -> None:
     ckpt = tmp_path / "driver-only" / "craft-tiny.safetensors"  # weights only the driver resolves and stages
     ckpt.parent.mkdir()

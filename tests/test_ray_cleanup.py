@@ -52,6 +52,7 @@ def _listening_beyond_loopback(pids: list[int]) -> list[str]:
     return found
 
 
+@pytest.mark.slow  # a real sweep killed mid-run, then a wait for its runtime to go
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_a_sigkilled_driver_leaves_no_ray_process_behind(tmp_path: Path) -> None:
     import ray
