@@ -44,13 +44,15 @@ def install(command: str) -> bool:
     try:
         signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
     except ValueError:
-        reader.close(), writer.close()
+        reader.close()
+        writer.close()
         return False
     threading.Thread(target=_watch, args=(reader, writer, command), daemon=True, name="craft-stop-watch").start()
     return True
 
 
 def _watch(reader: socket.socket, writer: socket.socket, command: str) -> None:
+    """``writer`` is held here only so that the wakeup socket stays open while the process lives."""
     first: tuple[int, float] | None = None
     while True:
         reader.settimeout(None if first is None else max(0.0, first[1] + GRACE_S - time.monotonic()))

@@ -25,3 +25,16 @@ def server():
     torch.set_num_threads(1)
     yield ModelServer("craft-tiny", "builtin", cache_dir="")
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def builtin_cache(tmp_path_factory: pytest.TempPathFactory):
+    """A feature-cache folder holding the generated built-in suite, set as ``CRAFT_BENCH_CACHE`` for the module."""
+    from benchmark.datasets.builtin import ensure_builtin_suite
+
+    mp = pytest.MonkeyPatch()
+    root = tmp_path_factory.mktemp("cache")
+    mp.setenv("CRAFT_BENCH_CACHE", str(root))
+    ensure_builtin_suite(root / "builtin")
+    yield root
+    mp.undo()

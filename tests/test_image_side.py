@@ -200,18 +200,6 @@ def test_blackvip_spends_its_schedule_exactly_and_counts_what_the_engine_encoded
 
 
 # ----------------------------------------------------------------- serve path
-@pytest.fixture(scope="module")
-def builtin_cache(tmp_path_factory: pytest.TempPathFactory):
-    from benchmark.datasets.builtin import ensure_builtin_suite
-
-    mp = pytest.MonkeyPatch()
-    root = tmp_path_factory.mktemp("cache")
-    mp.setenv("CRAFT_BENCH_CACHE", str(root))
-    ensure_builtin_suite(root / "builtin")
-    yield root
-    mp.undo()
-
-
 def test_image_side_queries_travel_client_to_server_on_the_tasks_own_images(builtin_cache):
     """Through the client (a local server, as a Ray actor is called): the pixels served are the images the
     training features were encoded from (the seeded pass), so a zero pixel prompt scores as the cached

@@ -21,18 +21,6 @@ from benchmark.datasets.task_spec import TaskSpec
 SPEC = TaskSpec("digits_rotate", 2, 1)
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory):
-    from benchmark.datasets.builtin import ensure_builtin_suite
-
-    mp = pytest.MonkeyPatch()
-    root = tmp_path_factory.mktemp("cache")
-    mp.setenv("CRAFT_BENCH_CACHE", str(root))
-    ensure_builtin_suite(root / "builtin")
-    yield root
-    mp.undo()
-
-
 def contexts(n: int, seed: int, width: int, n_ctx: int = 4) -> torch.Tensor:
     return torch.randn(n, n_ctx, width, generator=torch.Generator().manual_seed(seed)) * 0.02
 
@@ -47,7 +35,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def test_concurrent_queries_merge_into_one_pass_with_identical_results(cache, one_thread) -> None:
+def test_concurrent_queries_merge_into_one_pass_with_identical_results(builtin_cache, one_thread) -> None:
     server = ModelServer("craft-tiny", "builtin", ServerOptions(batching=True))
     engine, batcher = server.engine, server._batcher
     assert isinstance(batcher, QueryBatcher)
@@ -84,7 +72,7 @@ def test_concurrent_queries_merge_into_one_pass_with_identical_results(cache, on
         assert torch.equal(torch.from_numpy(results[i]), alone[i]), f"request {i} changed by batching"
 
 
-def test_leases_share_a_task_and_the_last_release_drops_it(cache) -> None:
+def test_leases_share_a_task_and_the_last_release_drops_it(builtin_cache) -> None:
     server = ModelServer("craft-tiny", "builtin", ServerOptions(batching=False))
     a, b = server.prepare(SPEC), server.prepare(SPEC)
     assert a["task_id"] != b["task_id"] and b["images_encoded"] == 0 and server.ping()["tasks"] == 1
@@ -98,10 +86,10 @@ def test_leases_share_a_task_and_the_last_release_drops_it(cache) -> None:
 
 
 @pytest.mark.slow
-def test_runs_survive_a_dead_server_and_a_restarted_one(cache) -> None:
+def test_runs_survive_a_dead_server_and_a_restarted_one(builtin_cache) -> None:
     ray = pytest.importorskip("ray")
     ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"CRAFT_BENCH_CACHE": str(cache), "OMP_NUM_THREADS": "1"}})
+             runtime_env={"env_vars": {"CRAFT_BENCH_CACHE": str(builtin_cache), "OMP_NUM_THREADS": "1"}})
     try:
         actor = ray.remote(ModelServer).options(num_cpus=0, max_restarts=-1, max_task_retries=0, max_concurrency=4)
         a, b = actor.remote("craft-tiny", "builtin"), actor.remote("craft-tiny", "builtin")
@@ -150,7 +138,7 @@ def test_runs_survive_a_dead_server_and_a_restarted_one(cache) -> None:
 
 
 @pytest.mark.filterwarnings("ignore:CUDA is not available")  # the simulated GPU engine's autocast
-def test_bf16_image_features_are_cached_apart_from_fp32_ones(cache) -> None:
+def test_bf16_image_features_are_cached_apart_from_fp32_ones(builtin_cache) -> None:
     fp32 = ModelServer("craft-tiny", "builtin", ServerOptions(batching=False), "fp32")
     fp32.prepare(SPEC)
     assert fp32.ping()["precision"] == "fp32" and not fp32.ping()["bf16"]
@@ -159,6 +147,6 @@ def test_bf16_image_features_are_cached_apart_from_fp32_ones(cache) -> None:
     gpu_like.engine.bf16 = True  # as the engine on a GPU under precision auto or bf16
     again = gpu_like.prepare(SPEC)
     assert again["images_encoded"] > 0  # not served the fp32 features
-    assert any('"precision": "bf16"' in p.read_text() for p in (cache / "features").rglob("*.json"))
+    assert any('"precision": "bf16"' in p.read_text() for p in (builtin_cache / "features").rglob("*.json"))
     with pytest.raises(ValueError, match="precision must be one of auto, bf16, fp32, got 'fp16'"):
         ModelServer("craft-tiny", "builtin", ServerOptions(), "fp16")

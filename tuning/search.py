@@ -155,12 +155,13 @@ def run_search(cfg: SearchConfig, *, address: str | None = None, num_cpus: int |
     if not todo:
         return list(statuses.values())
 
-    marked = [0]  # running trials this driver marked interrupted
+    marked = 0  # running trials this driver marked interrupted
 
     def mark() -> int:
         # This driver is the only one on the storage (tuning.storage.lock_storage): what runs is ours.
-        marked[0] += sum(fail_interrupted(open_study(storage, s.name)) for s in todo)
-        return marked[0]
+        nonlocal marked
+        marked += sum(fail_interrupted(open_study(storage, s.name)) for s in todo)
+        return marked
 
     from benchmark.stop_watch import say_on_forced_exit
 

@@ -52,14 +52,21 @@ class PaperPlan:
     out: str
     parts: dict[str, SweepConfig]
 
-    def cells(self) -> list[Cell]:
-        """Every part's cells, each once, the most expensive first (classes x shots, then queries)."""
+    def part_cells(self) -> dict[str, list[Cell]]:
+        """Each part's cells, in its own order."""
+        from benchmark.sweep.plan import expand
+
+        return {name: expand(cfg) for name, cfg in self.parts.items()}
+
+    def cells(self, part_cells: dict[str, list[Cell]] | None = None) -> list[Cell]:
+        """Every part's cells (``part_cells``, if already expanded), each once, the most expensive first
+        (classes x shots, then queries)."""
         from benchmark.datasets.registry import get_spec
-        from benchmark.sweep.plan import estimated_queries, expand
+        from benchmark.sweep.plan import estimated_queries
 
         unique: dict[str, Cell] = {}
-        for cfg in self.parts.values():
-            for cell in expand(cfg):
+        for cells in (part_cells or self.part_cells()).values():
+            for cell in cells:
                 unique.setdefault(cell.cell_id, cell)
         return sorted(unique.values(),
                       key=lambda c: (-get_spec(c.dataset).classes * max(c.shots, 1), -estimated_queries(c)))
@@ -89,7 +96,7 @@ def paper_plan(suite: str, out: str | None = None, root: str | None = None,
 
 
 def run(args: argparse.Namespace) -> int:
-    from benchmark.sweep.plan import check_inputs, estimated_queries, expand, format_plan, make_plan
+    from benchmark.sweep.plan import check_inputs, estimated_queries, format_plan, make_plan
 
     if args.num_cpus is not None and args.num_cpus < 1:
         raise UserError(f"--num-cpus must be >= 1, got {args.num_cpus}")
@@ -99,13 +106,14 @@ def run(args: argparse.Namespace) -> int:
 
     check_gpu(args.gpu)
     plan = paper_plan(args.suite, args.out, args.root, args.backbones)
-    cells = plan.cells()
+    by_part = plan.part_cells()
+    cells = plan.cells(by_part)
     if args.dry_run:
         sequences = {}
         for name, cfg in plan.parts.items():
             print(f"part {name}:")
-            print(format_plan(make_plan(expand(cfg), cfg.out), cfg, gpu=args.gpu))
-            sequences[name] = sum(cell_sequences(estimated_queries(c), c.dataset) for c in expand(cfg))
+            print(format_plan(make_plan(by_part[name], cfg.out), cfg, gpu=args.gpu))
+            sequences[name] = sum(cell_sequences(estimated_queries(c), c.dataset) for c in by_part[name])
         total = sum(cell_sequences(estimated_queries(c), c.dataset) for c in cells)
         bound = max(sequences, key=sequences.get)
         print(f"craft paper --suite {plan.suite}: {len(cells)} cells in all (shared cells counted once), "
