@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -39,3 +42,44 @@ def load_image(path: str | Path) -> Image.Image:
         raise UserError(f"image {path} is refused: {exc}") from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise UserError(f"image {path} cannot be read: {exc}") from None
+
+
+class DecodedImages:
+    """A loader like :func:`load_image` that keeps decoded images in memory, up to ``max_bytes``
+    (least recently used out): a run's training images are augmented afresh every generation
+    (the official refinement module's views), and decoding them again each time costs more than
+    augmenting them. Keyed by path, size and modification time, so an edited file is read again."""
+
+    def __init__(self, max_bytes: int = 2 * 2**30) -> None:
+        self.max_bytes = max_bytes
+        self.held_bytes = 0
+        self.decoded = 0  # images decoded (not served from memory), for tests and measurements
+        self._images: OrderedDict[tuple, Image.Image] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __call__(self, path: str | Path) -> Image.Image:
+        path = str(path)
+        if path.startswith(SYNTHETIC_SCHEME):
+            key: tuple = (path,)
+        else:
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                raise UserError(f"image {path} does not exist") from None
+            key = (path, st.st_size, st.st_mtime_ns)
+        with self._lock:
+            if key in self._images:
+                self._images.move_to_end(key)
+                return self._images[key]
+        image = load_image(path)
+        image.load()
+        size = len(image.getbands()) * image.width * image.height
+        with self._lock:
+            self.decoded += 1
+            if size <= self.max_bytes and key not in self._images:
+                self._images[key] = image
+                self.held_bytes += size
+                while self.held_bytes > self.max_bytes:
+                    _, old = self._images.popitem(last=False)
+                    self.held_bytes -= len(old.getbands()) * old.width * old.height
+        return image

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import numpy as np
+import torch
 from torchvision import transforms as T
 
 from benchmark.errors import UserError
@@ -42,3 +44,36 @@ def train_transform(
 def aug_varies(kind: str) -> bool:
     """Whether two passes of the augmentation ``kind`` over the same images can differ."""
     return kind != "none"
+
+
+def split_tensor_tail(transform: Callable) -> tuple[Callable, torch.Tensor, torch.Tensor] | None:
+    """``transform`` as (its image steps, mean, std) when it is a Compose ending in ToTensor and
+    Normalize (ours, and open_clip's preprocess), so that a batch can be converted and normalised
+    in one tensor operation (:func:`apply_batched`); None for any other transform."""
+    steps = getattr(transform, "transforms", None)
+    if not isinstance(transform, T.Compose) or not steps or len(steps) < 2:
+        return None
+    to_tensor, norm = steps[-2], steps[-1]
+    # open_clip's MaybeToTensor is ToTensor for PIL images, the only input a loader gives
+    if not (type(to_tensor) is T.ToTensor or type(to_tensor).__name__ == "MaybeToTensor"):
+        return None
+    if type(norm) is not T.Normalize:
+        return None
+    head = T.Compose(list(steps[:-2]))
+    return head, torch.as_tensor(norm.mean, dtype=torch.float32), torch.as_tensor(norm.std, dtype=torch.float32)
+
+
+def apply_batched(transform: Callable, images: Sequence) -> torch.Tensor:
+    """``torch.stack([transform(im) for im in images])``, the same values to the bit (the image
+    steps run per image in the same order, so random ones draw the same numbers), with ToTensor and
+    Normalize applied once to the whole batch instead of once per image."""
+    tail = split_tensor_tail(transform)
+    if tail is None:
+        return torch.stack([transform(im) for im in images])
+    head, mean, std = tail
+    done = [head(im) for im in images]
+    arrays = [np.asarray(im, dtype=np.uint8) for im in done]
+    if any(a.ndim != 3 or a.shape != arrays[0].shape for a in arrays):  # odd modes or sizes: the tail per image
+        return torch.stack([T.functional.normalize(T.functional.to_tensor(im), mean.tolist(), std.tolist()) for im in done])
+    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous().to(torch.float32).div(255)
+    return x.sub_(mean.view(1, -1, 1, 1)).div_(std.view(1, -1, 1, 1))

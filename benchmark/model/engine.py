@@ -25,6 +25,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from benchmark.datasets.images import DecodedImages
 from benchmark.model import text_tower
 from benchmark.model.loading import LoadedModel
 from craft.blackbox import BackendInfo, OutputFeatures, VisualPrompt, parse_view_split
@@ -124,6 +125,8 @@ class ClipEngine:
             self._encode_prefix = _one_graph(torch.compile(self._prefix_features, **opts), graphs)
         self._class_parts: dict[tuple[str, ...], ClassPart] = {}
         self.query_images_encoded = 0  # images encoded by image-side queries (encode_prompted)
+        # decoded training images, augmented afresh for each view (benchmark.model.task)
+        self.decoded = DecodedImages()
         tok = loaded.tokenizer("")[0]
         self.sot_id, self.eot_id = int(tok[0]), int(tok[1])
 
@@ -326,11 +329,13 @@ class ClipEngine:
         normalize: bool = True,
     ) -> torch.Tensor:
         """Image features (``N x embed``, fp32, on the engine's device), normalised unless ``normalize`` is False."""
+        from benchmark.datasets.transforms import apply_batched
+
         if loader is None:
             from benchmark.datasets.images import load_image as loader
         feats = []
         for start in range(0, len(images), batch_size):
-            batch = torch.stack([transform(loader(p)) for p in images[start : start + batch_size]])
+            batch = apply_batched(transform, [loader(p) for p in images[start : start + batch_size]])
             with self._autocast():
                 feats.append(self.model.encode_image(batch.to(self.device)).float())
         if not feats:

@@ -98,7 +98,9 @@ def prepare_task(engine: ClipEngine, spec: TaskSpec, cache: FeatureCache | None 
 
     def encode(items: list[Item], ds: DatasetSplits, transform, fields: dict, seed: int | None,
                normalize: bool = True) -> tuple[torch.Tensor, int]:
-        """Features of ``items`` (from the cache if there) and the number of images encoded."""
+        """Features of ``items`` (from the cache if there) and the number of images encoded. The
+        training images (``seed`` given: an augmented pass) stay decoded in the engine's memory for
+        the next view."""
         paths = [ds.abspath(it) for it in items]
         newly = 0
 
@@ -108,7 +110,8 @@ def prepare_task(engine: ClipEngine, spec: TaskSpec, cache: FeatureCache | None 
             with _SEEDED_PASS:
                 if seed is not None:
                     torch.manual_seed(seed)  # the augmented pass is a function of the run's seed
-                return engine.encode_images(paths, transform, normalize=normalize)
+                return engine.encode_images(paths, transform, normalize=normalize,
+                                            loader=engine.decoded if seed is not None else None)
 
         if cache is not None:  # the key stats (or hashes) every image: not needed without a cache
             fields = {**base, **fields, **({"raw": True} if not normalize else {})}
@@ -157,12 +160,14 @@ def prepare_task(engine: ClipEngine, spec: TaskSpec, cache: FeatureCache | None 
         """An image set's preprocessed images: the training set's augmented pass drawn with the run's
         seed, in the order its features were encoded, so that a prompt-free query sees those images."""
         from benchmark.datasets.images import load_image
+        from benchmark.datasets.transforms import apply_batched
 
         items, ds, transform, seed = sources[split]
+        loader = engine.decoded if seed is not None else load_image
         with _SEEDED_PASS:
             if seed is not None:
                 torch.manual_seed(seed)
-            return torch.stack([transform(load_image(ds.abspath(it))) for it in items]).to(engine.device)
+            return apply_batched(transform, [loader(ds.abspath(it)) for it in items]).to(engine.device)
 
     pixel_range = tuple(((0.0 - m) / s, (1.0 - m) / s) for m, s in zip(mean, std))
     return TaskData(classnames=list(fs.classnames), template=fs.template, features=features, train_views=views,

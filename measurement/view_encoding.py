@@ -1,0 +1,80 @@
+"""Augmented views of a run's training images: the per-image path against the engine's, side by side.
+
+Run from the repository root:
+
+    python -m measurement.view_encoding [--dataset digits_noise] [--shots 16] [--views 20]
+        [--backbone craft-tiny] [--weights builtin] [--aug rrc_flip]
+
+CraFT's official loop augments and encodes every training image afresh each generation (200
+generations at 16 shots: 32,000 images on the built-in suite). **per image** opens, decodes,
+augments, converts and normalises each image, then encodes the batch (the harness before decoded
+images were kept); **engine** is :meth:`ClipEngine.encode_images` as a task's views call it:
+decoded images from memory (:class:`DecodedImages`) and ToTensor + Normalize on the whole batch
+(:func:`apply_batched`). Both draw the same crops from the same seeds; the script checks that the
+features are equal to the bit and prints images per second and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from benchmark.datasets.builtin import ensure_builtin_suite
+from benchmark.datasets.fewshot import few_shot_splits
+from benchmark.datasets.images import load_image
+from benchmark.datasets.loaders import load_dataset
+from benchmark.datasets.transforms import train_transform
+from benchmark.model.engine import ClipEngine
+from benchmark.model.loading import load_model
+from benchmark.model.task import view_seed
+
+
+def per_image(engine: ClipEngine, paths: list[str], transform) -> torch.Tensor:
+    batch = torch.stack([transform(load_image(p)) for p in paths])
+    with torch.no_grad():
+        return engine.model.encode_image(batch.to(engine.device)).float()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", default="digits_noise")
+    p.add_argument("--root", default=None, help="data root (the built-in suite needs none)")
+    p.add_argument("--shots", type=int, default=16)
+    p.add_argument("--views", type=int, default=20)
+    p.add_argument("--backbone", default="craft-tiny")
+    p.add_argument("--weights", default="builtin")
+    p.add_argument("--aug", default="rrc_flip")
+    args = p.parse_args()
+    torch.set_num_threads(1)  # as a server's thread beside other runs; the ratio is what counts
+
+    if args.root is None and args.dataset.startswith("digits"):
+        ensure_builtin_suite()
+    fs = few_shot_splits(load_dataset(args.dataset, args.root), args.shots, seed=1)
+    paths = [fs.abspath(it) for it in fs.train]
+    engine = ClipEngine(load_model(args.backbone, args.weights))
+    mean, std = engine.loaded.mean_std
+    transform = train_transform(args.aug, engine.loaded.image_size, mean, std)
+    times: dict[str, float] = {"per image": 0.0, "engine": 0.0}
+    for view in range(1, args.views + 1):
+        torch.manual_seed(view_seed(1, view))
+        t = time.perf_counter()
+        old = per_image(engine, paths, transform)
+        times["per image"] += time.perf_counter() - t
+        torch.manual_seed(view_seed(1, view))
+        t = time.perf_counter()
+        new = engine.encode_images(paths, transform, normalize=False, loader=engine.decoded)
+        times["engine"] += time.perf_counter() - t
+        if not torch.equal(old, new):
+            raise SystemExit(f"view {view}: the engine's features differ from the per-image path's")
+    images = len(paths) * args.views
+    print(f"{args.dataset}, {args.shots} shots: {len(paths)} training images x {args.views} views = {images:,} images, "
+          f"{args.backbone}:{args.weights}, {args.aug}, one thread; features equal to the bit")
+    for name, s in times.items():
+        print(f"  {name:9s} {s:7.2f} s  {images / s:8.0f} images/s")
+    print(f"  ratio     {times['per image'] / times['engine']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

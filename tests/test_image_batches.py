@@ -1,0 +1,103 @@
+"""Training views' image path: decoded images kept in memory, and ToTensor + Normalize on a whole
+batch, each giving the per-image transform's values to the bit."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from benchmark.datasets.images import DecodedImages, load_image
+from benchmark.datasets.transforms import apply_batched, split_tensor_tail, train_transform
+from benchmark.errors import UserError
+
+MEAN, STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+
+
+def _images(tmp_path, n: int = 6, sizes=((40, 30), (32, 32), (64, 48))) -> list[str]:
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        w, h = sizes[i % len(sizes)]
+        p = tmp_path / f"im{i}.png"
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), np.uint8)).save(p)
+        paths.append(str(p))
+    return paths
+
+
+@pytest.mark.parametrize("kind", ["rrc_flip", "rrc_flip_imagenet", "rrc", "none"])
+def test_batched_tail_equals_the_per_image_transform_to_the_bit(tmp_path, kind):
+    """Same seed, same draws: the random steps still run per image in order, so an augmented
+    pass is the same pass (the feature cache's keys and earlier results stay valid)."""
+    images = [load_image(p) for p in _images(tmp_path)]
+    transform = train_transform(kind, 24, MEAN, STD)
+    torch.manual_seed(3)
+    expected = torch.stack([transform(im) for im in images])
+    torch.manual_seed(3)
+    got = apply_batched(transform, images)
+    assert got.dtype == torch.float32 and got.shape == (6, 3, 24, 24)
+    assert torch.equal(got, expected)
+    if kind != "none":  # the seed matters: a different one gives other crops
+        torch.manual_seed(4)
+        assert not torch.equal(apply_batched(transform, images), expected)
+
+
+def test_open_clip_preprocess_splits_and_batches_the_same(tmp_path):
+    from benchmark.model.loading import load_model
+
+    preprocess = load_model("craft-tiny", "builtin").preprocess
+    head, mean, std = split_tensor_tail(preprocess)
+    torch.testing.assert_close(mean, torch.tensor(MEAN))
+    images = [load_image(p) for p in _images(tmp_path)]
+    assert torch.equal(apply_batched(preprocess, images), torch.stack([preprocess(im) for im in images]))
+
+
+def test_other_transforms_are_applied_per_image():
+    assert split_tensor_tail(lambda im: im) is None
+    plain = lambda im: torch.full((1, 2, 2), float(im))  # noqa: E731
+    assert torch.equal(apply_batched(plain, [1, 2]), torch.tensor([1.0, 2.0]).view(2, 1, 1, 1).expand(2, 1, 2, 2))
+
+
+def test_decoded_images_decode_once_and_read_an_edited_file_again(tmp_path):
+    paths = _images(tmp_path, n=3)
+    loader = DecodedImages()
+    first = [loader(p) for p in paths]
+    again = [loader(p) for p in paths]
+    assert loader.decoded == 3 and all(a is b for a, b in zip(first, again))
+    assert all(a.tobytes() == load_image(p).tobytes() for a, p in zip(first, paths))
+    Image.new("RGB", (5, 5), (9, 9, 9)).save(paths[0])
+    os.utime(paths[0], ns=(1, 1))  # a new size and time: another key
+    assert loader(paths[0]).size == (5, 5) and loader.decoded == 4
+    with pytest.raises(UserError, match="nope.png does not exist"):
+        loader(str(tmp_path / "nope.png"))
+
+
+def test_decoded_images_stay_under_their_byte_limit(tmp_path):
+    paths = _images(tmp_path, n=6, sizes=((32, 32),))  # 3,072 bytes each
+    loader = DecodedImages(max_bytes=3 * 3072)
+    for p in paths:
+        loader(p)
+    assert loader.held_bytes == 3 * 3072 and loader.decoded == 6
+    loader(paths[-1])  # the most recent stays
+    assert loader.decoded == 6
+    loader(paths[0])  # the oldest went
+    assert loader.decoded == 7 and loader.held_bytes == 3 * 3072
+
+
+def test_a_tasks_views_decode_each_training_image_once(builtin_cache):
+    """Through prepare_task: view after view re-augments the same decoded images."""
+    from benchmark.datasets.task_spec import TaskSpec
+    from benchmark.model.engine import ClipEngine
+    from benchmark.model.loading import load_model
+    from benchmark.model.task import prepare_task
+
+    engine = ClipEngine(load_model("craft-tiny", "builtin"))
+    data = prepare_task(engine, TaskSpec("digits_noise", 2, 1, train_aug="rrc_flip"), cache=None)
+    n = len(data.labels["train"])
+    v1, encoded1 = data.train_views.get(1)
+    v2, encoded2 = data.train_views.get(2)
+    assert encoded1 == encoded2 == n and not torch.equal(v1, v2)
+    assert engine.decoded.decoded == n  # the training pass decoded them; the views did not again
