@@ -29,10 +29,13 @@ def whole_steps(budget: int, config: Any) -> int:
 
 def one_step(config: Any) -> int | None:
     """Queries one step of a method's search costs, the least budget that buys anything: a CMA-ES
-    generation (``popsize``) or a CBBT gradient estimate (``1 + q``, ``1 + 2q`` two-sided); None for
-    a config without budgeted steps (zero-shot CLIP, white-box CoOp)."""
+    generation (``popsize``), a CBBT gradient estimate (``1 + q``, ``1 + 2q`` two-sided) or a
+    BlackVIP SPSA step (``2 sp_avg``); None for a config without budgeted steps (zero-shot CLIP,
+    white-box CoOp, LFA)."""
     if hasattr(config, "popsize"):
         return int(config.popsize)
+    if hasattr(config, "sp_avg"):
+        return 2 * int(config.sp_avg)
     if hasattr(config, "q") and hasattr(config, "two_sided"):
         from craft.zeroth_order import queries_per_step
 

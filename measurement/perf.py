@@ -98,6 +98,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sweep-seconds", type=float, default=120.0,
                    help="measure mode: time for the per-dataset loops (smallest datasets first); the datasets whose "
                         "loop would not fit are scaled from the largest one measured")
+    p.add_argument("--methods", default="",
+                   help="also time each of these methods' own loop (comma-separated, e.g. bbt,craft,cbbt,bpt_vlm,blackvip,lfa): "
+                        "images encoded and text sequences per second, on the fast path with random pixels of the "
+                        "dataset's class count (--method-shots images a class)")
+    p.add_argument("--method-shots", type=int, default=4, help="training images a class in --methods' task (default: 4)")
     p.add_argument("--profile", action="store_true",
                    help="profile each fast path (torch.profiler): a raw pass, a CraFT generation (with the device "
                         "time per generation, the bound of interleaved runs on a GPU) and raw throughput with "
@@ -225,7 +230,18 @@ def run(args: argparse.Namespace) -> int:
 
             ray.shutdown()
 
-    # 2c. What a pass and a generation spend their time on.
+    # 2c. Each method's own loop: images encoded and text sequences per second.
+    if args.methods:
+        from measurement.method_loops import measure_methods
+
+        names = [n.strip() for n in args.methods.split(",") if n.strip()]
+        if args.method_shots < 1:
+            raise UserError(f"--method-shots must be at least 1, got {args.method_shots}")
+        _log(f"method loops: {', '.join(names)}")
+        result["method_loops"] = measure_methods(ref, names, shapes.classes, args.method_shots, args.seed)
+        save()
+
+    # 2d. What a pass and a generation spend their time on.
     if args.profile:
         for p in paths:
             if p.mode == "fast" and "raw" in result["paths"][p.name]:
@@ -629,6 +645,11 @@ def render(result: dict[str, Any]) -> str:
                      f"in calls), overlap {x['overlap']:.2f}{merged}")
     lines.append("waits: share of a loop's timed span its thread spent waiting for the GPU's results and for "
                  "CMA-ES workers (little waiting: the thread, not the GPU, bounds the loop)")
+    if result.get("method_loops"):
+        from measurement.method_loops import render_methods
+
+        lines += ["", "each method's own loop (fast path; images: encoded by its queries):"]
+        lines += render_methods(result["method_loops"])
     if result.get("profile"):
         from measurement import profile
 

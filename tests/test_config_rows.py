@@ -132,6 +132,7 @@ def test_demo_seeds_and_tune_test_seeds_are_bounded_too(tmp_path, capsys) -> Non
                                  "of craft's search, 5000 queries (popsize); set hparams.craft.budget >= 5000"),
     ("cbbt", {"budget": 0}, "invalid hyperparameter value(s): budget=0"),
     ("cbbt", {"q": 4, "budget": 4}, "budget=4 (expected: "),
+    ("blackvip", {"budget": 9}, "budget=9 (expected: "),  # one SPSA step: 2 sp_avg = 10 queries
 ])
 def test_a_budget_that_cannot_buy_one_step_is_refused_naming_key_and_value(method: str, hparams: dict, message: str) -> None:
     """Issue 23, point 4: ``budget: 0`` never becomes the default, nor runs zero queries reported ok."""

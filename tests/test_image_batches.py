@@ -101,3 +101,50 @@ def test_a_tasks_views_decode_each_training_image_once(builtin_cache):
     v2, encoded2 = data.train_views.get(2)
     assert encoded1 == encoded2 == n and not torch.equal(v1, v2)
     assert engine.decoded.decoded == n  # the training pass decoded them; the views did not again
+
+
+# ----------------------------------------------------------------- pixels for image-side queries
+def test_pixel_sets_hold_uint8_and_give_the_transforms_floats_to_the_bit(tmp_path):
+    from benchmark.datasets.transforms import head_uint8
+    from benchmark.model.pixels import PixelSet
+
+    images = [load_image(p) for p in _images(tmp_path)]
+    transform = train_transform("rrc_flip", 24, MEAN, STD)
+    torch.manual_seed(5)
+    expected = torch.stack([transform(im) for im in images])
+    torch.manual_seed(5)
+    held = PixelSet(*head_uint8(transform, images))
+    assert held.images.dtype == torch.uint8 and held.nbytes == 6 * 3 * 24 * 24
+    assert torch.equal(held.rows(), expected)
+    idx = torch.tensor([4, 1])
+    assert torch.equal(held.rows(idx), expected[idx]) and torch.equal(held.subset(idx).rows(), expected[idx])
+    assert torch.equal(held.rows(slice(2, 5)), expected[2:5])
+    with pytest.raises(ValueError, match="uint8 pixels need their mean and std"):
+        PixelSet(held.images)
+
+
+def test_prompted_images_in_chunks_equal_one_pass(monkeypatch):
+    """An evaluation split larger than a pass goes through in chunks of images; per-image pixel prompts
+    (BlackVIP's) follow their images into the chunks."""
+    from benchmark.model import engine as engine_mod
+    from benchmark.model.engine import ClipEngine
+    from benchmark.model.loading import load_model
+    from benchmark.model.pixels import PixelSet
+    from craft.blackbox import VisualPrompt
+
+    torch.manual_seed(0)
+    eng = ClipEngine(load_model("craft-tiny", "random"))
+    rng = ((-1.8, 1.9), (-1.7, 2.0), (-1.5, 2.1))
+    raw = torch.randint(0, 256, (7, 3, 32, 32), dtype=torch.uint8)
+    images = PixelSet(raw, torch.tensor(MEAN), torch.tensor(STD))
+    prompts = [VisualPrompt(pixels=torch.randn(3, 3, 32, 32) * 0.1), VisualPrompt(pixels=torch.randn(2, 7, 3, 32, 32) * 0.1),
+               VisualPrompt(tokens=torch.randn(3, 2, eng.vision_width()) * 0.5)]
+    whole = [eng.encode_prompted(images, p, rng) for p in prompts]
+    monkeypatch.setitem(engine_mod._IMAGES_PER_PASS, "cpu", 3)  # chunks of 3, 3 and 1 images, one candidate a pass
+    before = eng.query_images_encoded
+    chunked = [eng.encode_prompted(images, p, rng) for p in prompts]
+    assert eng.query_images_encoded - before == 7 * (3 + 2 + 3)
+    for a, b in zip(whole, chunked):
+        assert a.shape == b.shape and a.shape[1] == 7
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert eng.encode_prompted(images, VisualPrompt(tokens=torch.zeros(0, 2, eng.vision_width())), rng).shape[0] == 0

@@ -380,3 +380,31 @@ def test_perf_runs_as_a_module_where_its_entry_point_is_not_installed() -> None:
                          cwd=repo, timeout=120)
     assert out.returncode == 2 and out.stderr.startswith("craft perf: error: unknown backbone 'nope'")
     assert out.stderr.count("\n") == 1
+
+
+def test_method_loops_report_what_each_methods_queries_encoded():
+    """``craft perf --methods``: the images a run's queries encoded are the engine's own count, and
+    the rates are those counts over the run's wall time."""
+    from benchmark.model.engine import ClipEngine
+    from measurement.method_loops import measure_methods, render_methods
+
+    torch.manual_seed(0)
+    engine = ClipEngine(load_model("craft-tiny", "random"))
+    before = engine.query_images_encoded
+    rows = measure_methods(engine, ["bbt", "bpt_vlm", "blackvip"], classes=3, shots=2, seed=0,
+                           queries={"bbt": 120, "bpt_vlm": 40, "blackvip": 8})
+    by = {r["method"]: r for r in rows}
+    assert by["bbt"]["queries"] == 120 and by["bbt"]["query_images"] == 0 and by["bbt"]["text_sequences"] >= 120 * 3
+    # every BPT-VLM query re-encodes the 6 training images under its visual prompt
+    assert by["bpt_vlm"]["image_side"] and by["bpt_vlm"]["query_images"] >= by["bpt_vlm"]["queries"] * 6 > 0
+    assert sum(r["query_images"] for r in rows) == engine.query_images_encoded - before
+    for r in rows:
+        assert r["images_per_s"] == pytest.approx(r["query_images"] / r["wall_s"])
+    text = "\n".join(render_methods(rows))
+    assert "bpt_vlm" in text and "images/s" in text
+    from craft.budget import one_step
+    from craft.methods import make_config
+
+    assert one_step(make_config("blackvip", {"sp_avg": 3})) == 6 and one_step(make_config("lfa", {})) is None
+    with pytest.raises(UserError, match="unknown method.*nope"):
+        measure_methods(engine, ["nope"], classes=3, shots=2, seed=0)

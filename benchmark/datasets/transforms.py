@@ -63,17 +63,36 @@ def split_tensor_tail(transform: Callable) -> tuple[Callable, torch.Tensor, torc
     return head, torch.as_tensor(norm.mean, dtype=torch.float32), torch.as_tensor(norm.std, dtype=torch.float32)
 
 
+def head_uint8(transform: Callable, images: Sequence) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """The uint8 pixels (``N x C x H x W``) that ``transform``'s image steps make of ``images``, one
+    image at a time in order (random steps draw as the whole transform would), with the mean and std
+    its Normalize divides by; None when the transform does not split (:func:`split_tensor_tail`) or
+    the images come out in other sizes or modes."""
+    tail = split_tensor_tail(transform)
+    if tail is None:
+        return None
+    head, mean, std = tail
+    arrays = [np.asarray(head(im), dtype=np.uint8) for im in images]
+    if not arrays or any(a.ndim != 3 or a.shape != arrays[0].shape for a in arrays):
+        return None
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous(), mean, std
+
+
+def normalize_uint8(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """ToTensor then Normalize on a batch of uint8 pixels (``N x C x H x W``), the same floats to the bit."""
+    m, s = mean.to(x.device).view(1, -1, 1, 1), std.to(x.device).view(1, -1, 1, 1)
+    return x.to(torch.float32).div(255).sub_(m).div_(s)
+
+
 def apply_batched(transform: Callable, images: Sequence) -> torch.Tensor:
     """``torch.stack([transform(im) for im in images])``, the same values to the bit (the image
     steps run per image in the same order, so random ones draw the same numbers), with ToTensor and
     Normalize applied once to the whole batch instead of once per image."""
-    tail = split_tensor_tail(transform)
-    if tail is None:
+    if split_tensor_tail(transform) is None:
         return torch.stack([transform(im) for im in images])
-    head, mean, std = tail
-    done = [head(im) for im in images]
-    arrays = [np.asarray(im, dtype=np.uint8) for im in done]
-    if any(a.ndim != 3 or a.shape != arrays[0].shape for a in arrays):  # odd modes or sizes: the tail per image
-        return torch.stack([T.functional.normalize(T.functional.to_tensor(im), mean.tolist(), std.tolist()) for im in done])
-    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous().to(torch.float32).div(255)
-    return x.sub_(mean.view(1, -1, 1, 1)).div_(std.view(1, -1, 1, 1))
+    state = torch.get_rng_state()
+    done = head_uint8(transform, images)
+    if done is None:  # odd sizes or modes: the whole transform per image, drawing the same numbers again
+        torch.set_rng_state(state)
+        return torch.stack([transform(im) for im in images])
+    return normalize_uint8(*done)

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from benchmark.datasets.images import DecodedImages
 from benchmark.model import text_tower
+from benchmark.model.pixels import PixelSet, as_pixel_set
 from benchmark.model.loading import LoadedModel
 from craft.blackbox import BackendInfo, OutputFeatures, VisualPrompt, parse_view_split
 from craft.waits import blocked
@@ -336,11 +337,17 @@ class ClipEngine:
         feats = []
         for start in range(0, len(images), batch_size):
             batch = apply_batched(transform, [loader(p) for p in images[start : start + batch_size]])
-            with self._autocast():
-                feats.append(self.model.encode_image(batch.to(self.device)).float())
+            feats.append(self.encode_pixels(batch, normalize=False))
         if not feats:
             return torch.zeros(0, self.model.text_projection.shape[-1] if self.model.text_projection is not None else self.width, device=self.device)
         out = torch.cat(feats)
+        return F.normalize(out, dim=-1) if normalize else out
+
+    @torch.no_grad()
+    def encode_pixels(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """Image features (fp32) of preprocessed images (``N x C x H x W``), in one pass."""
+        with self._autocast():
+            out = self.model.encode_image(pixels.to(self.device)).float()
         return F.normalize(out, dim=-1) if normalize else out
 
     # ----------------------------------------------------------------- image-side queries
@@ -378,35 +385,44 @@ class ClipEngine:
         return pooled @ v.proj if v.proj is not None else pooled
 
     @torch.no_grad()
-    def encode_prompted(self, images: torch.Tensor, prompt: VisualPrompt, pixel_range: Sequence[tuple[float, float]]
-                        ) -> torch.Tensor:
+    def encode_prompted(self, images: "PixelSet | torch.Tensor", prompt: VisualPrompt,
+                        pixel_range: Sequence[tuple[float, float]]) -> torch.Tensor:
         """Normalised features ``candidates x images x embed`` of preprocessed ``images`` under each
         candidate's visual prompt: pixels added (clipped to ``pixel_range`` per channel, as BlackVIP's
-        ``clip_clipping``), tokens appended. Candidates are batched, ``_IMAGES_PER_PASS`` images a pass;
-        :attr:`query_images_encoded` counts every image encoded."""
-        images = images.to(self.device, torch.float32)
-        n_img = images.shape[0]
-        n_cand = prompt.candidates
-        step = max(1, _IMAGES_PER_PASS.get(self.device.type, 2048) // max(1, n_img))
+        ``clip_clipping``), tokens appended. ``_IMAGES_PER_PASS`` images a pass: the images in chunks
+        (an evaluation split of 50,000 never sits on the device whole), each chunk under as many
+        candidates as fit; :attr:`query_images_encoded` counts every image encoded."""
+        images = as_pixel_set(images)
+        n_img, n_cand = len(images), prompt.candidates
+        if n_cand == 0 or n_img == 0:
+            return torch.zeros(n_cand, n_img, 0, device=self.device)
+        per_pass = _IMAGES_PER_PASS.get(self.device.type, 2048)
+        img_step = max(1, min(n_img, per_pass))
+        cand_step = max(1, per_pass // img_step)
         lo = torch.tensor([r[0] for r in pixel_range], device=self.device).view(1, 1, -1, 1, 1)
         hi = torch.tensor([r[1] for r in pixel_range], device=self.device).view(1, 1, -1, 1, 1)
-        out = []
-        for b in range(0, n_cand, step):
-            nb = min(step, n_cand - b)
-            x = images.unsqueeze(0).expand(nb, *images.shape)
-            if prompt.pixels is not None:
-                px = prompt.pixels[b : b + nb].to(self.device, torch.float32)
-                x = x + (px if px.dim() == 5 else px.unsqueeze(1))
-                x = torch.maximum(torch.minimum(x, hi), lo)
-            tokens = None
-            if prompt.tokens is not None:
-                t = prompt.tokens[b : b + nb].to(self.device, torch.float32)
-                tokens = t.repeat_interleave(n_img, dim=0)
-            with self._autocast():
-                feats = self._vision_prompted(x.reshape(nb * n_img, *images.shape[1:]), tokens).float()
-            self.query_images_encoded += nb * n_img
-            out.append(F.normalize(feats, dim=-1).view(nb, n_img, -1))
-        return torch.cat(out) if out else torch.zeros(0, n_img, 0, device=self.device)
+        columns = []
+        for i in range(0, n_img, img_step):
+            chunk = images.rows(slice(i, i + img_step), self.device)
+            ni = chunk.shape[0]
+            out = []
+            for b in range(0, n_cand, cand_step):
+                nb = min(cand_step, n_cand - b)
+                x = chunk.unsqueeze(0).expand(nb, *chunk.shape)
+                if prompt.pixels is not None:
+                    px = prompt.pixels[b : b + nb].to(self.device, torch.float32)
+                    px = px.unsqueeze(1) if px.dim() == 4 else px[:, i : i + ni]  # one prompt per image: this chunk's
+                    x = torch.maximum(torch.minimum(x + px, hi), lo)
+                tokens = None
+                if prompt.tokens is not None:
+                    t = prompt.tokens[b : b + nb].to(self.device, torch.float32)
+                    tokens = t.repeat_interleave(ni, dim=0)
+                with self._autocast():
+                    feats = self._vision_prompted(x.reshape(nb * ni, *chunk.shape[1:]), tokens).float()
+                self.query_images_encoded += nb * ni
+                out.append(F.normalize(feats, dim=-1).view(nb, ni, -1))
+            columns.append(torch.cat(out))
+        return torch.cat(columns, dim=1)
 
     def logits(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
         """``logit_scale * cos``: ``candidates x images x classes`` (or ``images x classes``)."""
@@ -516,18 +532,19 @@ class TaskData:
     labels: dict[str, torch.Tensor] = field(default_factory=dict)  # split -> N labels
     class_subsets: dict[str, list[int]] = field(default_factory=dict)  # image sets scored in a label subspace (ImageNet-A/R)
     images_encoded: int = 0  # by the preparation (0: every feature from the cache)
-    # split -> its preprocessed images (images x C x H x W), for image-side queries; loaded on first use
-    # (the training set's augmented pass, the same images its features were encoded from) and kept.
-    pixel_source: Callable[[str], torch.Tensor] | None = None
+    # split -> its preprocessed images (a PixelSet, or a tensor images x C x H x W), for image-side
+    # queries; loaded on first use (the training set's augmented pass, the same images its features
+    # were encoded from) and kept on the host.
+    pixel_source: Callable[[str], "PixelSet | torch.Tensor"] | None = None
     pixel_range: tuple[tuple[float, float], ...] = ()
-    _pixels: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    _pixels: dict[str, PixelSet] = field(default_factory=dict, repr=False)
 
-    def pixels(self, split: str) -> torch.Tensor:
+    def pixels(self, split: str) -> PixelSet:
         """An image set's preprocessed images (loaded once)."""
         if self.pixel_source is None:
             raise ValueError("this task serves no image-side queries (no pixel source)")
         if split not in self._pixels:
-            self._pixels[split] = self.pixel_source(split)
+            self._pixels[split] = as_pixel_set(self.pixel_source(split))
         return self._pixels[split]
 
     def images(self, split: str) -> tuple[torch.Tensor, int]:
@@ -578,15 +595,12 @@ class EngineBackend:
 
     # ----------------------------------------------------------------- image side
     def pixels(self, split: str, indices: torch.Tensor | None = None) -> torch.Tensor:
-        px = self.task.pixels(split)
-        return (px if indices is None else px[indices.to(px.device)]).cpu()
+        return self.task.pixels(split).rows(indices, "cpu")
 
     def image_logits(self, contexts: torch.Tensor | None, prompt: VisualPrompt, split: str,
                      indices: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
         """Logits ``candidates x images x classes`` of images re-encoded under ``prompt``; the images encoded."""
-        images = self.task.pixels(split)
-        if indices is not None:
-            images = images[indices.to(images.device)]
+        images = self.task.pixels(split).subset(indices)
         before = self.engine.query_images_encoded
         feats = self.engine.encode_prompted(images, prompt, self.task.pixel_range)
         if contexts is None:

@@ -32,6 +32,7 @@ from benchmark.errors import UserError
 from benchmark.files import file_sha256
 from benchmark.model.feature_keys import describe_transform, image_set_key
 from benchmark.model.feature_cache import FeatureCache
+from benchmark.model.pixels import PixelSet
 from benchmark.datasets.task_spec import TaskSpec
 
 
@@ -156,18 +157,24 @@ def prepare_task(engine: ClipEngine, spec: TaskSpec, cache: FeatureCache | None 
     for ds in extra:
         sources[f"test:{ds.key}"] = (ds.test, ds, preprocess, None)
 
-    def load_pixels(split: str) -> torch.Tensor:
+    def load_pixels(split: str) -> PixelSet:
         """An image set's preprocessed images: the training set's augmented pass drawn with the run's
         seed, in the order its features were encoded, so that a prompt-free query sees those images."""
         from benchmark.datasets.images import load_image
-        from benchmark.datasets.transforms import apply_batched
+        from benchmark.datasets.transforms import head_uint8
 
         items, ds, transform, seed = sources[split]
         loader = engine.decoded if seed is not None else load_image
         with _SEEDED_PASS:
             if seed is not None:
                 torch.manual_seed(seed)
-            return apply_batched(transform, [loader(ds.abspath(it)) for it in items]).to(engine.device)
+            state = torch.get_rng_state()
+            images = [loader(ds.abspath(it)) for it in items]
+            held = head_uint8(transform, images)
+            if held is not None:
+                return PixelSet(*held).placed(engine.device)
+            torch.set_rng_state(state)  # a transform that does not split: float pixels, drawn the same
+            return PixelSet(torch.stack([transform(im) for im in images])).placed(engine.device)
 
     pixel_range = tuple(((0.0 - m) / s, (1.0 - m) / s) for m, s in zip(mean, std))
     return TaskData(classnames=list(fs.classnames), template=fs.template, features=features, train_views=views,

@@ -408,7 +408,7 @@ def check_budgets(grid: Grid, where: str) -> None:
                 given = values.get("budget") is not None
                 what = (f"hparams.{method}.budget {budget} (for {ds})" if given
                         else f"{method}'s default budget on {ds} at {shots} shots, {budget} queries,")
-                unit = "1 + q, or 1 + 2q two-sided" if method == "cbbt" else "popsize"
+                unit = {"cbbt": "1 + q, or 1 + 2q two-sided", "blackvip": "2 sp_avg"}.get(method, "popsize")
                 fix = "give budget >= {step}, or leave it unset for the default" if given else f"set hparams.{method}.budget >= {{step}}"
                 if budget < step:
                     raise UserError(f"{where}: {what} is less than one step of {method}'s search, {step} queries "
