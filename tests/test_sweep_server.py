@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from benchmark.serve.batching import QueryBatcher
+from craft.blackbox import VisualPrompt
 from benchmark.errors import UserError
 from benchmark.serve.client import RemoteBackend
 from benchmark.serve.server import ModelServer
@@ -70,6 +71,42 @@ def test_concurrent_queries_merge_into_one_pass_with_identical_results(builtin_c
     assert (batcher.passes, batcher.requests) == (3, 4) and calls[0] == 40 and sorted(calls[1:]) == [7 + 1, 40]
     for i in range(4):
         assert torch.equal(torch.from_numpy(results[i]), alone[i]), f"request {i} changed by batching"
+
+
+def test_concurrent_image_side_queries_of_several_runs_merge_into_one_tower_pass(builtin_cache, one_thread) -> None:
+    """Image-side queries (BPT-VLM's tokens) of runs on different tasks: their image-tower passes
+    wait behind a running one and go through together; each run gets its own features, as alone."""
+    server = ModelServer("craft-tiny", "builtin", ServerOptions(batching=True))
+    engine, batcher = server.engine, server._batcher
+    leases = [server.prepare(TaskSpec(ds, 2, 1)) for ds in ("digits_rotate", "digits_shift", "digits_noise")]
+    width = engine.vision_width()
+    tokens = [torch.randn(2, 3, width, generator=torch.Generator().manual_seed(i)).numpy() for i in range(3)]
+    alone = [server._backend(p["task_id"]).image_logits(None, VisualPrompt(tokens=torch.from_numpy(t)), "train")[0]
+             for p, t in zip(leases, tokens)]
+    original, sizes = engine.prompted_pass, []
+    def slow_first(x, tok):
+        sizes.append(x.shape[0])
+        if len(sizes) == 1:
+            time.sleep(0.5)
+        return original(x, tok)
+    engine.prompted_pass = slow_first
+    results: dict[int, np.ndarray] = {}
+    def call(i: int) -> None:
+        results[i] = server.image_logits(leases[i]["task_id"], None, tokens[i], None, "train", None)[0]
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(3)]
+    threads[0].start()
+    time.sleep(0.1)
+    for t in threads[1:]:
+        t.start()
+    for t in threads:
+        t.join()
+    engine.prompted_pass = original
+    n = len(leases[0]["labels"]["train"])  # 20 images a task, 2 candidates each
+    assert sizes == [2 * n, 2 * 2 * n] and batcher.passes == 2
+    for i in range(3):
+        torch.testing.assert_close(torch.from_numpy(results[i]), alone[i], rtol=1e-5, atol=1e-5)
+    busy = [server.release(p["task_id"])["gpu_s"] for p in leases]
+    assert all(b > 0 for b in busy) and busy[1] < 0.45  # the second run's time is not the first's wait
 
 
 def test_leases_share_a_task_and_the_last_release_drops_it(builtin_cache) -> None:

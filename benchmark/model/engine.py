@@ -385,18 +385,30 @@ class ClipEngine:
         return pooled @ v.proj if v.proj is not None else pooled
 
     @torch.no_grad()
+    def prompted_pass(self, x: torch.Tensor, tokens: torch.Tensor | None) -> torch.Tensor:
+        """Normalised features of one image-tower pass: preprocessed images ``x`` (``rows x C x H x W``,
+        on the device) with shallow prompt tokens (``rows x n x width``) or none. Rows do not interact,
+        so passes of several runs can be merged (:class:`benchmark.serve.batching.QueryBatcher`)."""
+        with self._autocast():
+            feats = self._vision_prompted(x, tokens).float()
+        return F.normalize(feats, dim=-1)
+
+    @torch.no_grad()
     def encode_prompted(self, images: "PixelSet | torch.Tensor", prompt: VisualPrompt,
-                        pixel_range: Sequence[tuple[float, float]]) -> torch.Tensor:
+                        pixel_range: Sequence[tuple[float, float]],
+                        tower: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None) -> torch.Tensor:
         """Normalised features ``candidates x images x embed`` of preprocessed ``images`` under each
         candidate's visual prompt: pixels added (clipped to ``pixel_range`` per channel, as BlackVIP's
         ``clip_clipping``), tokens appended. ``_IMAGES_PER_PASS`` images a pass: the images in chunks
         (an evaluation split of 50,000 never sits on the device whole), each chunk under as many
-        candidates as fit; :attr:`query_images_encoded` counts every image encoded."""
+        candidates as fit; :attr:`query_images_encoded` counts every image encoded. ``tower`` runs
+        each pass (default :meth:`prompted_pass`; a model server's merges concurrent runs' passes)."""
+        tower = tower or self.prompted_pass
         images = as_pixel_set(images)
         n_img, n_cand = len(images), prompt.candidates
         if n_cand == 0 or n_img == 0:
             return torch.zeros(n_cand, n_img, 0, device=self.device)
-        per_pass = _IMAGES_PER_PASS.get(self.device.type, 2048)
+        per_pass = images_per_pass(self.device)
         img_step = max(1, min(n_img, per_pass))
         cand_step = max(1, per_pass // img_step)
         lo = torch.tensor([r[0] for r in pixel_range], device=self.device).view(1, 1, -1, 1, 1)
@@ -417,10 +429,9 @@ class ClipEngine:
                 if prompt.tokens is not None:
                     t = prompt.tokens[b : b + nb].to(self.device, torch.float32)
                     tokens = t.repeat_interleave(ni, dim=0)
-                with self._autocast():
-                    feats = self._vision_prompted(x.reshape(nb * ni, *chunk.shape[1:]), tokens).float()
+                feats = tower(x.reshape(nb * ni, *chunk.shape[1:]), tokens)
                 self.query_images_encoded += nb * ni
-                out.append(F.normalize(feats, dim=-1).view(nb, ni, -1))
+                out.append(feats.view(nb, ni, -1))
             columns.append(torch.cat(out))
         return torch.cat(columns, dim=1)
 
@@ -429,6 +440,11 @@ class ClipEngine:
         if text_features.dim() == 2:
             return self.logit_scale * image_features @ text_features.T
         return self.logit_scale * torch.einsum("ne,bce->bnc", image_features, text_features)
+
+
+def images_per_pass(device: torch.device) -> int:
+    """Images in one image-tower pass of image-side queries on ``device``."""
+    return _IMAGES_PER_PASS.get(device.type, 2048)
 
 
 def _step_without_ones(n: int, step: int) -> int:
@@ -573,6 +589,8 @@ class EngineBackend:
         self.part = engine.class_part(task.classnames)
         self.output_device = torch.device(output_device)
         self.merge_queries = engine.device.type != "cpu" if merge_queries is None else merge_queries
+        # runs image-side passes (ClipEngine.encode_prompted's ``tower``); a model server sets its batcher's
+        self.image_tower: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None
 
     def info(self) -> BackendInfo:
         return BackendInfo(
@@ -602,7 +620,7 @@ class EngineBackend:
         """Logits ``candidates x images x classes`` of images re-encoded under ``prompt``; the images encoded."""
         images = self.task.pixels(split).subset(indices)
         before = self.engine.query_images_encoded
-        feats = self.engine.encode_prompted(images, prompt, self.task.pixel_range)
+        feats = self.engine.encode_prompted(images, prompt, self.task.pixel_range, self.image_tower)
         if contexts is None:
             text = self._template_text().unsqueeze(0)
         else:

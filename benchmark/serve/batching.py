@@ -5,7 +5,9 @@ many candidates costs far less per sequence than several small ones (docs/throug
 the :class:`QueryBatcher` merges requests that arrive while a pass is running: the next pass
 takes the oldest waiting request and every other waiting request for the same class list and
 context length (runs on one dataset, whatever their seed, shots or method), concatenated along
-the candidate axis, up to ``max_sequences``.
+the candidate axis, up to ``max_sequences``. Image-side queries' image-tower passes are merged
+the same way (:meth:`QueryBatcher.image_pass`): waiting passes of any runs whose images have the
+same shape and the same number of prompt tokens, up to ``max_images`` images.
 No request waits for a timer: an idle server runs a request at once. Each candidate's prompts
 are computed exactly as alone (candidates do not interact in the tower); what may differ is
 only floating-point rounding where a kernel's blocking depends on the batch size.
@@ -19,13 +21,17 @@ from dataclasses import dataclass
 
 import torch
 
-from benchmark.model.engine import ClassPart, ClipEngine, EngineBackend
+from benchmark.model.engine import ClassPart, ClipEngine, EngineBackend, images_per_pass
 
 
 @dataclass
 class _Request:
+    """A text-tower request (``contexts``: candidates x tokens x width, for class list ``part``) or,
+    with ``part`` None, an image-tower pass (``contexts``: images x C x H x W, with ``tokens``)."""
+
     contexts: torch.Tensor
-    part: ClassPart
+    part: ClassPart | None
+    tokens: torch.Tensor | None = None
     result: torch.Tensor | None = None
     error: BaseException | None = None
     share_s: float = 0.0
@@ -33,28 +39,50 @@ class _Request:
 
     @property
     def key(self) -> tuple:
+        if self.part is None:
+            return ("image", tuple(self.contexts.shape[1:]), None if self.tokens is None else tuple(self.tokens.shape[1:]))
         return (self.part.classnames, self.contexts.shape[1], self.contexts.dtype)
 
     @property
     def sequences(self) -> int:
+        """Its size: text sequences, or images."""
+        if self.part is None:
+            return self.contexts.shape[0]
         return self.contexts.shape[0] * len(self.part.classnames)
 
 
 class QueryBatcher:
     """Serialises text-tower passes on one engine, merging same-class-list requests that wait."""
 
-    def __init__(self, engine: ClipEngine, max_sequences: int = 65536) -> None:
+    def __init__(self, engine: ClipEngine, max_sequences: int = 65536, max_images: int | None = None) -> None:
         self.engine = engine
         self.max_sequences = max_sequences
+        self.max_images = max_images or images_per_pass(engine.device)
         self._cond = threading.Condition(threading.Lock())
         self._queue: list[_Request] = []
         self._busy = False
         self.passes = 0  # forward passes run
         self.requests = 0  # requests answered
+        self._local = threading.local()  # per calling thread: image_seconds
 
     def text_features(self, contexts: torch.Tensor, part: ClassPart) -> tuple[torch.Tensor, float]:
         """Normalised text features (as :meth:`ClipEngine.text_features`) and this request's share of pass time."""
-        req = _Request(contexts, part)
+        return self._submit(_Request(contexts, part))
+
+    def image_pass(self, x: torch.Tensor, tokens: torch.Tensor | None) -> torch.Tensor:
+        """:meth:`ClipEngine.prompted_pass`, merged with the passes other runs are waiting for. The
+        calling thread's :meth:`image_seconds` grow by the time it spent here and its share of the passes."""
+        start = time.perf_counter()
+        out, share_s = self._submit(_Request(x, None, tokens))
+        waited, share = self.image_seconds()
+        self._local.image = (waited + time.perf_counter() - start, share + share_s)
+        return out
+
+    def image_seconds(self) -> tuple[float, float]:
+        """The calling thread's seconds inside :meth:`image_pass` so far, and its share of the passes' busy seconds."""
+        return getattr(self._local, "image", (0.0, 0.0))
+
+    def _submit(self, req: _Request) -> tuple[torch.Tensor, float]:
         with self._cond:
             self._queue.append(req)
             while not req.done:
@@ -90,8 +118,9 @@ class QueryBatcher:
         """The oldest waiting request and the others with its key, within ``max_sequences``."""
         first = self._queue[0]
         batch, total = [first], first.sequences
+        limit = self.max_images if first.part is None else self.max_sequences
         for r in self._queue[1:]:
-            if r.key == first.key and total + r.sequences <= self.max_sequences:
+            if r.key == first.key and total + r.sequences <= limit:
                 batch.append(r)
                 total += r.sequences
         taken = {id(r) for r in batch}
@@ -101,7 +130,11 @@ class QueryBatcher:
     def _run(self, batch: list[_Request]) -> None:
         start = time.perf_counter()
         try:
-            if len(batch) == 1:
+            if batch[0].part is None:
+                merged = torch.cat([r.contexts for r in batch]) if len(batch) > 1 else batch[0].contexts
+                tokens = None if batch[0].tokens is None else torch.cat([r.tokens for r in batch])
+                outs = list(self.engine.prompted_pass(merged, tokens).split([r.sequences for r in batch]))
+            elif len(batch) == 1:
                 outs = [self.engine.text_features(batch[0].contexts, batch[0].part)]
             else:
                 merged = torch.cat([r.contexts for r in batch])

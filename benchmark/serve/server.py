@@ -177,7 +177,19 @@ class ModelServer:
                               None if pixels is None else torch.as_tensor(pixels))
         ctx = None if contexts is None else torch.as_tensor(contexts)
         idx = None if indices is None else torch.as_tensor(indices)
-        return self._timed(tid, self._backend(tid).image_logits, ctx, prompt, split, idx)
+        backend = self._backend(tid)
+        if self._batcher is None:
+            return self._timed(tid, backend.image_logits, ctx, prompt, split, idx)
+        # image-tower passes merged with other runs': the call's busy time is its wall time less its
+        # time inside the batcher, plus its share of the merged passes
+        backend.image_tower = self._batcher.image_pass
+        waited0, share0 = self._batcher.image_seconds()
+        start = time.perf_counter()
+        out, n = backend.image_logits(ctx, prompt, split, idx)
+        waited1, share1 = self._batcher.image_seconds()
+        self._busy_s[tid] += time.perf_counter() - start - (waited1 - waited0) + (share1 - share0)
+        self._served += 1
+        return out.numpy(), n
 
     def image_features(self, tid: str, split: str, indices: np.ndarray | None) -> tuple[np.ndarray, int]:
         idx = None if indices is None else torch.as_tensor(indices)
