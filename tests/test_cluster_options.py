@@ -100,7 +100,12 @@ def test_the_paper_plan_without_data_or_weights(capsys, monkeypatch, tmp_path: P
     assert "363 cells: 0 done, 0 failed, 363 to run; estimated queries to run: 1,668,000" in text
     # each query scores every class: imagenet's BBT cells 54,000 queries x 1,000 classes
     assert "text sequences to run: 293,796,000; estimated 0.49 GPU-hours on one H100 (an estimate: 168,197" in text
-    assert "RN50:openai  bbt             imagenet           15     0       0      15          54,000        54,000,000" in text
+    assert "RN50:openai  bbt             imagenet           15     0       0      15          54,000        54,000,000                 0" in text
+    # CraFT's refinement module encodes a fresh view of the training set each generation: on ImageNet
+    # 50/100/100/100/100 generations at 1/2/4/8/16 shots x 1,000 classes, (50 + 200 + 400 + 800 + 1,600)
+    # thousand images a seed, 9,150,000 for three
+    assert "RN50:openai  craft           imagenet           15     0       0      15          54,000        54,000,000         9,150,000" in text
+    assert "images to encode: 28,622,850 (fresh augmented views" in text
     assert not (tmp_path / "o").exists()
 
 

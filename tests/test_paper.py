@@ -53,6 +53,18 @@ def test_the_coop_dry_run_needs_no_data_and_names_the_part_that_bounds_it(tmp_pa
     assert "the largest part: references" in last and not (tmp_path / "o").exists()
 
 
+def test_the_builtin_dry_run_counts_the_images_its_runs_encode(tmp_path: Path, capsys) -> None:
+    """Official protocol on the built-in digits (10 classes): CraFT's fresh views, 50/100/100/200/200
+    generations at 1/2/4/8/16 shots, (500 + 2,000 + 4,000 + 16,000 + 32,000) x 3 seeds x 4 sets =
+    654,000; CoOp's Dassl views, 200 epochs x 160 images x 3 x 4 = 384,000; BBT, CBBT, zero-shot none."""
+    from benchmark.cli import main
+
+    assert main(["paper", "--suite", "builtin", "--dry-run", "--out", str(tmp_path / "o")]) == 0
+    text = capsys.readouterr().out
+    assert "images to encode: 654,000 (fresh augmented views" in text and "images to encode: 384,000 (" in text
+    assert "and 1,038,000 images to encode (not in the estimate)" in text.strip().splitlines()[-1]
+
+
 def test_a_bad_backbone_is_one_sentence_before_anything_runs(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="craft paper --suite builtin"):
         paper_plan("builtin", str(tmp_path), backbones=["no-such-net:builtin"])

@@ -6,6 +6,11 @@ sequences per second. It is an estimate: it counts the budgeted queries only (no
 nor encoding the images once per dataset, nor compiling), and it assumes the measured setting
 (colocated runs, interleaved, compiled) keeps the GPU as busy as it did when measured.
 
+Images are counted beside (:func:`cell_images`): the augmented views of the training images that
+CraFT's refinement module (``refine_views: fresh``) and CoOp (``train_views: fresh``) encode, and the
+images image-side queries re-encode. They are not in the GPU-hours: no image-tower rate has been
+measured on a GPU yet (``craft perf --methods`` measures one where it runs).
+
 The rates come from runs recorded in ``docs/measurements/throughput_log.md`` (the command of each
 is in :data:`GPU_RATES`); a GPU not measured is refused rather than guessed.
 """
@@ -53,3 +58,24 @@ def cell_sequences(queries: int, dataset: str) -> int:
 def gpu_hours(sequences: int, gpu: str) -> float:
     """Estimated GPU-hours for ``sequences`` text sequences on ``gpu`` at its measured rate."""
     return sequences / check_gpu(gpu).sequences_per_s / 3600.0
+
+
+def cell_images(cell, queries: int) -> int:
+    """Images a cell's run encodes beyond its task's features (encoded once, and cached): a fresh
+    augmented view of the training set each CraFT generation or CoOp epoch (when the cell's
+    augmentation varies), or what its image-side queries may encode (its image budget)."""
+    from benchmark.datasets.registry import get_spec
+    from benchmark.datasets.transforms import aug_varies
+    from craft.methods import get_method
+    from craft.methods.base import run_image_budget
+    from craft.methods.whitebox import coop_epochs
+
+    spec = get_spec(cell.dataset)
+    n_train = cell.shots * spec.classes
+    cfg = cell.config
+    varies = aug_varies(cell.train_aug or spec.train_aug or "rrc_flip")
+    if getattr(cfg, "refine_views", None) == "fresh" and hasattr(cfg, "popsize"):
+        return (queries // cfg.popsize) * n_train if varies else 0
+    if cell.method == "coop":
+        return coop_epochs(cfg, cell.shots, cell.dataset) * n_train if varies and cfg.train_views == "fresh" else 0
+    return run_image_budget(get_method(cell.method), cfg, queries, n_train, cell.dataset)

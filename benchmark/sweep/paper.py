@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--num-cpus must be >= 1, got {args.num_cpus}")
     if args.suite == "coop" and args.root is None and not args.dry_run:
         raise UserError("--suite coop needs --root DIR, the folder holding the CoOp dataset folders (see craft datasets list)")
-    from benchmark.sweep.estimate import cell_sequences, check_gpu, gpu_hours
+    from benchmark.sweep.estimate import cell_images, cell_sequences, check_gpu, gpu_hours
 
     check_gpu(args.gpu)
     plan = paper_plan(args.suite, args.out, args.root, args.backbones)
@@ -115,10 +115,12 @@ def run(args: argparse.Namespace) -> int:
             print(format_plan(make_plan(by_part[name], cfg.out), cfg, gpu=args.gpu))
             sequences[name] = sum(cell_sequences(estimated_queries(c), c.dataset) for c in by_part[name])
         total = sum(cell_sequences(estimated_queries(c), c.dataset) for c in cells)
+        images = sum(cell_images(c, estimated_queries(c)) for c in cells)
         bound = max(sequences, key=sequences.get)
         print(f"craft paper --suite {plan.suite}: {len(cells)} cells in all (shared cells counted once), "
               f"{total:,} text sequences, estimated {gpu_hours(total, args.gpu):.2f} GPU-hours on one "
-              f"{args.gpu.upper()} (budgeted queries only; see each part); the largest part: {bound} "
+              f"{args.gpu.upper()} (budgeted queries only; see each part), and {images:,} images to encode "
+              f"(not in the estimate); the largest part: {bound} "
               f"({sequences[bound] / max(total, 1):.0%} of the sequences) -> {plan.out}")
         return 0
     for cfg in plan.parts.values():

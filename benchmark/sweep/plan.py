@@ -113,7 +113,7 @@ def left_to_run(plan: Plan, limit: int = 20) -> list[str]:
 def format_plan(plan: Plan, cfg: SweepConfig, rerun_failed: bool = False, gpu: str | None = None) -> str:
     """The dry-run report: totals, the text sequences to run with an estimate of their GPU-hours on
     ``gpu`` (default h100; :mod:`benchmark.sweep.estimate`), then one line per (backbone, method, dataset)."""
-    from benchmark.sweep.estimate import cell_sequences, check_gpu, gpu_hours
+    from benchmark.sweep.estimate import cell_images, cell_sequences, check_gpu, gpu_hours
 
     gpu = gpu or "h100"
     rate = check_gpu(gpu)
@@ -122,6 +122,8 @@ def format_plan(plan: Plan, cfg: SweepConfig, rerun_failed: bool = False, gpu: s
     q_todo = sum(plan.queries[i] for i in todo_ids)
     seqs = {c.cell_id: cell_sequences(plan.queries[c.cell_id], c.dataset) for c in plan.cells}
     s_todo = sum(seqs[i] for i in todo_ids)
+    imgs = {c.cell_id: cell_images(c, plan.queries[c.cell_id]) for c in plan.cells}
+    i_todo = sum(imgs[i] for i in todo_ids)
     lines = [
         f"sweep {cfg.path} -> {cfg.out}" + (f" (includes: {', '.join(cfg.includes)})" if cfg.includes else ""),
         f"{len(plan.cells)} cells: {plan.count('done')} done, {plan.count('failed')} failed, {len(todo_ids)} to run"
@@ -131,6 +133,8 @@ def format_plan(plan: Plan, cfg: SweepConfig, rerun_failed: bool = False, gpu: s
         f"text sequences to run: {s_todo:,}; estimated {_gpu_time(gpu_hours(s_todo, gpu))} on one {gpu.upper()} "
         f"(an estimate: {rate.sequences_per_s:,.0f} sequences/s measured by craft perf, {rate.source}; "
         "budgeted queries only, evaluations, image encoding and compiling not counted)",
+        f"images to encode: {i_todo:,} (fresh augmented views of the training images, image-side queries; "
+        "not in the GPU-time estimate, no image-tower rate measured on a GPU yet)",
     ]
     groups: dict[tuple[str, str, str], Counter] = {}
     for c in plan.cells:
@@ -141,9 +145,11 @@ def format_plan(plan: Plan, cfg: SweepConfig, rerun_failed: bool = False, gpu: s
             g["run"] += 1
             g["queries"] += plan.queries[c.cell_id]
             g["sequences"] += seqs[c.cell_id]
-    header = ("backbone", "method", "dataset", "cells", "done", "failed", "to run", "queries to run", "sequences to run")
+            g["images"] += imgs[c.cell_id]
+    header = ("backbone", "method", "dataset", "cells", "done", "failed", "to run", "queries to run", "sequences to run",
+              "images to encode")
     rows = [(b, m, d, str(g["cells"]), str(g["done"]), str(g["failed"]), str(g["run"]), f"{g['queries']:,}",
-             f"{g['sequences']:,}") for (b, m, d), g in groups.items()]
+             f"{g['sequences']:,}", f"{g['images']:,}") for (b, m, d), g in groups.items()]
     return "\n".join(lines + text_columns(header, rows, left=3))
 
 
