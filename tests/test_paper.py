@@ -80,7 +80,8 @@ def test_the_report_holds_every_table_and_the_figures(tmp_path: Path) -> None:
     rows = []
     for c in cells:
         common = {"cell_id": c.cell_id, "wall_s": 10.0 if c.method != "coop" else 40.0, "queries": 100,
-                  "peak_mem_mb": 100.0 if c.method == "coop" else 1.0, "budget": 8000}
+                  "peak_mem_mb": 100.0 if c.method == "coop" else 1.0, "budget": 8000,
+                  "learned_bytes": 2**20 if c.method == "craft" else 10}
         for target in (c.dataset, *c.eval_datasets):
             r = row(c.method, c.dataset, c.shots, c.seed, eval_dataset=target, **common)
             rows.append({**r, "cell_id": c.cell_id})
@@ -90,7 +91,7 @@ def test_the_report_holds_every_table_and_the_figures(tmp_path: Path) -> None:
     for title in ("Distribution shift: top-1 accuracy (%) trained on Digits-Noise", "Cost per run", "Claims of the CraFT"):
         assert title in text, title
     assert "not rendered" not in text and "cost: 156 runs" in text
-    assert "1/100.0" in text  # CraFT's memory over CoOp's, from the rows
+    assert "1/100.0" in text  # what CraFT deploys, 1 MiB, over CoOp's 100 MiB, from the rows
     names = {p.name for p in written}
     assert {"few-shot.csv", "shift.csv", "cost.csv", "claims.csv", "report.html"} <= names
     assert "Claims of the CraFT" in (Path(plan.out) / "report" / "report.html").read_text()

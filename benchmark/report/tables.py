@@ -377,8 +377,9 @@ def claims_table(df: pd.DataFrame, datasets: Sequence[str] | None = None) -> Tab
     rows = [[TableCell(c.statement), TableCell(c.published_text), TableCell(ours_text(c)), TableCell(c.evidence)]
             for c in claims]
     notes = ["Published: " + "; ".join(f"{c.key}: {c.source}" for c in claims),
-             "training time: CoOp's mean wall_s over CraFT's (above 1: CraFT faster); memory: CraFT's mean "
-             "peak_mem_mb over CoOp's; accuracies in points of top-1 (%)"]
+             "training time: CoOp's mean wall_s over CraFT's (above 1: CraFT faster); memory: what CraFT deploys "
+             "(mean learned_bytes: prompt and refinement module, the model staying behind the black box) over CoOp's "
+             "mean training peak_mem_mb; accuracies in points of top-1 (%)"]
     return Table("Claims of the CraFT and CBBT papers, published and measured", columns, rows, notes=notes)
 
 
