@@ -36,6 +36,20 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def hold_first_pass(engine, name: str) -> list[int]:
+    """Wrap ``engine.<name>`` (a pass) so that its first call holds 0.5 s, long enough for other
+    callers to queue behind it; the returned list gets each call's batch size. ``del engine.<name>``
+    puts the method back."""
+    original, sizes = getattr(engine, name), []
+    def held(x, *rest):
+        sizes.append(x.shape[0])
+        if len(sizes) == 1:
+            time.sleep(0.5)
+        return original(x, *rest)
+    setattr(engine, name, held)
+    return sizes
+
+
 def test_concurrent_queries_merge_into_one_pass_with_identical_results(builtin_cache, one_thread) -> None:
     server = ModelServer("craft-tiny", "builtin", ServerOptions(batching=True))
     engine, batcher = server.engine, server._batcher
@@ -47,14 +61,7 @@ def test_concurrent_queries_merge_into_one_pass_with_identical_results(builtin_c
     alone = [server._backend(p["task_id"]).logits(q, "train")[0] for p, q in zip(leases, queries)]
 
     # Hold the first pass long enough for the other three callers to queue behind it.
-    original = engine.text_features
-    calls = []
-    def slow_first(c, part):
-        calls.append(c.shape[0])
-        if len(calls) == 1:
-            time.sleep(0.5)
-        return original(c, part)
-    engine.text_features = slow_first
+    calls = hold_first_pass(engine, "text_features")
     results: dict[int, np.ndarray] = {}
     def call(i: int) -> None:
         results[i] = server.logits(leases[i]["task_id"], queries[i].numpy(), "train", None)[0]
@@ -66,7 +73,7 @@ def test_concurrent_queries_merge_into_one_pass_with_identical_results(builtin_c
         t.start()
     for t in (first, *rest):
         t.join()
-    engine.text_features = original
+    del engine.text_features
     # Pass 1: request 0; then requests 1 and 3 together (same class list and context length), and 2 alone.
     assert (batcher.passes, batcher.requests) == (3, 4) and calls[0] == 40 and sorted(calls[1:]) == [7 + 1, 40]
     for i in range(4):
@@ -83,13 +90,7 @@ def test_concurrent_image_side_queries_of_several_runs_merge_into_one_tower_pass
     tokens = [torch.randn(2, 3, width, generator=torch.Generator().manual_seed(i)).numpy() for i in range(3)]
     alone = [server._backend(p["task_id"]).image_logits(None, VisualPrompt(tokens=torch.from_numpy(t)), "train")[0]
              for p, t in zip(leases, tokens)]
-    original, sizes = engine.prompted_pass, []
-    def slow_first(x, tok):
-        sizes.append(x.shape[0])
-        if len(sizes) == 1:
-            time.sleep(0.5)
-        return original(x, tok)
-    engine.prompted_pass = slow_first
+    sizes = hold_first_pass(engine, "prompted_pass")
     results: dict[int, np.ndarray] = {}
     def call(i: int) -> None:
         results[i] = server.image_logits(leases[i]["task_id"], None, tokens[i], None, "train", None)[0]
@@ -100,7 +101,7 @@ def test_concurrent_image_side_queries_of_several_runs_merge_into_one_tower_pass
         t.start()
     for t in threads:
         t.join()
-    engine.prompted_pass = original
+    del engine.prompted_pass
     n = len(leases[0]["labels"]["train"])  # 20 images a task, 2 candidates each
     assert sizes == [2 * n, 2 * 2 * n] and batcher.passes == 2
     for i in range(3):
