@@ -93,7 +93,9 @@ def test_ray_job_submit_as_the_docs_say(job_cluster, tmp_path: Path) -> None:
     config.write_text(yaml.safe_dump({
         "out": "results/tiny",  # relative: refused inside a job, so --out gives the absolute location
         "datasets": ["digits_rotate"], "methods": ["zero_shot_clip", "craft"], "shots": [2], "seeds": [1],
-        "backbones": [f"craft-tiny:{ckpt}"], "hparams": {"craft": {"*": {"budget": 2400, "intrinsic_dim": 64, "eval_every": 5}}},  # 60 generations
+        "backbones": [f"craft-tiny:{ckpt}"],
+        # 240 generations: several of the driver's 2-second drains while the cell runs, even on an idle machine
+        "hparams": {"craft": {"*": {"budget": 9600, "intrinsic_dim": 64, "eval_every": 5}}},
         "runs_per_server": 2,
     }))
     out = tmp_path / "shared" / "tiny"
