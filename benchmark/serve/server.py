@@ -111,7 +111,10 @@ class ModelServer:
         with self._prepare_lock:
             if tid not in self._tasks:
                 prepared = prepare_task(self.engine, spec, self.cache)
-                self._tasks[tid] = (EngineBackend(self.engine, prepared), prepared)
+                backend = EngineBackend(self.engine, prepared)
+                if self._batcher is not None:  # image-side passes merged with other runs' too
+                    backend.image_tower = self._batcher.image_pass
+                self._tasks[tid] = (backend, prepared)
                 fresh = prepared.images_encoded
             else:
                 fresh = 0
@@ -180,9 +183,8 @@ class ModelServer:
         backend = self._backend(tid)
         if self._batcher is None:
             return self._timed(tid, backend.image_logits, ctx, prompt, split, idx)
-        # image-tower passes merged with other runs': the call's busy time is its wall time less its
-        # time inside the batcher, plus its share of the merged passes
-        backend.image_tower = self._batcher.image_pass
+        # image-tower passes merged with other runs' (its backend's image_tower): the call's busy time
+        # is its wall time less its time inside the batcher, plus its share of the merged passes
         waited0, share0 = self._batcher.image_seconds()
         start = time.perf_counter()
         out, n = backend.image_logits(ctx, prompt, split, idx)
