@@ -24,13 +24,14 @@ DEFAULT_QUERIES = {"bbt": 200, "craft": 200, "bpt_vlm": 200, "blackvip": 40, "lf
 
 def pixel_task(engine, classes: int, shots: int, val_per_class: int, seed: int):
     """(TaskData with random pixels and their features, craft Task): ``classes`` x ``shots`` training images."""
+    from benchmark.datasets.transforms import pixel_range
     from benchmark.model.engine import TaskData, TrainViews
     from craft.methods import Task
 
     g = torch.Generator().manual_seed(seed)
     size = engine.loaded.image_size
     mean, std = engine.loaded.mean_std
-    rng = tuple(((0.0 - m) / s, (1.0 - m) / s) for m, s in zip(mean, std))
+    rng = pixel_range(mean, std)
     lo = torch.tensor([r[0] for r in rng]).view(1, 3, 1, 1)
     hi = torch.tensor([r[1] for r in rng]).view(1, 3, 1, 1)
     labels = {"train": torch.arange(classes).repeat_interleave(shots),

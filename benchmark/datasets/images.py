@@ -73,7 +73,7 @@ class DecodedImages:
                 return self._images[key]
         image = load_image(path)
         image.load()
-        size = len(image.getbands()) * image.width * image.height
+        size = _nbytes(image)
         with self._lock:
             self.decoded += 1
             if size <= self.max_bytes and key not in self._images:
@@ -81,5 +81,10 @@ class DecodedImages:
                 self.held_bytes += size
                 while self.held_bytes > self.max_bytes:
                     _, old = self._images.popitem(last=False)
-                    self.held_bytes -= len(old.getbands()) * old.width * old.height
+                    self.held_bytes -= _nbytes(old)
         return image
+
+
+def _nbytes(image: Image.Image) -> int:
+    """Bytes of a decoded 8-bit image's pixels."""
+    return len(image.getbands()) * image.width * image.height

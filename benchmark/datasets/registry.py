@@ -105,6 +105,12 @@ def get_spec(key: str) -> DatasetSpec:
         ) from None
 
 
+def train_aug_of(dataset: str, override: str | None = None) -> str:
+    """The training augmentation a run on ``dataset`` uses: ``override`` (a protocol's), else the
+    dataset's own, else CraFT's ``rrc_flip``."""
+    return override or get_spec(dataset).train_aug or "rrc_flip"
+
+
 def scored_in(test_set: str, trained_on: str) -> bool:
     """Whether a run trained on ``trained_on`` can be scored on ``test_set``'s test split: the same
     dataset, a test-only variant of it (ImageNet's), or another dataset of the built-in suite (the

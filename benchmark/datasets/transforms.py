@@ -84,15 +84,27 @@ def normalize_uint8(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> t
     return x.to(torch.float32).div(255).sub_(m).div_(s)
 
 
+def apply_held(transform: Callable, images: Sequence) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """``transform`` applied to ``images`` as (uint8 pixels, mean, std) where it splits
+    (:func:`head_uint8`), else as (the stacked float outputs, None, None); the random steps draw the
+    same numbers either way."""
+    if split_tensor_tail(transform) is not None:
+        state = torch.get_rng_state()
+        done = head_uint8(transform, images)
+        if done is not None:
+            return done
+        torch.set_rng_state(state)  # odd sizes or modes: the whole transform per image, drawing the same numbers again
+    return torch.stack([transform(im) for im in images]), None, None
+
+
 def apply_batched(transform: Callable, images: Sequence) -> torch.Tensor:
     """``torch.stack([transform(im) for im in images])``, the same values to the bit (the image
     steps run per image in the same order, so random ones draw the same numbers), with ToTensor and
     Normalize applied once to the whole batch instead of once per image."""
-    if split_tensor_tail(transform) is None:
-        return torch.stack([transform(im) for im in images])
-    state = torch.get_rng_state()
-    done = head_uint8(transform, images)
-    if done is None:  # odd sizes or modes: the whole transform per image, drawing the same numbers again
-        torch.set_rng_state(state)
-        return torch.stack([transform(im) for im in images])
-    return normalize_uint8(*done)
+    x, mean, std = apply_held(transform, images)
+    return x if mean is None else normalize_uint8(x, mean, std)
+
+
+def pixel_range(mean: Sequence[float], std: Sequence[float]) -> tuple[tuple[float, float], ...]:
+    """Each channel's valid range after Normalize: where pixels 0 and 1 land."""
+    return tuple(((0.0 - m) / s, (1.0 - m) / s) for m, s in zip(mean, std))

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.datasets.images import DecodedImages
+from benchmark.datasets.transforms import apply_batched
 from benchmark.model import text_tower
 from benchmark.model.pixels import PixelSet, as_pixel_set
 from benchmark.model.loading import LoadedModel
@@ -330,8 +331,6 @@ class ClipEngine:
         normalize: bool = True,
     ) -> torch.Tensor:
         """Image features (``N x embed``, fp32, on the engine's device), normalised unless ``normalize`` is False."""
-        from benchmark.datasets.transforms import apply_batched
-
         if loader is None:
             from benchmark.datasets.images import load_image as loader
         feats = []

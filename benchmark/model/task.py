@@ -17,15 +17,14 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from dataclasses import dataclass, field
 
 import torch
 
 from benchmark.datasets.check import require_images
 from benchmark.datasets.fewshot import few_shot_splits
 from benchmark.datasets.loaders import load_dataset
-from benchmark.datasets.registry import get_spec, scored_in
-from benchmark.datasets.transforms import aug_varies, train_transform
+from benchmark.datasets.registry import get_spec, scored_in, train_aug_of
+from benchmark.datasets.transforms import apply_held, aug_varies, pixel_range, train_transform
 from benchmark.datasets.types import DatasetSplits, Item
 from benchmark.model.engine import ClipEngine, TaskData, TrainViews
 from benchmark.errors import UserError
@@ -89,7 +88,6 @@ def load_task_splits(spec: TaskSpec) -> tuple[DatasetSplits, list[DatasetSplits]
 def prepare_task(engine: ClipEngine, spec: TaskSpec, cache: FeatureCache | None = None) -> TaskData:
     """Encode (or read from the cache) the images of ``spec`` and collect labels."""
     fs, extra = load_task_splits(spec)
-    ds_spec = get_spec(spec.dataset)
     wid = weights_id(engine)
     cache = cache if wid is not None else None
     # Features encoded under bf16 autocast are other features than fp32 ones.
@@ -127,7 +125,7 @@ def prepare_task(engine: ClipEngine, spec: TaskSpec, cache: FeatureCache | None 
         return feats
 
     mean, std = engine.loaded.mean_std
-    aug = spec.train_aug or ds_spec.train_aug or "rrc_flip"
+    aug = train_aug_of(spec.dataset, spec.train_aug)
     preprocess = engine.loaded.preprocess
     train_aug = train_transform(aug, engine.loaded.image_size, mean, std)
     train_fields = {"split": "train", "shots": spec.shots, "seed": spec.seed, "aug": aug}
@@ -161,22 +159,15 @@ def prepare_task(engine: ClipEngine, spec: TaskSpec, cache: FeatureCache | None 
         """An image set's preprocessed images: the training set's augmented pass drawn with the run's
         seed, in the order its features were encoded, so that a prompt-free query sees those images."""
         from benchmark.datasets.images import load_image
-        from benchmark.datasets.transforms import head_uint8
 
         items, ds, transform, seed = sources[split]
         loader = engine.decoded if seed is not None else load_image
         with _SEEDED_PASS:
             if seed is not None:
                 torch.manual_seed(seed)
-            state = torch.get_rng_state()
-            images = [loader(ds.abspath(it)) for it in items]
-            held = head_uint8(transform, images)
-            if held is not None:
-                return PixelSet(*held).placed(engine.device)
-            torch.set_rng_state(state)  # a transform that does not split: float pixels, drawn the same
-            return PixelSet(torch.stack([transform(im) for im in images])).placed(engine.device)
+            # uint8 where the transform splits, else its float outputs (PixelSet takes either)
+            return PixelSet(*apply_held(transform, [loader(ds.abspath(it)) for it in items])).placed(engine.device)
 
-    pixel_range = tuple(((0.0 - m) / s, (1.0 - m) / s) for m, s in zip(mean, std))
     return TaskData(classnames=list(fs.classnames), template=fs.template, features=features, train_views=views,
                     labels=labels, class_subsets=subsets, images_encoded=encoded, pixel_source=load_pixels,
-                    pixel_range=pixel_range)
+                    pixel_range=pixel_range(mean, std))

@@ -64,7 +64,7 @@ def cell_images(cell, queries: int) -> int:
     """Images a cell's run encodes beyond its task's features (encoded once, and cached): a fresh
     augmented view of the training set each CraFT generation or CoOp epoch (when the cell's
     augmentation varies), or what its image-side queries may encode (its image budget)."""
-    from benchmark.datasets.registry import get_spec
+    from benchmark.datasets.registry import get_spec, train_aug_of
     from benchmark.datasets.transforms import aug_varies
     from craft.methods import get_method
     from craft.methods.base import run_image_budget
@@ -73,7 +73,7 @@ def cell_images(cell, queries: int) -> int:
     spec = get_spec(cell.dataset)
     n_train = cell.shots * spec.classes
     cfg = cell.config
-    varies = aug_varies(cell.train_aug or spec.train_aug or "rrc_flip")
+    varies = aug_varies(train_aug_of(cell.dataset, cell.train_aug))
     if getattr(cfg, "refine_views", None) == "fresh" and hasattr(cfg, "popsize"):
         return (queries // cfg.popsize) * n_train if varies else 0
     if cell.method == "coop":

@@ -9,7 +9,7 @@ from typing import Any, Callable
 import torch
 from threadpoolctl import threadpool_limits
 
-from benchmark.datasets.registry import get_spec
+from benchmark.datasets.registry import train_aug_of
 from benchmark.memory import process_peak_rss_mb
 from benchmark.results.provenance import code_version, package_versions, runtime_versions
 from benchmark.serve.client import RemoteBackend
@@ -88,7 +88,7 @@ def result_rows(
         "seed": cell.seed,
         "hparams": result.hparams,
         "protocol": cell.protocol,
-        "train_aug": cell.train_aug or get_spec(cell.dataset).train_aug or "rrc_flip",
+        "train_aug": train_aug_of(cell.dataset, cell.train_aug),
         "shots_used": shots_had,
         "budget": budget,
         "queries": usage["queries"],
