@@ -12,7 +12,6 @@ fitness values and the final prompt must agree.
 
 from __future__ import annotations
 
-import dataclasses
 
 import cma
 import numpy as np
@@ -66,10 +65,9 @@ def prepared(tmp_path_factory, one_torch_thread):
     cache = tmp_path_factory.mktemp("cache")
     mp.setenv("CRAFT_BENCH_CACHE", str(cache))
     ensure_builtin_suite(cache / "builtin")
-    original = task_module.get_spec
-    mp.setattr(task_module, "get_spec", lambda key: dataclasses.replace(original(key), train_aug="rrc"))
     engine = ClipEngine(load_model("craft-tiny", "builtin"))
-    prep = task_module.prepare_task(engine, TaskSpec("digits_rotate", 16, SEED, eval_test=False), None)
+    # random crops in place of the digits' own augmentation (none), as a protocol puts its own
+    prep = task_module.prepare_task(engine, TaskSpec("digits_rotate", 16, SEED, eval_test=False, train_aug="rrc"), None)
     mp.undo()
     task = Task("digits_rotate", prep.classnames, prep.template, prep.labels, 16, ("val",))
     return (lambda: Recording(EngineBackend(engine, prep))), task
