@@ -1,5 +1,6 @@
-"""Training views' image path: decoded images kept in memory, and ToTensor + Normalize on a whole
-batch, each giving the per-image transform's values to the bit."""
+"""Training views' image path: decoded images kept in memory, crops drawn for a batch at once
+(torchvision's box distribution, PIL's crop and resize), and ToTensor + Normalize on a whole batch,
+each giving the per-image path's values to the bit."""
 
 from __future__ import annotations
 
@@ -28,21 +29,98 @@ def _images(tmp_path, n: int = 6, sizes=((40, 30), (32, 32), (64, 48))) -> list[
     return paths
 
 
-@pytest.mark.parametrize("kind", ["rrc_flip", "rrc_flip_imagenet", "rrc", "none"])
-def test_batched_tail_equals_the_per_image_transform_to_the_bit(tmp_path, kind):
-    """Same seed, same draws: the random steps still run per image in order, so an augmented
-    pass is the same pass (the feature cache's keys and earlier results stay valid)."""
+@pytest.mark.parametrize("kind", ["rrc_flip", "rrc_flip_imagenet", "rrc"])
+def test_a_seeded_pass_is_the_same_in_any_batches_and_image_by_image(tmp_path, kind):
+    """An augmented pass is a function of its seed alone: one batch, two batches, or one image at a
+    time through the transform, the same floats to the bit; another seed, other crops."""
     images = [load_image(p) for p in _images(tmp_path)]
-    transform = train_transform(kind, 24, MEAN, STD)
-    torch.manual_seed(3)
-    expected = torch.stack([transform(im) for im in images])
-    torch.manual_seed(3)
-    got = apply_batched(transform, images)
-    assert got.dtype == torch.float32 and got.shape == (6, 3, 24, 24)
-    assert torch.equal(got, expected)
-    if kind != "none":  # the seed matters: a different one gives other crops
-        torch.manual_seed(4)
-        assert not torch.equal(apply_batched(transform, images), expected)
+    aug = train_transform(kind, 24, MEAN, STD)
+    whole = apply_batched(aug.seeded(3), images)
+    assert whole.dtype == torch.float32 and whole.shape == (6, 3, 24, 24)
+    halves = aug.seeded(3)
+    assert torch.equal(torch.cat([apply_batched(halves, images[:2]), apply_batched(halves, images[2:])]), whole)
+    one_by_one = aug.seeded(3)
+    assert torch.equal(torch.stack([one_by_one(im) for im in images]), whole)
+    assert not torch.equal(apply_batched(aug.seeded(4), images), whole)
+    with pytest.raises(TypeError, match="seeded"):
+        apply_batched(aug, images)
+
+
+def test_crops_are_torchvisions_box_cut_and_resized_by_pil(tmp_path):
+    """Each view is torchvision's resized_crop of the box the sampler drew: PIL's crop, then its
+    bicubic resize, then flipped where the flip draw says so."""
+    from torchvision.transforms import functional as TF
+
+    from benchmark.datasets.transforms import _DRAWS, crop_boxes
+
+    images = [load_image(p) for p in _images(tmp_path)]
+    aug = train_transform("rrc_flip", 24, MEAN, STD)
+    got = aug.seeded(9).uint8(images)
+    u = np.random.Generator(np.random.PCG64(9)).random((len(images), _DRAWS))
+    sizes = np.array([im.size for im in images])
+    boxes = crop_boxes(u, sizes[:, 1], sizes[:, 0], aug.scale)
+    for k, (im, (top, left, h, w)) in enumerate(zip(images, boxes.tolist())):
+        crop = TF.resized_crop(im, top, left, h, w, [24, 24], TF.InterpolationMode.BICUBIC)
+        if u[k, -1] < 0.5:
+            crop = TF.hflip(crop)
+        assert torch.equal(got[k], torch.from_numpy(np.array(crop)).permute(2, 0, 1))
+
+
+class _Uniforms:
+    """Stands for ``torch`` inside torchvision's ``RandomResizedCrop.get_params``: its random draws
+    come from one row of uniforms laid out as :func:`crop_boxes` reads them (the attempts' areas,
+    their log-ratios, the row, the column), everything else is torch's, in float64."""
+
+    def __init__(self, row: np.ndarray) -> None:
+        self.row, self.calls = row, 0
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    def tensor(self, data, **kwargs):
+        return torch.tensor(data, dtype=torch.float64)
+
+    def empty(self, *shape):
+        shim = self
+
+        class _One:
+            def uniform_(self, a, b):
+                attempt, which = divmod(shim.calls, 2)
+                shim.calls += 1
+                u = shim.row[attempt + 10 * which]
+                return torch.tensor([float(a) + (float(b) - float(a)) * u], dtype=torch.float64)
+
+        return _One()
+
+    def randint(self, low, high, size):
+        u = self.row[20 if not hasattr(self, "_row_drawn") else 21]
+        self._row_drawn = True
+        return torch.tensor([low + int(np.floor(u * (high - low)))])
+
+
+@pytest.mark.parametrize("size,scale", [((40, 30), (0.5, 1.0)), ((64, 48), (0.08, 1.0)), ((32, 32), (0.5, 1.0)),
+                                        ((300, 20), (0.5, 1.0)), ((20, 300), (0.5, 1.0))])
+def test_crop_boxes_are_torchvisions_get_params_on_the_same_draws(monkeypatch, size, scale):
+    """torchvision's own get_params, its random draws replaced by the sampler's uniforms, gives the
+    same box for every one of 3,000 draws, fallbacks included (no box fits the 300 x 20 and 20 x 300 images: centre crops)."""
+    import torchvision.transforms.transforms as tv
+    from torchvision.transforms import RandomResizedCrop
+
+    from benchmark.datasets.transforms import CROP_RATIO, _DRAWS, crop_boxes
+
+    w, h = size
+    n = 3_000
+    u = np.random.Generator(np.random.PCG64(0)).random((n, _DRAWS))
+    ours = crop_boxes(u, np.full(n, h), np.full(n, w), scale)
+    image = Image.new("RGB", size)
+    theirs = []
+    for row in u:
+        monkeypatch.setattr(tv, "torch", _Uniforms(row))
+        theirs.append(RandomResizedCrop.get_params(image, list(scale), list(CROP_RATIO)))
+    monkeypatch.undo()
+    assert ours.tolist() == [list(b) for b in theirs]
+    top, left, bh, bw = ours.T
+    assert (top >= 0).all() and (left >= 0).all() and (top + bh <= h).all() and (left + bw <= w).all()
 
 
 def test_open_clip_preprocess_splits_and_batches_the_same(tmp_path):
@@ -105,15 +183,14 @@ def test_a_tasks_views_decode_each_training_image_once(builtin_cache):
 
 # ----------------------------------------------------------------- pixels for image-side queries
 def test_pixel_sets_hold_uint8_and_give_the_transforms_floats_to_the_bit(tmp_path):
-    from benchmark.datasets.transforms import head_uint8
+    from benchmark.datasets.transforms import apply_held
     from benchmark.model.pixels import PixelSet
 
     images = [load_image(p) for p in _images(tmp_path)]
     transform = train_transform("rrc_flip", 24, MEAN, STD)
-    torch.manual_seed(5)
-    expected = torch.stack([transform(im) for im in images])
-    torch.manual_seed(5)
-    held = PixelSet(*head_uint8(transform, images))
+    one_by_one = transform.seeded(5)
+    expected = torch.stack([one_by_one(im) for im in images])
+    held = PixelSet(*apply_held(transform.seeded(5), images))
     assert held.images.dtype == torch.uint8 and held.nbytes == 6 * 3 * 24 * 24
     assert torch.equal(held.rows(), expected)
     idx = torch.tensor([4, 1])

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
+from collections.abc import Callable
 
 import torch
 
@@ -24,7 +24,7 @@ from benchmark.datasets.check import require_images
 from benchmark.datasets.fewshot import few_shot_splits
 from benchmark.datasets.loaders import load_dataset
 from benchmark.datasets.registry import get_spec, scored_in, train_aug_of
-from benchmark.datasets.transforms import apply_held, aug_varies, pixel_range, train_transform
+from benchmark.datasets.transforms import CropAugment, apply_held, aug_varies, pixel_range, train_transform
 from benchmark.datasets.types import DatasetSplits, Item
 from benchmark.model.engine import ClipEngine, TaskData, TrainViews
 from benchmark.errors import UserError
@@ -53,8 +53,12 @@ def weights_id(engine: ClipEngine) -> str | None:
     return w
 
 
-# torch's global random state drives torchvision's augmentations: one seeded pass at a time.
-_SEEDED_PASS = threading.Lock()
+def seeded(transform: Callable, seed: int | None) -> Callable:
+    """``transform`` drawing one augmented pass from ``seed`` (a :class:`CropAugment`); a
+    deterministic transform (test-time preprocessing, ``none``) as it is."""
+    if seed is None or not isinstance(transform, CropAugment):
+        return transform
+    return transform.seeded(seed)
 
 
 def view_seed(seed: int, view: int) -> int:
@@ -106,11 +110,8 @@ def prepare_task(engine: ClipEngine, spec: TaskSpec, cache: FeatureCache | None 
         def compute() -> torch.Tensor:
             nonlocal newly
             newly = len(paths)
-            with _SEEDED_PASS:
-                if seed is not None:
-                    torch.manual_seed(seed)  # the augmented pass is a function of the run's seed
-                return engine.encode_images(paths, transform, normalize=normalize,
-                                            loader=engine.decoded if seed is not None else None)
+            return engine.encode_images(paths, seeded(transform, seed), normalize=normalize,
+                                        loader=engine.decoded if seed is not None else None)
 
         if cache is not None:  # the key stats (or hashes) every image: not needed without a cache
             fields = {**base, **fields, **({"raw": True} if not normalize else {})}
@@ -162,11 +163,8 @@ def prepare_task(engine: ClipEngine, spec: TaskSpec, cache: FeatureCache | None 
 
         items, ds, transform, seed = sources[split]
         loader = engine.decoded if seed is not None else load_image
-        with _SEEDED_PASS:
-            if seed is not None:
-                torch.manual_seed(seed)
-            # uint8 where the transform splits, else its float outputs (PixelSet takes either)
-            return PixelSet(*apply_held(transform, [loader(ds.abspath(it)) for it in items])).placed(engine.device)
+        # uint8 where the transform splits, else its float outputs (PixelSet takes either)
+        return PixelSet(*apply_held(seeded(transform, seed), [loader(ds.abspath(it)) for it in items])).placed(engine.device)
 
     return TaskData(classnames=list(fs.classnames), template=fs.template, features=features, train_views=views,
                     labels=labels, class_subsets=subsets, images_encoded=encoded, pixel_source=load_pixels,
