@@ -34,6 +34,19 @@ def test_hit_returns_the_same_tensor_without_computing(tmp_path):
     assert again.dtype == torch.float32 and cache.get({**FIELDS, "seed": 2}) is None
 
 
+def test_a_hit_is_aligned_as_a_fresh_tensor_and_answers_the_same_to_the_bit(tmp_path):
+    """The file's tensor starts after its header; read as it lies, a one-candidate einsum on it
+    rounds otherwise than on the freshly computed tensor (what made a rerun of a CraFT cell, its
+    views now cached, end 3.5 points away). A hit is copied onto torch's 64-byte boundary."""
+    cache = FeatureCache(tmp_path)
+    fresh = torch.randn(160, 64, generator=torch.Generator().manual_seed(0))
+    cache.get_or_compute(FIELDS, lambda: fresh)
+    hit = cache.get(FIELDS)
+    assert hit.data_ptr() % 64 == 0 and torch.equal(hit, fresh)
+    text = torch.randn(1, 10, 64, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(torch.einsum("ne,bce->bnc", hit, text), torch.einsum("ne,bce->bnc", fresh, text))
+
+
 def test_entry_is_safetensors_with_a_json_sidecar(tmp_path):
     cache = FeatureCache(tmp_path)
     cache.get_or_compute(FIELDS, features)
@@ -128,3 +141,26 @@ def test_cache_keys_follow_the_shipped_models_bytes_and_random_weights_are_never
     prepared = prepare_task(random, TaskSpec("digits_rotate", 1, 1, eval_test=False), FeatureCache(feats))
     assert prepared.images_encoded > 0
     assert not feats.exists() or not any(feats.iterdir())
+
+
+def test_a_craft_cell_rerun_on_its_cached_features_gives_the_same_trace(builtin_cache, tmp_path):
+    """A CraFT run under the official protocol (fresh views: the refinement module's one-prompt
+    query on them) run again on the features and views its first run cached: the same fitness and
+    losses, generation by generation, to the bit."""
+    from benchmark.serve.server import ModelServer
+    from benchmark.sweep.cell import Cell
+    from benchmark.sweep.protocol import OFFICIAL, protocol_hparams
+    from benchmark.sweep.run_cell import run_cell
+
+    hparams = {**protocol_hparams(OFFICIAL, "craft"), "budget": 240, "intrinsic_dim": 64}
+    cell = Cell("craft", "digits_noise", 2, 2, "craft-tiny", "builtin", hparams, protocol=OFFICIAL)
+    traces = []
+    for _ in range(2):
+        server = ModelServer("craft-tiny", "builtin", cache_dir=str(tmp_path / "features"))
+        rows = run_cell(cell, server)
+        assert rows[0]["status"] == "ok", rows[0]["error"]
+        trace = json.loads(rows[0]["trace"]) if isinstance(rows[0]["trace"], str) else rows[0]["trace"]
+        traces.append(([(r["generation"], r["fitness"], r.get("train_loss")) for r in trace], rows[0]["images_encoded"]))
+    (first, encoded), (again, reread) = traces
+    assert encoded > 0 and reread == 0  # the second run read every feature and view from the cache
+    assert len(first) == 6 and first == again

@@ -59,7 +59,11 @@ class FeatureCache:
         from safetensors.torch import load_file
 
         try:
-            tensor = load_file(self.path(fields))[TENSOR_NAME]
+            # Copied into memory of its own: the file's tensor starts after its header, not on the
+            # 64-byte boundary of torch's allocations, and a product with a misaligned operand can
+            # round differently (a one-candidate einsum does): a run's results would depend on
+            # whether its features came from the cache.
+            tensor = load_file(self.path(fields))[TENSOR_NAME].clone()
         except (FileNotFoundError, SafetensorError, KeyError):
             return None
         n = fields.get("n")
