@@ -4,6 +4,12 @@ Run from the repository root:
 
     python -m measurement.view_encoding [--dataset digits_noise] [--shots 16] [--views 20]
         [--backbone craft-tiny] [--weights builtin] [--aug rrc_flip]
+    python -m measurement.view_encoding --crops-only [--source 500x375] [--image-size 224]
+
+``--crops-only`` times the augmentation alone on decoded images of the ``--source`` size (random
+pixels; ImageNet's photos average about 500 x 375) cropped to ``--image-size``: the CPU work a
+model server's thread does for each image of a view before any GPU sees it, so the rate at which
+one server can feed the paper backbones (224 px) fresh views.
 
 CraFT's official loop augments and encodes every training image afresh each generation (200
 generations at 16 shots: 32,000 images on the built-in suite). **per image** opens, decodes,
@@ -49,6 +55,26 @@ def per_image(engine: ClipEngine, paths: list[str], transform) -> torch.Tensor:
         return engine.model.encode_image(batch.to(engine.device)).float()
 
 
+def crops_only(args: argparse.Namespace) -> None:
+    """Crops per second of ``--aug`` from ``--source``-sized images to ``--image-size``, one thread."""
+    import numpy as np
+    from PIL import Image
+
+    width, height = (int(v) for v in args.source.lower().split("x"))
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (height, width, 3), np.uint8)) for _ in range(64)]
+    aug = train_transform(args.aug, args.image_size, (0.5,) * 3, (0.5,) * 3)
+    if not isinstance(aug, CropAugment):
+        raise SystemExit(f"--aug {args.aug} draws no crops: nothing to time")
+    t = time.perf_counter()
+    for view in range(1, args.views + 1):
+        aug.seeded(view).uint8(images)
+    seconds = time.perf_counter() - t
+    n = len(images) * args.views
+    print(f"{args.aug}: {n:,} crops of {width}x{height} images to {args.image_size} px, one thread: "
+          f"{seconds:.2f} s, {n / seconds:,.0f} images/s")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", default="digits_noise")
@@ -58,8 +84,14 @@ def main() -> None:
     p.add_argument("--backbone", default="craft-tiny")
     p.add_argument("--weights", default="builtin")
     p.add_argument("--aug", default="rrc_flip")
+    p.add_argument("--crops-only", action="store_true", help="time the augmentation alone (see the module's docstring)")
+    p.add_argument("--source", default="500x375", help="with --crops-only: the decoded images' WIDTHxHEIGHT")
+    p.add_argument("--image-size", type=int, default=224, help="with --crops-only: the crops' size")
     args = p.parse_args()
     torch.set_num_threads(1)  # as a server's thread beside other runs; the ratio is what counts
+    if args.crops_only:
+        crops_only(args)
+        return
 
     if args.root is None and args.dataset.startswith("digits"):
         ensure_builtin_suite()
