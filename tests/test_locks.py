@@ -81,6 +81,7 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.mark.slow  # two whole commands on Ray, 35-40 s
 def test_two_craft_bench_on_one_folder_compute_each_cell_once(tmp_path: Path, cache: Path) -> None:
     out = tmp_path / "out"
     config = tmp_path / "sweep.yaml"
@@ -106,6 +107,7 @@ def test_two_craft_bench_on_one_folder_compute_each_cell_once(tmp_path: Path, ca
     assert not (out / LOCK_NAME).exists()
 
 
+@pytest.mark.slow  # two whole commands on Ray, 35-40 s
 def test_two_craft_tune_on_one_storage_the_second_is_refused_and_the_first_finishes(tmp_path: Path, cache: Path) -> None:
     out = tmp_path / "tune"
     config = tmp_path / "tune.yaml"
