@@ -72,7 +72,10 @@ class _Uniforms:
     their log-ratios, the row, the column), everything else is torch's, in float64."""
 
     def __init__(self, row: np.ndarray) -> None:
-        self.row, self.calls = row, 0
+        from benchmark.datasets.transforms import CROP_ATTEMPTS
+
+        self.row, self.attempts, self.uniforms = row, CROP_ATTEMPTS, 0
+        self.places = iter((2 * CROP_ATTEMPTS, 2 * CROP_ATTEMPTS + 1))  # the box's row, then its column
 
     def __getattr__(self, name):
         return getattr(torch, name)
@@ -84,17 +87,16 @@ class _Uniforms:
         shim = self
 
         class _One:
-            def uniform_(self, a, b):
-                attempt, which = divmod(shim.calls, 2)
-                shim.calls += 1
-                u = shim.row[attempt + 10 * which]
+            def uniform_(self, a, b):  # alternately an attempt's area and its log-ratio
+                attempt, which = divmod(shim.uniforms, 2)
+                shim.uniforms += 1
+                u = shim.row[attempt + shim.attempts * which]
                 return torch.tensor([float(a) + (float(b) - float(a)) * u], dtype=torch.float64)
 
         return _One()
 
     def randint(self, low, high, size):
-        u = self.row[20 if not hasattr(self, "_row_drawn") else 21]
-        self._row_drawn = True
+        u = self.row[next(self.places)]
         return torch.tensor([low + int(np.floor(u * (high - low)))])
 
 
@@ -102,7 +104,8 @@ class _Uniforms:
                                         ((300, 20), (0.5, 1.0)), ((20, 300), (0.5, 1.0))])
 def test_crop_boxes_are_torchvisions_get_params_on_the_same_draws(monkeypatch, size, scale):
     """torchvision's own get_params, its random draws replaced by the sampler's uniforms, gives the
-    same box for every one of 3,000 draws, fallbacks included (no box fits the 300 x 20 and 20 x 300 images: centre crops)."""
+    same box for every one of 3,000 draws, fallbacks included (no box fits the 300 x 20 and
+    20 x 300 images: centre crops)."""
     import torchvision.transforms.transforms as tv
     from torchvision.transforms import RandomResizedCrop
 

@@ -12,7 +12,6 @@ fitness values and the final prompt must agree.
 
 from __future__ import annotations
 
-
 import cma
 import numpy as np
 import pytest

@@ -142,6 +142,14 @@ class SeededCrops:
         return torch.tensor(self.aug.mean, dtype=torch.float32), torch.tensor(self.aug.std, dtype=torch.float32)
 
 
+def seeded(transform: Callable, seed: int | None) -> Callable:
+    """``transform`` drawing one augmented pass from ``seed`` (a :class:`CropAugment`); a
+    deterministic transform (test-time preprocessing, ``none``) as it is."""
+    if seed is None or not isinstance(transform, CropAugment):
+        return transform
+    return transform.seeded(seed)
+
+
 def aug_varies(kind: str) -> bool:
     """Whether two passes of the augmentation ``kind`` over the same images can differ."""
     return kind != "none"

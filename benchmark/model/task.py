@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
 
 import torch
 
@@ -24,7 +23,7 @@ from benchmark.datasets.check import require_images
 from benchmark.datasets.fewshot import few_shot_splits
 from benchmark.datasets.loaders import load_dataset
 from benchmark.datasets.registry import get_spec, scored_in, train_aug_of
-from benchmark.datasets.transforms import CropAugment, apply_held, aug_varies, pixel_range, train_transform
+from benchmark.datasets.transforms import apply_held, aug_varies, pixel_range, seeded, train_transform
 from benchmark.datasets.types import DatasetSplits, Item
 from benchmark.model.engine import ClipEngine, TaskData, TrainViews
 from benchmark.errors import UserError
@@ -51,14 +50,6 @@ def weights_id(engine: ClipEngine) -> str | None:
         st = os.stat(w)
         return f"{os.path.realpath(w)}:{st.st_size}:{st.st_mtime_ns}"
     return w
-
-
-def seeded(transform: Callable, seed: int | None) -> Callable:
-    """``transform`` drawing one augmented pass from ``seed`` (a :class:`CropAugment`); a
-    deterministic transform (test-time preprocessing, ``none``) as it is."""
-    if seed is None or not isinstance(transform, CropAugment):
-        return transform
-    return transform.seeded(seed)
 
 
 def view_seed(seed: int, view: int) -> int:
