@@ -43,6 +43,41 @@ def pycma_seed(seed: int) -> int:
     return seed if seed != 0 else 2**31
 
 
+_INNER_BOUND_TRANSFORM: type | None = None
+
+
+def inner_bound_transform() -> type:
+    """pycma's ``BoundTransform`` with a shortcut for candidates inside the box's identity region.
+
+    pycma repairs every candidate of every ask through its linear-quadratic box transformation,
+    which builds a dozen temporary arrays per candidate even when no coordinate is near a bound:
+    at 256 dimensions and 40 candidates, a tenth of a CraFT run's CPU. Its result is the candidate
+    itself whenever every coordinate lies in ``[lb + al, ub - au]`` (where it is the identity);
+    this class checks that with two comparisons and returns the same object, and hands every other
+    candidate to pycma, so the candidates are pycma's bit for bit (``tests/test_cma_es.py``).
+    """
+    global _INNER_BOUND_TRANSFORM
+    if _INNER_BOUND_TRANSFORM is None:
+        from cma.boundary_handler import BoundTransform
+
+        class InnerBoundTransform(BoundTransform):
+            _inner: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # pycma's lower bounds, then the region
+
+            def repair(self, x, copy_if_changed=True):
+                if self.bounds is not None and isinstance(x, np.ndarray) and x.dtype == np.float64 and x.ndim == 1:
+                    tf = self.bounds_tf
+                    if len(tf._lb) == len(x):
+                        if self._inner is None or self._inner[0] is not tf._lb:  # pycma re-initialised
+                            self._inner = (tf._lb, tf._lb + tf._al, tf._ub - tf._au)
+                        _, low, high = self._inner
+                        if (x >= low).all() and (x <= high).all():
+                            return x
+                return super().repair(x, copy_if_changed)
+
+        _INNER_BOUND_TRANSFORM = InnerBoundTransform
+    return _INNER_BOUND_TRANSFORM
+
+
 def cma_strategy(dim: int, sigma: float, popsize: int, bound: float, seed: int, eigen_gap: float,
                  maxiter: int | None = None, step_rule: str = "csa"):
     """pycma's CMA-ES as BBT and CraFT run it: ``x0 = 0``, box bounds ``+-bound`` when ``bound > 0``,
@@ -58,6 +93,7 @@ def cma_strategy(dim: int, sigma: float, popsize: int, bound: float, seed: int, 
         opts["maxiter"] = maxiter
     if bound > 0:
         opts["bounds"] = [-bound, bound]
+        opts["BoundaryHandler"] = inner_bound_transform()
     es = cma.CMAEvolutionStrategy(np.zeros(dim), sigma, opts)
     es.sm.lazy_update_gap *= eigen_gap  # pycma's interval, from c1, c_mu and N, scaled
     return es

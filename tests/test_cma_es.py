@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from craft.cma_es import RunCMA, cma_strategy, pycma_seed
+from craft.cma_es import RunCMA, cma_strategy, inner_bound_transform, pycma_seed
 from craft.methods import make_config
 from craft.prompt import PromptGenerator
 
@@ -78,3 +78,42 @@ def test_projection_inits():
     assert abs(uniform.std().item() - bound / 3**0.5) < 0.001  # about 0.0255, 39 times below N(0, 1)'s
     with pytest.raises(ValueError, match="unknown projection init 'kaiming'"):
         PromptGenerator(p0, 512, 1.0, gen, "kaiming")
+
+
+@pytest.mark.parametrize("bound", [5.0, 1.2])
+def test_bound_shortcut_gives_pycmas_candidates(bound, monkeypatch):
+    """The identity-region shortcut (inner_bound_transform) asks the same candidates as pycma's own
+    BoundTransform, generation after generation: at the runs' bound of 5, where most candidates take
+    the shortcut, and at 1.2, where most do not."""
+    from cma.boundary_handler import BoundTransform
+
+    shortcut = inner_bound_transform()
+    taken = []
+    original = shortcut.repair
+
+    def counting(self, x, copy_if_changed=True):
+        y = original(self, x, copy_if_changed)
+        taken.append(y is x)
+        return y
+
+    monkeypatch.setattr(shortcut, "repair", counting)
+
+    def trace(handler):
+        opts = {"popsize": 12, "seed": 7, "verbose": -9, "bounds": [-bound, bound], "BoundaryHandler": handler,
+                "AdaptSigma": cma.sigma_adaptation.CMAAdaptSigmaCSA}
+        es = cma.CMAEvolutionStrategy(np.zeros(24), 1.0, opts)
+        rng = np.random.default_rng(0)
+        target = rng.normal(0, 2 * bound, 24)  # partly outside the box: candidates pushed to the bounds
+        asked = []
+        for _ in range(60):
+            xs = es.ask()
+            asked.append(np.array(xs))
+            es.tell(xs, [float(np.sum((x - target) ** 2)) for x in xs])
+        return np.stack(asked)
+
+    theirs, ours = trace(BoundTransform), trace(shortcut)
+    assert theirs.tobytes() == ours.tobytes()
+    assert sum(taken) < len(taken)  # pycma's path ran
+    if bound == 5.0:
+        assert sum(taken) > 0  # and the shortcut
+    assert cma_strategy(8, 1.0, 6, 5.0, 1, 1.0).boundary_handler.__class__ is shortcut
