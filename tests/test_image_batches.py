@@ -184,6 +184,38 @@ def test_a_tasks_views_decode_each_training_image_once(builtin_cache):
     assert engine.decoded.decoded == n  # the training pass decoded them; the views did not again
 
 
+
+def test_views_are_cached_under_the_full_key_with_the_training_set_fingerprinted_once(builtin_cache, tmp_path, monkeypatch):
+    """A view's cache fields are image_set_key's over the training set with its "view" (the fields of
+    every earlier version, so caches stay valid), but the training files are stat'ed at the first
+    view only, not at each epoch's."""
+    from benchmark.datasets.task_spec import TaskSpec
+    from benchmark.model import task as task_mod
+    from benchmark.model.engine import ClipEngine
+    from benchmark.model.feature_cache import FeatureCache
+    from benchmark.model.feature_keys import describe_transform, image_set_key
+    from benchmark.model.loading import load_model
+
+    engine = ClipEngine(load_model("craft-tiny", "builtin"))
+    cache = FeatureCache(tmp_path / "features")
+    keyed, computed = [], []
+    monkeypatch.setattr(task_mod, "image_set_key", lambda *a, **k: keyed.append(a[1]) or image_set_key(*a, **k))
+    real_get = cache.get_or_compute
+    monkeypatch.setattr(cache, "get_or_compute", lambda fields, compute: computed.append(fields) or real_get(fields, compute))
+    spec = TaskSpec("digits_noise", 2, 1, train_aug="rrc_flip")
+    data = task_mod.prepare_task(engine, spec, cache=cache)
+    before = len(keyed)
+    for view in (1, 2, 3):
+        data.train_views.get(view)
+    assert len(keyed) == before + 1  # one digest for three views
+    fs, _ = task_mod.load_task_splits(spec)
+    aug = train_transform("rrc_flip", engine.loaded.image_size, *engine.loaded.mean_std)
+    base = {"backbone": engine.loaded.backbone, "weights": task_mod.weights_id(engine), "dataset": "digits_noise",
+            "precision": "fp32", "split": "train", "shots": 2, "seed": 1, "aug": "rrc_flip", "raw": True}
+    for view, fields in zip((1, 2, 3), computed[-3:]):
+        assert fields == image_set_key(fs, fs.train, describe_transform(aug), {**base, "view": view})
+
+
 # ----------------------------------------------------------------- pixels for image-side queries
 def test_pixel_sets_hold_uint8_and_give_the_transforms_floats_to_the_bit(tmp_path):
     from benchmark.datasets.transforms import apply_held

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from typing import Any
 
 import torch
 
@@ -89,14 +90,28 @@ def prepare_task(engine: ClipEngine, spec: TaskSpec, cache: FeatureCache | None 
     base = {"backbone": engine.loaded.backbone, "weights": wid, "dataset": spec.dataset,
             "precision": "bf16" if engine.bf16 else "fp32"}
     encoded = 0
+    # The training set's paths and cache fields, worked out at its first view: the views (one per
+    # epoch, all from the images decoded at the first) differ only in their seed and "view" field.
+    train_view: dict[str, Any] = {}
 
     def encode(items: list[Item], ds: DatasetSplits, transform, fields: dict, seed: int | None,
-               normalize: bool = True) -> tuple[torch.Tensor, int]:
+               normalize: bool = True, view: int | None = None) -> tuple[torch.Tensor, int]:
         """Features of ``items`` (from the cache if there) and the number of images encoded. The
         training images (``seed`` given: an augmented pass) stay decoded in the engine's memory for
         the next view."""
-        paths = [ds.abspath(it) for it in items]
         newly = 0
+        if view is None or not train_view:
+            paths = [ds.abspath(it) for it in items]
+            key = None
+            if cache is not None:  # the key stats (or hashes) every image: not needed without a cache
+                key = {**base, **fields, **({"raw": True} if not normalize else {})}
+                key = image_set_key(ds, items, describe_transform(transform), key, cache.fingerprint)
+            if view is not None:
+                train_view.update(paths=paths, key=key)
+        else:
+            paths, key = train_view["paths"], train_view["key"]
+        if view is not None and key is not None:
+            key = {**key, "view": view}
 
         def compute() -> torch.Tensor:
             nonlocal newly
@@ -104,10 +119,7 @@ def prepare_task(engine: ClipEngine, spec: TaskSpec, cache: FeatureCache | None 
             return engine.encode_images(paths, seeded(transform, seed), normalize=normalize,
                                         loader=engine.decoded if seed is not None else None)
 
-        if cache is not None:  # the key stats (or hashes) every image: not needed without a cache
-            fields = {**base, **fields, **({"raw": True} if not normalize else {})}
-            fields = image_set_key(ds, items, describe_transform(transform), fields, cache.fingerprint)
-        feats = cache.get_or_compute(fields, compute) if cache is not None else compute()
+        feats = cache.get_or_compute(key, compute) if key is not None else compute()
         return feats.to(engine.device), newly
 
     def encode_counted(*args) -> torch.Tensor:
@@ -127,7 +139,7 @@ def prepare_task(engine: ClipEngine, spec: TaskSpec, cache: FeatureCache | None 
     }
 
     def encode_view(view: int) -> tuple[torch.Tensor, int]:
-        return encode(fs.train, fs, train_aug, {**train_fields, "view": view}, view_seed(spec.seed, view), False)
+        return encode(fs.train, fs, train_aug, train_fields, view_seed(spec.seed, view), False, view)
 
     labels = {s: torch.tensor([it.label for it in fs.split(s)]) for s in ("train", "val")}
     subsets: dict[str, list[int]] = {}
