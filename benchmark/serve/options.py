@@ -30,14 +30,15 @@ KEYS = {
                "tower under torch.compile, one graph each, compiled in its first query (default false)",
     "max_sequences": "text sequences per forward pass of a server (default: sized by the device's memory); "
                      "lower it where another process shares the GPU",
+    "batching": "true: a server merges concurrent runs' queries into one pass; false: each query its own pass, so a "
+                "run's rounding never depends on what ran beside it (default null: on a GPU only)",
 }
 ENGINE_FIELDS = ("compile", "attention", "max_sequences")  # passed to ClipEngine as they are; precision is resolved per method
 
 
 @dataclass(frozen=True)
 class ServerOptions:
-    """The serving side of a sweep. ``batching`` (merge concurrent queries; None: on a GPU only) is
-    for measurement, not a config key."""
+    """The serving side of a sweep, one field per config key (:data:`KEYS`)."""
 
     runs_per_server: int = DEFAULT_RUNS_PER_SERVER
     precision: str = "auto"
@@ -91,6 +92,8 @@ def check_keys(raw: Mapping[str, Any], where: str) -> None:
         v = raw["max_sequences"]
         if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v < 2**31:
             raise UserError(f"{where}: max_sequences must be an integer >= 1 (or null: sized by memory), got {show(v)}")
+    if raw.get("batching") is not None and not isinstance(raw["batching"], bool):
+        raise UserError(f"{where}: batching must be true, false or null (on a GPU only), got {show(raw['batching'])}")
     if "attention" in raw:
         from benchmark.model.engine import ATTENTION_KERNELS
 
