@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from craft.cma_es import RunCMA, cma_strategy, inner_bound_transform, pycma_seed
+from craft.cma_es import STEP_RULES, RunCMA, cma_strategy, population_classes, pycma_seed
 from craft.methods import make_config
 from craft.prompt import PromptGenerator
 
@@ -81,39 +81,36 @@ def test_projection_inits():
 
 
 @pytest.mark.parametrize("bound", [5.0, 1.2])
-def test_bound_shortcut_gives_pycmas_candidates(bound, monkeypatch):
-    """The identity-region shortcut (inner_bound_transform) asks the same candidates as pycma's own
-    BoundTransform, generation after generation: at the runs' bound of 5, where most candidates take
-    the shortcut, and at 1.2, where most do not."""
+@pytest.mark.parametrize("step_rule", ["csa", "tpa"])
+def test_population_repair_gives_pycmas_candidates(bound, step_rule, monkeypatch):
+    """Candidates repaired into the box a population at a time (population_classes) are those of
+    pycma's own strategy and BoundTransform, generation after generation: at the runs' bound of 5,
+    where few coordinates need repair, and at 1.2, where most do; under CSA and under TPA (whose
+    asks inject mirrored candidates)."""
     from cma.boundary_handler import BoundTransform
 
-    shortcut = inner_bound_transform()
-    taken = []
-    original = shortcut.repair
+    strategy, handler = population_classes()
+    batches = []
+    whole = handler._repair_all
+    monkeypatch.setattr(handler, "_repair_all", lambda self, pop: batches.append(len(pop)) or whole(self, pop))
 
-    def counting(self, x, copy_if_changed=True):
-        y = original(self, x, copy_if_changed)
-        taken.append(y is x)
-        return y
-
-    monkeypatch.setattr(shortcut, "repair", counting)
-
-    def trace(handler):
-        opts = {"popsize": 12, "seed": 7, "verbose": -9, "bounds": [-bound, bound], "BoundaryHandler": handler,
-                "AdaptSigma": cma.sigma_adaptation.CMAAdaptSigmaCSA}
-        es = cma.CMAEvolutionStrategy(np.zeros(24), 1.0, opts)
-        rng = np.random.default_rng(0)
-        target = rng.normal(0, 2 * bound, 24)  # partly outside the box: candidates pushed to the bounds
+    def trace(cls, boundary):
+        opts = {"popsize": 12, "seed": 7, "verbose": -9, "bounds": [-bound, bound], "BoundaryHandler": boundary,
+                "AdaptSigma": getattr(cma.sigma_adaptation, STEP_RULES[step_rule])}
+        es = cls(np.zeros(24), 1.0, opts)
+        target = np.random.default_rng(0).normal(0, 2 * bound, 24)  # partly outside the box: candidates pushed to the bounds
         asked = []
         for _ in range(60):
             xs = es.ask()
             asked.append(np.array(xs))
             es.tell(xs, [float(np.sum((x - target) ** 2)) for x in xs])
-        return np.stack(asked)
+            if step_rule == "csa":  # a second ask before the next tell, as the official loop's prompt (TPA forbids it)
+                asked.append(np.array(es.ask()))
+        return np.stack(asked), es.boundary_handler
 
-    theirs, ours = trace(BoundTransform), trace(shortcut)
+    theirs, _ = trace(cma.CMAEvolutionStrategy, BoundTransform)
+    ours, used = trace(strategy, handler)
+    assert isinstance(used, handler) and len(batches) >= len(theirs)  # every ask went through one population repair
     assert theirs.tobytes() == ours.tobytes()
-    assert sum(taken) < len(taken)  # pycma's path ran
-    if bound == 5.0:
-        assert sum(taken) > 0  # and the shortcut
-    assert cma_strategy(8, 1.0, 6, 5.0, 1, 1.0).boundary_handler.__class__ is shortcut
+    assert abs(theirs).max() <= bound and (abs(theirs) > bound * 0.9).any()  # the bounds were reached
+    assert isinstance(cma_strategy(8, 1.0, 6, 5.0, 1, 1.0), strategy)
