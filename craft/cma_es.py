@@ -51,8 +51,8 @@ def population_classes() -> tuple[type, type]:
     into the box in one call instead of one call each.
 
     pycma's ``ask`` repairs its candidates one at a time through its linear-quadratic box
-    transformation: a dozen small-array operations per candidate, 39 us at 256 dimensions, a tenth
-    of a CraFT run's CPU. Here ``ask_geno`` hands the population to the boundary handler, which at
+    transformation, a dozen small-array operations per candidate (``measurement.cma_cost`` times
+    a generation). Here ``ask_geno`` hands the population to the boundary handler, which at
     the first candidate's repair runs pycma's own transformation once over the whole population
     (its bounds broadcast to the population's shape) and answers each candidate from that.
     Every operation of the transformation is elementwise, so each candidate gets pycma's values
