@@ -121,8 +121,11 @@ def _deployment_memory(rows: pd.DataFrame) -> tuple[float | None, str]:
     a, b = float(rn["learned_bytes"].mean()), float(rd["peak_mem_mb"].mean()) * 2**20
     if b <= 0:
         return None, f"{method_label(WHITE_BOX)}'s peak_mem_mb is 0: no ratio"
+    low, high = float(rd["peak_mem_mb"].min()), float(rd["peak_mem_mb"].max())
+    spread = f"; {low:.4g} to {high:.4g} over its runs" if high > low else ""
     return a / b, (f"learned_bytes: mean over {method_label('craft')}'s {len(rn)} runs ({a:,.0f} B, what it deploys) over "
-                   f"peak_mem_mb: mean over {method_label(WHITE_BOX)}'s {len(rd)} ({b / 2**20:.4g} MiB, its training peak), "
+                   f"peak_mem_mb: mean over {method_label(WHITE_BOX)}'s {len(rd)} ({b / 2**20:.4g} MiB{spread}), its training "
+                   f"peak, process- or device-wide: work beside it in its model server moves it; "
                    f"{SHOTS} shots, {len(common)} dataset(s)")
 
 
