@@ -48,14 +48,14 @@ def test_rows_record_server_options_device_versions_and_the_resolved_config(tmp_
     cfg = config_from_dict({**DEMO, "methods": ["bbt"], "compile": "reduce-overhead"}, "sweep.yaml")
     [cell] = expand(cfg)
     cpu = ModelServer.device_info(SimpleNamespace(engine=SimpleNamespace(device=torch.device("cpu"), bf16=False)))
-    assert cpu == {"device": "cpu", "cuda_version": None, "computed_in": "fp32"}  # CPUs compute in fp32
+    assert cpu == {"device": f"cpu ({torch.backends.cpu.get_cpu_capability()})", "cuda_version": None, "computed_in": "fp32"}  # CPUs compute in fp32
     result = RunResult("bbt", cell.full_hparams(), {"top1_test": 50.0}, {"queries": 400, "unbudgeted_queries": 0,
                        "text_sequences": 4000, "images_encoded": 0, "calls": 10})
     rows = result_rows(cell, result, 400, dt.datetime.now(dt.timezone.utc), 0, {"gpu_s": 1.0, **cpu}, None)
     stamp = sweep_provenance(cfg.server, cfg)
     [row] = pq.read_table(write_cell(str(tmp_path), [{**r, **stamp} for r in rows])).to_pylist()
     assert row["precision"] == "auto" and row["compile"] == "reduce-overhead" and row["attention"] == "auto"
-    assert row["colocate"] is False and row["device"] == "cpu" and row["cuda_version"] is None
+    assert row["colocate"] is False and row["device"] == f"cpu ({torch.backends.cpu.get_cpu_capability()})" and row["cuda_version"] is None
     assert row["computed_in"] == "fp32"
     assert row["python_version"] == platform.python_version() and row["torch_version"] and row["open_clip_version"]
     assert json.loads(row["config"])["methods"] == ["bbt"] and len(row["config_hash"]) == 16

@@ -24,7 +24,7 @@ ImageNet variants of the distribution-shift table). Accuracies are top-1 in perc
 | precision | the sweep's ``precision`` server option (auto, bf16, fp32); part of the cell id where it is not the protocol's default |
 | computed_in | what the run's model server computed in: bf16 or fp32 (``auto`` gives bf16 on a GPU, fp32 for CBBT and on CPUs) |
 | compile, attention, colocate | the other server options: torch.compile mode (``false``: none), attention kernel, whether the run ran in its server's process (not in the cell id: same math, other kernels; rounding-level differences) |
-| device, cuda_version | the model server's device (``cpu`` or the GPU's name) and torch's CUDA version (null on CPUs) |
+| device, cuda_version | the model server's device (the GPU's name, or ``cpu`` with torch's CPU instruction set, e.g. ``cpu (AVX512)``) and torch's CUDA version (null on CPUs) |
 | python_version, torch_version, open_clip_version | versions of the run's Python and of torch and open_clip |
 | config, config_hash | the resolved sweep config (includes merged; JSON) and the first 16 hex of its sha256, the same for every cell of one sweep |
 

@@ -238,9 +238,12 @@ class ModelServer:
                 **self.device_info()}
 
     def device_info(self) -> dict[str, str | None]:
-        """What a result row records of this server: its device (the GPU's name, or ``cpu``), torch's CUDA
-        version there, and what it computes in."""
+        """What a result row records of this server: its device (the GPU's name, or ``cpu`` with the
+        instruction set torch's kernels use: results round differently from one to another), torch's
+        CUDA version there, and what it computes in."""
         cuda = self.engine.device.type == "cuda"
-        return {"device": torch.cuda.get_device_name(self.engine.device) if cuda else self.engine.device.type,
+        device = (torch.cuda.get_device_name(self.engine.device) if cuda
+                  else f"{self.engine.device.type} ({torch.backends.cpu.get_cpu_capability()})")
+        return {"device": device,
                 "cuda_version": torch.version.cuda if cuda else None,
                 "computed_in": "bf16" if self.engine.bf16 else "fp32"}
