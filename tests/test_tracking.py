@@ -9,6 +9,7 @@ import struct
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from test_report_plots import trace
 from test_report_tables import row
@@ -71,7 +72,7 @@ def test_a_sweep_with_track_mlflow_logs_each_cell_as_a_run(tmp_path: Path) -> No
     bbt = runs.iloc[0]
     assert bbt["params.method"] == "bbt" and bbt["params.hparams.budget"] == "80" and bbt["params.shots"] == "2"
     assert 0 <= bbt["metrics.top1_test"] <= 100 and 0 < bbt["metrics.queries"] <= 80
-    assert bbt["tags.status"] == "ok" and bbt["tags.device"] == "cpu" and len(bbt["tags.config_hash"]) == 16
+    assert bbt["tags.status"] == "ok" and bbt["tags.device"] == f"cpu ({torch.backends.cpu.get_cpu_capability()})" and len(bbt["tags.config_hash"]) == 16
     assert bbt["tags.code_version"] and bbt["tags.results"] == str(tmp_path / "out")
     steps = mlflow.MlflowClient().get_metric_history(bbt["run_id"], "trace.queries")
     queries = [m.value for m in sorted(steps, key=lambda m: m.step)]
