@@ -71,12 +71,15 @@ def population_classes() -> tuple[type, type]:
             _repaired: tuple[np.ndarray, np.ndarray] | None = None  # their repairs, and which rows changed
 
             def expect(self, population: np.ndarray) -> None:
-                self._population, self._repaired = population, None
+                """The population just asked: its rows are repaired together (a 2-D float array inside bounds only)."""
+                ok = self.bounds is not None and population.ndim == 2 and population.dtype == np.float64
+                self._population, self._repaired = (population if ok else None), None
 
             def _row(self, x: Any) -> int | None:
+                """``x``'s row in the population asked last, None if it is not one of its rows."""
                 pop = self._population
-                if (pop is None or self.bounds is None or not isinstance(x, np.ndarray) or x.base is not pop
-                        or pop.ndim != 2 or pop.dtype != np.float64 or x.shape != pop.shape[1:] or x.strides != pop.strides[1:]):
+                if (pop is None or not isinstance(x, np.ndarray) or x.base is not pop
+                        or x.shape != pop.shape[1:] or x.strides != pop.strides[1:]):
                     return None
                 offset = x.ctypes.data - pop.ctypes.data
                 i, rest = divmod(offset, pop.strides[0])

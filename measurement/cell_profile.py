@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
         run_cell(cell, shared)  # fills the cache: the repeats time the run's own loop
     walls, top1 = [], set()
     for _ in range(args.repeats):
-        target = shared or server()
+        target = shared if shared is not None else server()
         start = time.perf_counter()
         rows = run_cell(cell, target)
         walls.append(time.perf_counter() - start)
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
           f"median {statistics.median(walls):.2f} s over {args.repeats} ({', '.join(f'{w:.2f}' for w in walls)}); "
           f"top-1 on test {', '.join(f'{t:.2f}' for t in sorted(top1))}")
     if args.profile:
-        target = shared or server()
+        target = shared if shared is not None else server()
         prof = cProfile.Profile()
         prof.enable()
         run_cell(cell, target)

@@ -184,7 +184,6 @@ def test_a_tasks_views_decode_each_training_image_once(builtin_cache):
     assert engine.decoded.decoded == n  # the training pass decoded them; the views did not again
 
 
-
 def test_views_are_cached_under_the_full_key_with_the_training_set_fingerprinted_once(builtin_cache, tmp_path, monkeypatch):
     """A view's cache fields are image_set_key's over the training set with its "view" (the fields of
     every earlier version, so caches stay valid), but the training files are stat'ed at the first

@@ -14,6 +14,7 @@ Evaluation-only datasets (the ImageNet variants) are added as image sets named
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from typing import Any
@@ -90,28 +91,22 @@ def prepare_task(engine: ClipEngine, spec: TaskSpec, cache: FeatureCache | None 
     base = {"backbone": engine.loaded.backbone, "weights": wid, "dataset": spec.dataset,
             "precision": "bf16" if engine.bf16 else "fp32"}
     encoded = 0
-    # The training set's paths and cache fields, worked out at its first view: the views (one per
-    # epoch, all from the images decoded at the first) differ only in their seed and "view" field.
-    train_view: dict[str, Any] = {}
 
-    def encode(items: list[Item], ds: DatasetSplits, transform, fields: dict, seed: int | None,
-               normalize: bool = True, view: int | None = None) -> tuple[torch.Tensor, int]:
-        """Features of ``items`` (from the cache if there) and the number of images encoded. The
-        training images (``seed`` given: an augmented pass) stay decoded in the engine's memory for
-        the next view."""
+    def source(items: list[Item], ds: DatasetSplits, transform, fields: dict,
+               normalize: bool) -> tuple[list[str], dict[str, Any] | None]:
+        """The image paths of ``items`` and their cache fields (None without a cache)."""
+        paths = [ds.abspath(it) for it in items]
+        if cache is None:  # the key stats (or hashes) every image: not needed without a cache
+            return paths, None
+        fields = {**base, **fields, **({"raw": True} if not normalize else {})}
+        return paths, image_set_key(ds, items, describe_transform(transform), fields, cache.fingerprint)
+
+    def encode_paths(paths: list[str], key: dict[str, Any] | None, transform, seed: int | None,
+                     normalize: bool) -> tuple[torch.Tensor, int]:
+        """Features of the images at ``paths`` (from the cache under ``key``, if given) and the number
+        of images encoded. The training images (``seed`` given: an augmented pass) stay decoded in the
+        engine's memory for the next view."""
         newly = 0
-        if view is None or not train_view:
-            paths = [ds.abspath(it) for it in items]
-            key = None
-            if cache is not None:  # the key stats (or hashes) every image: not needed without a cache
-                key = {**base, **fields, **({"raw": True} if not normalize else {})}
-                key = image_set_key(ds, items, describe_transform(transform), key, cache.fingerprint)
-            if view is not None:
-                train_view.update(paths=paths, key=key)
-        else:
-            paths, key = train_view["paths"], train_view["key"]
-        if view is not None and key is not None:
-            key = {**key, "view": view}
 
         def compute() -> torch.Tensor:
             nonlocal newly
@@ -121,6 +116,10 @@ def prepare_task(engine: ClipEngine, spec: TaskSpec, cache: FeatureCache | None 
 
         feats = cache.get_or_compute(key, compute) if key is not None else compute()
         return feats.to(engine.device), newly
+
+    def encode(items: list[Item], ds: DatasetSplits, transform, fields: dict, seed: int | None,
+               normalize: bool = True) -> tuple[torch.Tensor, int]:
+        return encode_paths(*source(items, ds, transform, fields, normalize), transform, seed, normalize)
 
     def encode_counted(*args) -> torch.Tensor:
         nonlocal encoded
@@ -138,8 +137,14 @@ def prepare_task(engine: ClipEngine, spec: TaskSpec, cache: FeatureCache | None 
         "val": encode_counted(fs.val, fs, preprocess, {"split": "val", "shots": spec.shots, "seed": spec.seed, "aug": "test"}, None),
     }
 
+    # The training set's paths and cache fields, worked out at its first view: the views (one per
+    # epoch, all from the images decoded at the first) differ only in their seed and "view" field.
+    view_source = functools.cache(lambda: source(fs.train, fs, train_aug, train_fields, False))
+
     def encode_view(view: int) -> tuple[torch.Tensor, int]:
-        return encode(fs.train, fs, train_aug, train_fields, view_seed(spec.seed, view), False, view)
+        paths, key = view_source()
+        key = {**key, "view": view} if key is not None else None
+        return encode_paths(paths, key, train_aug, view_seed(spec.seed, view), False)
 
     labels = {s: torch.tensor([it.label for it in fs.split(s)]) for s in ("train", "val")}
     subsets: dict[str, list[int]] = {}
