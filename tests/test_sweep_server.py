@@ -76,7 +76,7 @@ def test_concurrent_queries_merge_into_one_pass_with_identical_results(builtin_c
     # Pass 1: request 0; then requests 1 and 3 together (same class list and context length), and 2 alone.
     assert (batcher.passes, batcher.requests) == (3, 4) and calls[0] == 40 and sorted(calls[1:]) == [7 + 1, 40]
     # Each caller gets its own candidates' logits; a merged pass may round otherwise (the text tower's
-    # matrix products block by the number of rows: 7e-8 apart on an AVX-512 CPU), never more.
+    # matrix products block by the number of rows: the last bits differ on an AVX-512 CPU), never more.
     for i in range(4):
         torch.testing.assert_close(torch.from_numpy(results[i]), alone[i], rtol=1e-5, atol=1e-5,
                                    msg=lambda m, i=i: f"request {i} changed by batching: {m}")
