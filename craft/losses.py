@@ -15,10 +15,14 @@ def kl_to(target_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     )
 
 
-# Off the CPU the fitness is computed for many candidates per operation, each operation on at
-# most this many logits (256 MiB in fp32): a GPU is fed a few large kernels instead of 40 small
-# ones per step, and at ImageNet's shapes (16M logits a candidate) 4 candidates go at once.
+# The fitness is computed for many candidates per operation, each operation on at most this many
+# logits. Off the CPU 2**26 (256 MiB in fp32): a GPU is fed a few large kernels instead of 40 small
+# ones per step, and at ImageNet's shapes (16M logits a candidate) 4 candidates go at once. On a CPU
+# 2**13: enough candidates per operation at few-shot shapes (5 at 160 images x 10 classes) that
+# torch's per-operation overhead stops dominating, few enough that a chunk's refined logits and
+# hidden activations stay in the core's cache; at larger shapes one candidate at a time.
 FITNESS_CHUNK_LOGITS = 2**26
+FITNESS_CPU_CHUNK_LOGITS = 2**13
 
 
 def prompt_fitness(
@@ -31,15 +35,18 @@ def prompt_fitness(
     enters only through the KL term, skipped when ``lambda_i`` is 0 or there is no head). Returns
     one value per candidate (lower is better), batch means over images.
 
-    ``batched`` (None: off the CPU only) computes up to :data:`FITNESS_CHUNK_LOGITS` logits of
-    candidates per operation. On a CPU the default goes one candidate at a time, so that its
-    logits, refined logits and log-softmaxes stay in cache (``python -m measurement.runner_cost
-    --batched`` times both). Both agree to rounding.
+    ``batched`` picks how many candidates go per operation: None, the device's default (a CPU
+    :data:`FITNESS_CPU_CHUNK_LOGITS` logits, others :data:`FITNESS_CHUNK_LOGITS`); True, up to
+    :data:`FITNESS_CHUNK_LOGITS`; False, one at a time. Every row is computed by the same
+    operations whatever the chunk (``python -m measurement.fitness_chunks`` times them
+    and checks they agree to the bit on this machine).
     """
     n_cand, n_img, n_cls = logits.shape
     if batched is None:
-        batched = logits.device.type != "cpu"
-    step = max(1, FITNESS_CHUNK_LOGITS // max(1, n_img * n_cls)) if batched else 1
+        limit = FITNESS_CPU_CHUNK_LOGITS if logits.device.type == "cpu" else FITNESS_CHUNK_LOGITS
+    else:
+        limit = FITNESS_CHUNK_LOGITS if batched else 1
+    step = max(1, limit // max(1, n_img * n_cls))
     out = torch.empty(n_cand, dtype=logits.dtype, device=logits.device)
     rows = labels.to(logits.device).view(1, n_img, 1)
     for b in range(0, n_cand, step):

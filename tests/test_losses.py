@@ -69,3 +69,23 @@ def test_off_the_cpu_the_fitness_dispatches_as_many_operations_for_40_candidates
                for n in (2, 40)}
         one_by_one = count_ops(lambda: prompt_fitness(torch.empty(40, 160, 10, device=meta), labels, 0.1, head, batched=False))
     assert ops[2] == ops[40] and one_by_one > 10 * ops[40]
+
+
+def test_on_a_cpu_the_fitness_goes_in_cache_sized_chunks_of_candidates_and_agrees_with_one_at_a_time():
+    from craft.losses import FITNESS_CPU_CHUNK_LOGITS
+
+    torch.manual_seed(2)
+    logits, labels = 3 * torch.randn(40, 160, 10), torch.randint(0, 10, (160,))
+    head = RefinementMLP(10, 256)
+    seen: list[int] = []
+    with torch.no_grad():
+        chunked = prompt_fitness(logits, labels, 1.0, lambda x: (seen.append(x.shape[0]), head(x))[1])
+        one_by_one = prompt_fitness(logits, labels, 1.0, head, batched=False)
+    per = FITNESS_CPU_CHUNK_LOGITS // (160 * 10)
+    assert per == 5 and seen == [per] * 8  # the built-in suite's 16 shots: 5 candidates an operation
+    torch.testing.assert_close(chunked, one_by_one, rtol=1e-6, atol=1e-6)
+    seen.clear()
+    with torch.no_grad():
+        prompt_fitness(3 * torch.randn(3, 1600, 100), torch.zeros(1600, dtype=torch.long), 1.0,
+                       lambda x: (seen.append(x.shape[0]), x)[1])
+    assert seen == [1, 1, 1]  # larger than a chunk: one candidate at a time
