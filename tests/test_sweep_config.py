@@ -145,6 +145,11 @@ def test_example_configs_load() -> None:
     root = Path(__file__).resolve().parents[1]
     demo = load_config(root / "configs" / "demo.yaml")
     assert demo.backbones == (("craft-tiny", "builtin"),) and len(demo.datasets) == 4
+    from benchmark.sweep.demo import demo_config
+
+    made = demo_config(demo.out)  # craft demo's own config is the file's
+    assert [c.cell_id for c in expand(made)] == [c.cell_id for c in expand(demo)] and made.server == demo.server
+    assert demo.server.runs_per_server == 1
     paper = load_config(root / "configs" / "paper_rn50.yaml")
     assert paper.backbones == (("RN50", "openai"),) and paper.shots == (1, 2, 4, 8, 16)
     assert paper.hparams_for("craft", "oxford_pets")["batch_size"] == 64

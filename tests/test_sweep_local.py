@@ -79,3 +79,32 @@ def test_servers_compute_in_fp32_on_cpus_and_for_cbbt_under_auto_on_gpus() -> No
     assert (arith("auto", True, craft), arith("auto", True, cbbt)) == ("bf16", "fp32")
     assert (arith("bf16", True, cbbt), arith("fp32", True, craft)) == ("bf16", "fp32")  # a set precision is kept
     assert {arith(p, False, c) for p in ("auto", "bf16") for c in (craft, cbbt)} == {"fp32"}  # one CPU server
+
+
+def test_without_gpus_a_key_gets_a_server_for_every_runs_per_server_cpus() -> None:
+    from benchmark.serve.pool import server_count
+
+    assert server_count(1, 0, cpus=2, runs_per_server=1) == (2, 0.0)  # craft paper --suite builtin on 2 cores
+    assert server_count(1, 0, cpus=2, runs_per_server=4) == (1, 0.0)
+    assert server_count(3, 0, cpus=5, runs_per_server=2) == (3, 0.0)  # rounded up: every CPU's run has a place
+    assert server_count(2, 4, cpus=64, runs_per_server=1) == (4, 0.5)  # GPUs: one per GPU and key, CPUs aside
+
+
+def test_a_cpu_runtime_starts_as_many_servers_as_its_runs_need(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ray = pytest.importorskip("ray")
+    from benchmark.serve.options import ServerOptions
+    from benchmark.serve.pool import start_servers, stop_servers
+
+    monkeypatch.setenv("CRAFT_BENCH_CACHE", str(tmp_path / "cache"))
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        for runs_per_server, expected in ((1, 2), (2, 1)):
+            pool = start_servers([("craft-tiny", "builtin", "bbt")], ServerOptions(runs_per_server=runs_per_server))
+            try:
+                (group,) = pool.groups.values()
+                pids = {ray.get(s.ping.remote())["pid"] for s in group}
+                assert len(group) == len(pids) == expected, (runs_per_server, pids)
+            finally:
+                stop_servers(pool)
+    finally:
+        ray.shutdown()

@@ -1,7 +1,8 @@
 """The server pool: model server actors on Ray, by (backbone, weights, precision).
 
 Servers: one per GPU and key, each reserving ``1 / keys`` of a GPU, spread over the nodes (Ray's
-SPREAD strategy; one CPU server per key where the cluster has no GPU). The precision is bf16
+SPREAD strategy); where the cluster has no GPU, per key one CPU server for every ``runs_per_server``
+of its CPUs. The precision is bf16
 autocast or fp32 (:meth:`ServerOptions.precision_for`): under the default ``precision: auto`` on a GPU,
 methods that need fp32 (CBBT) get fp32 servers and the others bf16 ones. A server that dies is
 restarted by Ray (``max_restarts=-1``); its runs prepare their tasks again meanwhile.
@@ -45,10 +46,13 @@ class ServerPool:
         return self.groups[self.key(backbone, weights, method)]
 
 
-def server_count(keys: int, gpus: int) -> tuple[int, float]:
-    """Servers per key and the GPU share of each: one per GPU and key."""
+def server_count(keys: int, gpus: int, cpus: int = 1, runs_per_server: int = 1) -> tuple[int, float]:
+    """Servers per key and the GPU share of each: one per GPU and key. Without GPUs, enough servers
+    per key for a run on each of the ``cpus`` (``runs_per_server`` each): a CPU server computes its
+    runs' queries under one interpreter lock, so one server for all the CPUs' runs leaves CPUs idle
+    while its runs wait on it."""
     if gpus <= 0:
-        return 1, 0.0
+        return max(1, -(-cpus // max(1, runs_per_server))), 0.0
     return gpus, 1.0 / keys
 
 
@@ -70,7 +74,8 @@ def start_servers(
     gpus = int(ray.cluster_resources().get("GPU", 0)) if gpus is None else gpus
     pool = ServerPool(options, gpus > 0)
     keys = sorted({pool.key(*run) for run in runs})
-    per_key, share = server_count(len(keys), gpus)
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    per_key, share = server_count(len(keys), gpus, cpus, options.runs_per_server)
     actor_cls = ray.remote(ModelServer)
     # Threads: one query and one ping (RemoteBackend's liveness probe) per run, and spare.
     actor_options = dict(num_cpus=0, num_gpus=share, max_concurrency=2 * options.runs_per_server + 2, max_restarts=-1,

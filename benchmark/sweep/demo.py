@@ -39,7 +39,8 @@ def demo_config(
     from benchmark.sweep.config import config_from_dict
 
     raw = {"out": out, "methods": list(methods), "shots": [shots], "seeds": list(seeds),
-           "backbones": [f"{BUILTIN_BACKBONE}:builtin"], "protocol": protocol}
+           "backbones": [f"{BUILTIN_BACKBONE}:builtin"], "protocol": protocol,
+           "runs_per_server": 1}  # a server per run: a CPU server's runs share one interpreter lock
     raw.update({"datasets": list(datasets)} if datasets else {"suite": "builtin"})
     return config_from_dict(raw, "craft demo")
 
