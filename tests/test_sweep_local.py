@@ -78,7 +78,7 @@ def test_servers_compute_in_fp32_on_cpus_and_for_cbbt_under_auto_on_gpus() -> No
     arith = lambda precision, gpu, m: ServerPool(ServerOptions(precision=precision), gpu).key("craft-tiny", "builtin", m).precision  # noqa: E731
     assert (arith("auto", True, craft), arith("auto", True, cbbt)) == ("bf16", "fp32")
     assert (arith("bf16", True, cbbt), arith("fp32", True, craft)) == ("bf16", "fp32")  # a set precision is kept
-    assert {arith(p, False, c) for p in ("auto", "bf16") for c in (craft, cbbt)} == {"fp32"}  # one CPU server
+    assert {arith(p, False, c) for p in ("auto", "bf16") for c in (craft, cbbt)} == {"fp32"}  # one key on CPUs
 
 
 def test_without_gpus_a_key_gets_a_server_for_every_runs_per_server_cpus() -> None:

@@ -4,8 +4,8 @@ Servers: one per GPU and key, each reserving ``1 / keys`` of a GPU, spread over 
 SPREAD strategy); where the cluster has no GPU, per key one CPU server for every ``runs_per_server``
 of its CPUs. The precision is bf16 autocast or fp32 (:meth:`ServerOptions.precision_for`): under the
 default ``precision: auto`` on a GPU, methods that need fp32 (CBBT) get fp32 servers and the others
-bf16 ones. A server that dies is
-restarted by Ray (``max_restarts=-1``); its runs prepare their tasks again meanwhile.
+bf16 ones. A server that dies is restarted by Ray (``max_restarts=-1``); its runs prepare their
+tasks again meanwhile.
 """
 
 from __future__ import annotations
@@ -71,11 +71,11 @@ def start_servers(
 
     from benchmark.serve.server import ModelServer
 
-    gpus = int(ray.cluster_resources().get("GPU", 0)) if gpus is None else gpus
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0)) if gpus is None else gpus
     pool = ServerPool(options, gpus > 0)
     keys = sorted({pool.key(*run) for run in runs})
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    per_key, share = server_count(len(keys), gpus, cpus, options.runs_per_server)
+    per_key, share = server_count(len(keys), gpus, int(resources.get("CPU", 1)), options.runs_per_server)
     actor_cls = ray.remote(ModelServer)
     # Threads: one query and one ping (RemoteBackend's liveness probe) per run, and spare.
     actor_options = dict(num_cpus=0, num_gpus=share, max_concurrency=2 * options.runs_per_server + 2, max_restarts=-1,
