@@ -88,22 +88,35 @@ def test_without_gpus_a_key_gets_a_server_for_every_runs_per_server_cpus() -> No
     assert server_count(1, 0, cpus=2, runs_per_server=4) == (1, 0.0)
     assert server_count(3, 0, cpus=5, runs_per_server=2) == (3, 0.0)  # rounded up: every CPU's run has a place
     assert server_count(2, 4, cpus=64, runs_per_server=1) == (4, 0.5)  # GPUs: one per GPU and key, CPUs aside
+    # craft tune: as many as its trials at once, where the CPUs allow
+    assert server_count(1, 0, cpus=16, runs_per_server=1, runs_at_once=2) == (2, 0.0)
+    assert server_count(1, 0, cpus=2, runs_per_server=1, runs_at_once=4) == (2, 0.0)
+    assert server_count(1, 0, cpus=2, runs_per_server=1, runs_at_once=1) == (1, 0.0)  # a sweep with one cell left
 
 
 def test_a_cpu_runtime_starts_as_many_servers_as_its_runs_need(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ray = pytest.importorskip("ray")
     from benchmark.serve.options import ServerOptions
+    from benchmark.serve.leases import leased_server, start_leases
     from benchmark.serve.pool import start_servers, stop_servers
 
     monkeypatch.setenv("CRAFT_BENCH_CACHE", str(tmp_path / "cache"))
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        for runs_per_server, expected in ((1, 2), (2, 1)):
-            pool = start_servers([("craft-tiny", "builtin", "bbt")], ServerOptions(runs_per_server=runs_per_server))
+        for runs_per_server, at_once, expected in ((1, None, 2), (2, None, 1), (1, 1, 1)):
+            pool = start_servers([("craft-tiny", "builtin", "bbt")], ServerOptions(runs_per_server=runs_per_server),
+                                 runs_at_once=at_once)
             try:
                 (group,) = pool.groups.values()
                 pids = {ray.get(s.ping.remote())["pid"] for s in group}
                 assert len(group) == len(pids) == expected, (runs_per_server, pids)
+                if expected == 2:  # craft tune's trials: each on the least-loaded server, counted by an actor
+                    leases = start_leases(pool)
+                    run = ("craft-tiny", "builtin", "bbt")
+                    with leased_server(leases, pool, *run) as first, leased_server(leases, pool, *run) as second:
+                        assert {first._actor_id, second._actor_id} == {s._actor_id for s in group}
+                    assert list(ray.get(leases.loads.remote()).values()) == [[0, 0]]  # given back
+                    ray.kill(leases)
             finally:
                 stop_servers(pool)
     finally:

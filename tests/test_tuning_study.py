@@ -101,6 +101,37 @@ def test_trial_reports_milestones_over_its_cells_in_turn_and_never_asks_for_test
     ]
 
 
+def test_a_trials_cells_run_on_the_least_loaded_server_and_give_it_back(monkeypatch) -> None:
+    from benchmark.serve.leases import ServerLeases
+    from benchmark.serve.pool import ServerKey
+
+    study = plan_studies(parse_config({**RAW, "search_seeds": [1, 2]}, "t.yaml", check_data=False))[0]
+    key = ServerKey("craft-tiny", "builtin", "fp32")
+    pool = ServerPool(ServerOptions(), groups={key: ["a", "b"]})
+    leases = ServerLeases({key: 2})
+    other = leases.acquire(key)  # another trial runs on "a"
+    assert other == 0
+    used = []
+
+    def fake_run_cell(cell, server, eval_test=True, on_eval=None):
+        used.append((server, leases.loads()[key]))
+        if cell.seed == 2 and fail:
+            raise RuntimeError("the run failed")
+        return [{"top1_val": 1.0}]
+
+    monkeypatch.setattr("benchmark.sweep.run_cell.run_cell", fake_run_cell)
+    fail = False
+    run_trial(study, {"sigma": 0.5}, pool, lambda r: None, leases)
+    assert used == [("b", [1, 1]), ("b", [1, 1])]  # each cell on the free server, counted while it runs
+    assert leases.loads()[key] == [1, 0]  # given back; the other trial's lease stays
+    leases.release(key, other)
+    used.clear()
+    fail = True
+    with pytest.raises(RuntimeError):
+        run_trial(study, {"sigma": 0.5}, pool, lambda r: None, leases)
+    assert [u[0] for u in used] == ["a", "a"] and leases.loads()[key] == [0, 0]  # a failed run gives it back too
+
+
 def test_a_method_without_query_budget_reports_once_per_cell(monkeypatch) -> None:
     raw = {**RAW, "methods": ["coop"], "hparams": {}, "search_seeds": [1, 2],
            "space": {"coop": {"lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True}}}}

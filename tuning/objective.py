@@ -2,7 +2,8 @@
 
 Each cell is an ordinary :class:`~benchmark.sweep.cell.Cell` run by
 :func:`~benchmark.sweep.run_cell.run_cell` with ``eval_test=False`` (no test image is loaded or
-encoded) against a shared model server actor. A trial's cells (a pooled study's targets, or
+encoded) against a shared model server actor, the least-loaded of its group while the cell runs
+(:mod:`benchmark.serve.leases`). A trial's cells (a pooled study's targets, or
 several search seeds) run one after another in the trial's own process and thread: the methods
 seed process-wide random generators (torch, and numpy inside pycma), so cells sharing a process
 at once would not reproduce their benchmark cells.
@@ -15,7 +16,6 @@ that ASHA stops raises inside the method's evaluation callback, which ends the r
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -27,8 +27,10 @@ if TYPE_CHECKING:
 Report = Callable[[dict[str, float]], None]
 
 
-def run_trial(study: Study, params: dict[str, Any], servers: ServerPool, report: Report, salt: str = "") -> None:
-    """Run the cells of ``params`` in turn and ``report`` at each of their milestones."""
+def run_trial(study: Study, params: dict[str, Any], servers: ServerPool, report: Report, leases: Any = None) -> None:
+    """Run the cells of ``params`` in turn and ``report`` at each of their milestones; ``leases``: the
+    search's :class:`~benchmark.serve.leases.ServerLeases` (None: the first server of each group)."""
+    from benchmark.serve.leases import leased_server
     from benchmark.sweep.run_cell import run_cell
 
     cells = study.search_cells(params)
@@ -50,16 +52,15 @@ def run_trial(study: Study, params: dict[str, Any], servers: ServerPool, report:
                     pending.remove(m)
                 send([*finals, float(row["top1_val"])], j * budget + max(reached))
 
-        group = servers.group(cell.backbone, cell.weights, cell.method)
-        server = group[zlib.crc32(f"{salt}{j}".encode()) % len(group)]
-        rows = run_cell(cell, server, eval_test=False, on_eval=on_eval if budget else None)
+        with leased_server(leases, servers, cell.backbone, cell.weights, cell.method) as server:
+            rows = run_cell(cell, server, eval_test=False, on_eval=on_eval if budget else None)
         finals.append(float(rows[0]["top1_val"]))
         if pending or not budget:  # the method ended before its last milestones, or has none
             send(finals, j * budget + marks[-1])
 
 
-def trainable(config: dict[str, Any], study: Study, servers: ServerPool) -> None:
+def trainable(config: dict[str, Any], study: Study, servers: ServerPool, leases: Any = None) -> None:
     """Ray Tune function trainable: ``config`` is the trial's sampled hyperparameters."""
     from ray import tune
 
-    run_trial(study, dict(config), servers, tune.report, salt=tune.get_context().get_trial_id() or "")
+    run_trial(study, dict(config), servers, tune.report, leases)

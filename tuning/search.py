@@ -92,7 +92,7 @@ def _searcher_cls():
     return MilestoneOptunaSearch
 
 
-def _tune_once(study: Study, cfg: SearchConfig, storage: Any, servers: ServerPool, n: int,
+def _tune_once(study: Study, cfg: SearchConfig, storage: Any, servers: ServerPool, leases: Any, n: int,
                progress: bool, callbacks: list[Any] | None = None) -> None:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -108,7 +108,7 @@ def _tune_once(study: Study, cfg: SearchConfig, storage: Any, servers: ServerPoo
                  # A white-box reference (CoOp) sends no queries: no query milestones to prune at.
                  if cfg.pruning is not None and m.budget > 0 and len(m.queries) * study.cells_per_trial > 1
                  else FIFOScheduler())
-    fn = tune.with_resources(tune.with_parameters(trainable, study=study, servers=servers), {"cpu": 1})
+    fn = tune.with_resources(tune.with_parameters(trainable, study=study, servers=servers, leases=leases), {"cpu": 1})
     local = "://" not in cfg.out
     tuner = tune.Tuner(
         fn,
@@ -168,6 +168,7 @@ def run_search(cfg: SearchConfig, *, address: str | None = None, num_cpus: int |
     say_on_forced_exit(f"resume with: craft tune {cfg.path}",  # if Ctrl-C cannot end this thread (stop_watch)
                        lambda: f"{mark()} running trial(s) marked failed (interrupted)")
     from benchmark.serve.options import ServerOptions
+    from benchmark.serve.leases import start_leases
     from benchmark.serve.pool import start_servers, stop_servers
     from benchmark.model.weights import resolve
     from benchmark.serve.ray_runtime import init_ray
@@ -179,7 +180,14 @@ def run_search(cfg: SearchConfig, *, address: str | None = None, num_cpus: int |
     # Ray Tune's own SIGINT handler ends a round "gracefully" and returns, so the loop below would
     # start another; without it Ctrl-C raises KeyboardInterrupt out of fit() and ends the search.
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
-    servers = start_servers(runs, ServerOptions(runs_per_server=cfg.max_concurrent_trials), staged=stage(weights))
+    import ray
+
+    # On GPUs a server per GPU takes all the trials placed on it; on CPUs a server per trial at once
+    # (a CPU server computes under one interpreter lock), each trial's cell on the least-loaded one.
+    on_gpus = ray.cluster_resources().get("GPU", 0) > 0
+    options = ServerOptions(runs_per_server=cfg.max_concurrent_trials if on_gpus else 1)
+    servers = start_servers(runs, options, staged=stage(weights), runs_at_once=cfg.max_concurrent_trials)
+    leases = start_leases(servers)
     try:
         for study in todo:
             start = time.perf_counter()
@@ -189,7 +197,7 @@ def run_search(cfg: SearchConfig, *, address: str | None = None, num_cpus: int |
                 if missing <= 0:
                     break
                 before = len(finished(open_study(storage, study.name)))
-                _tune_once(study, cfg, storage, servers, missing, progress,
+                _tune_once(study, cfg, storage, servers, leases, missing, progress,
                            callbacks(study.name) if callbacks else None)
                 after = len(finished(open_study(storage, study.name)))
                 status.failed_now += missing - (after - before)
@@ -201,6 +209,7 @@ def run_search(cfg: SearchConfig, *, address: str | None = None, num_cpus: int |
         raise SearchInterrupted(mark()) from None
     finally:
         stop_servers(servers)  # free their GPUs for the final evaluation
+        ray.kill(leases)
     return list(statuses.values())
 
 

@@ -2,7 +2,7 @@
 
 Servers: one per GPU and key, each reserving ``1 / keys`` of a GPU, spread over the nodes (Ray's
 SPREAD strategy); where the cluster has no GPU, per key one CPU server for every ``runs_per_server``
-of its CPUs. The precision is bf16 autocast or fp32 (:meth:`ServerOptions.precision_for`): under the
+of its CPUs, or of the runs the caller has at once where fewer. The precision is bf16 autocast or fp32 (:meth:`ServerOptions.precision_for`): under the
 default ``precision: auto`` on a GPU, methods that need fp32 (CBBT) get fp32 servers and the others
 bf16 ones. A server that dies is restarted by Ray (``max_restarts=-1``); its runs prepare their
 tasks again meanwhile.
@@ -46,19 +46,21 @@ class ServerPool:
         return self.groups[self.key(backbone, weights, method)]
 
 
-def server_count(keys: int, gpus: int, cpus: int = 1, runs_per_server: int = 1) -> tuple[int, float]:
+def server_count(keys: int, gpus: int, cpus: int = 1, runs_per_server: int = 1,
+                 runs_at_once: int | None = None) -> tuple[int, float]:
     """Servers per key and the GPU share of each: one per GPU and key. Without GPUs, enough servers
-    per key for a run on each of the ``cpus`` (``runs_per_server`` each): a CPU server computes its
-    runs' queries under one interpreter lock, so one server for all the CPUs' runs leaves CPUs idle
-    while its runs wait on it."""
+    per key for a run on each of the ``cpus``, or for ``runs_at_once`` runs where fewer run at once
+    (``runs_per_server`` each): a CPU server computes its runs' queries under one interpreter lock,
+    so one server for all the CPUs' runs leaves CPUs idle while its runs wait on it."""
     if gpus <= 0:
-        return max(1, -(-cpus // max(1, runs_per_server))), 0.0
+        slots = cpus if runs_at_once is None else min(cpus, runs_at_once)
+        return max(1, -(-slots // max(1, runs_per_server))), 0.0
     return gpus, 1.0 / keys
 
 
 def start_servers(
     runs: Iterable[tuple[str, str, str]], options: ServerOptions, *, gpus: int | None = None, cache_dir: str | None = None,
-    staged: dict[tuple[str, str], Any] | None = None,
+    staged: dict[tuple[str, str], Any] | None = None, runs_at_once: int | None = None,
 ) -> ServerPool:
     """Start the servers that ``runs`` (``(backbone, weights, method)`` each) need, spread over GPUs and
     nodes, each serving ``options``; wait until they answer.
@@ -66,6 +68,8 @@ def start_servers(
     ``gpus``: the GPUs to place servers on (default: those the cluster has now; more make an
     autoscaling cluster add GPU nodes). ``staged``: (backbone, weights) -> the driver's weights file
     (:func:`benchmark.serve.staging.stage`), which each server loads instead of looking on its node.
+    ``runs_at_once``: the most runs the caller has in flight (a search's concurrent trials), which
+    caps the CPU servers per key (default: one run per CPU, as a sweep).
     """
     import ray
 
@@ -75,7 +79,7 @@ def start_servers(
     gpus = int(resources.get("GPU", 0)) if gpus is None else gpus
     pool = ServerPool(options, gpus > 0)
     keys = sorted({pool.key(*run) for run in runs})
-    per_key, share = server_count(len(keys), gpus, int(resources.get("CPU", 1)), options.runs_per_server)
+    per_key, share = server_count(len(keys), gpus, int(resources.get("CPU", 1)), options.runs_per_server, runs_at_once)
     actor_cls = ray.remote(ModelServer)
     # Threads: one query and one ping (RemoteBackend's liveness probe) per run, and spare.
     actor_options = dict(num_cpus=0, num_gpus=share, max_concurrency=2 * options.runs_per_server + 2, max_restarts=-1,

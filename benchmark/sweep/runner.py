@@ -184,7 +184,7 @@ def run_sweep(
         sink = _start_sink()  # its process starts while the servers load their models
         staged = stage({k: v for k, v in weights.items() if k in {(c.backbone, c.weights) for c in todo}})
         servers = start_servers({(c.backbone, c.weights, c.method) for c in todo}, server, gpus=gpus, cache_dir=cache_dir,
-                                staged=staged)
+                                staged=staged, runs_at_once=len(todo))  # CPU servers: no more than runs to serve
         try:  # nothing is written before the servers are up
             check_writable(out)
             # Kept beside their cells under a name nothing reads; the rerun's result takes their place.
