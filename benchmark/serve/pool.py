@@ -2,10 +2,10 @@
 
 Servers: one per GPU and key, each reserving ``1 / keys`` of a GPU, spread over the nodes (Ray's
 SPREAD strategy); where the cluster has no GPU, per key one CPU server for every ``runs_per_server``
-of its CPUs, or of the runs the caller has at once where fewer. The precision is bf16 autocast or fp32 (:meth:`ServerOptions.precision_for`): under the
-default ``precision: auto`` on a GPU, methods that need fp32 (CBBT) get fp32 servers and the others
-bf16 ones. A server that dies is restarted by Ray (``max_restarts=-1``); its runs prepare their
-tasks again meanwhile.
+of its CPUs, or of the runs the caller has at once where fewer. The precision is bf16 autocast or
+fp32 (:meth:`ServerOptions.precision_for`): under the default ``precision: auto`` on a GPU, methods
+that need fp32 (CBBT) get fp32 servers and the others bf16 ones. A server that dies is restarted
+by Ray (``max_restarts=-1``); its runs prepare their tasks again meanwhile.
 """
 
 from __future__ import annotations
