@@ -50,6 +50,7 @@ class _Remote:
 
 
 def test_submit_fills_free_slots_in_order_on_the_least_loaded_server() -> None:
+    from benchmark.serve.leases import ServerLeases
     from benchmark.serve.options import ServerOptions
     from benchmark.serve.pool import ServerKey, ServerPool
     from benchmark.sweep.runner import _submit
@@ -60,14 +61,15 @@ def test_submit_fills_free_slots_in_order_on_the_least_loaded_server() -> None:
     })
     cells = expand(cfg)
     key = ServerKey(cells[0].backbone, cells[0].weights, "fp32")
-    servers, load, pending, remote = ServerPool(ServerOptions(runs_per_server=4), groups={key: ["s0", "s1"]}), {key: [1, 0]}, {}, _Remote()
-    left = _submit(cells, pending, servers, load, remote, True, slots=2)
+    servers, leases, pending, remote = ServerPool(ServerOptions(runs_per_server=4), groups={key: ["s0", "s1"]}), ServerLeases({key: 2}), {}, _Remote()
+    leases.acquire(key)  # a run already on s0: load [1, 0]
+    left = _submit(cells, pending, servers, leases, remote, True, slots=2)
     assert remote.started == [c.cell_id for c in cells[:2]] and left == cells[2:]
-    assert load[key] == [2, 1] and sorted(idx for _, _, idx in pending.values()) == [0, 1]
-    assert _submit(left, pending, servers, load, remote, True, slots=0) == left  # no free CPU: nothing starts
+    assert leases.loads()[key] == [2, 1] and sorted(idx for _, _, idx in pending.values()) == [0, 1]
+    assert _submit(left, pending, servers, leases, remote, True, slots=0) == left  # no free CPU: nothing starts
     servers.options = ServerOptions(runs_per_server=2)
-    left = _submit(left, pending, servers, load, remote, True, slots=9)  # now the servers are full
-    assert left == cells[3:] and load[key] == [2, 2]
+    left = _submit(left, pending, servers, leases, remote, True, slots=9)  # now the servers are full
+    assert left == cells[3:] and leases.loads()[key] == [2, 2]
 
 
 def test_servers_compute_in_fp32_on_cpus_and_for_cbbt_under_auto_on_gpus() -> None:

@@ -187,8 +187,9 @@ def run_search(cfg: SearchConfig, *, address: str | None = None, num_cpus: int |
     on_gpus = ray.cluster_resources().get("GPU", 0) > 0
     options = ServerOptions(runs_per_server=cfg.max_concurrent_trials if on_gpus else 1)
     servers = start_servers(runs, options, staged=stage(weights), runs_at_once=cfg.max_concurrent_trials)
-    leases = start_leases(servers)
+    leases = None
     try:
+        leases = start_leases(servers)
         for study in todo:
             start = time.perf_counter()
             status = statuses[study.name]
@@ -209,7 +210,8 @@ def run_search(cfg: SearchConfig, *, address: str | None = None, num_cpus: int |
         raise SearchInterrupted(mark()) from None
     finally:
         stop_servers(servers)  # free their GPUs for the final evaluation
-        ray.kill(leases)
+        if leases is not None:
+            ray.kill(leases)
     return list(statuses.values())
 
 

@@ -1,9 +1,9 @@
 """Which model server of its group a run uses, when runs start in other processes (``craft tune``'s trials).
 
-A sweep's driver starts every run itself and gives it the least-loaded server of its group, counted
-in its own memory (:mod:`benchmark.sweep.runner`). A search's trials start in Ray Tune's worker
-processes, so their picks are counted in one small actor instead, :class:`ServerLeases`: a run
-leases the least-loaded server for as long as it runs. A trial whose process dies while holding a
+A run leases the least-loaded server of its group for as long as it runs (:class:`ServerLeases`).
+A sweep's driver starts every run itself and holds the counts in its own memory
+(:mod:`benchmark.sweep.runner`); a search's trials start in Ray Tune's worker processes, so their
+counts live in one small actor (:func:`start_leases`). A trial whose process dies while holding a
 lease leaves it counted; the others still spread over the servers by their counts.
 """
 
@@ -17,20 +17,23 @@ from benchmark.serve.pool import ServerKey, ServerPool
 
 
 class ServerLeases:
-    """Runs per server, by :class:`~benchmark.serve.pool.ServerKey` (a Ray actor's state)."""
+    """Runs per server, by :class:`~benchmark.serve.pool.ServerKey`: in a sweep's driver, or as a search's actor."""
 
     def __init__(self, sizes: dict[ServerKey, int]) -> None:
-        self._load = {ServerKey(*key): [0] * n for key, n in sizes.items()}
+        self._load = {key: [0] * n for key, n in sizes.items()}
 
-    def acquire(self, key: ServerKey) -> int:
-        """The index of the least-loaded server of ``key`` (the first of equals), now counted one run more."""
-        load = self._load[ServerKey(*key)]
+    def acquire(self, key: ServerKey, cap: int | None = None) -> int | None:
+        """The index of the least-loaded server of ``key`` (the first of equals), now counted one run
+        more; None, and nothing counted, when that server already has ``cap`` runs."""
+        load = self._load[key]
         idx = min(range(len(load)), key=load.__getitem__)
+        if cap is not None and load[idx] >= cap:
+            return None
         load[idx] += 1
         return idx
 
     def release(self, key: ServerKey, idx: int) -> None:
-        load = self._load[ServerKey(*key)]
+        load = self._load[key]
         load[idx] = max(0, load[idx] - 1)
 
     def loads(self) -> dict[ServerKey, list[int]]:

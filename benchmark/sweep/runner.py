@@ -31,6 +31,7 @@ from benchmark.results.store import (
     write_log,
 )
 from benchmark.results.provenance import CODE_VERSION_ENV, code_version
+from benchmark.serve.leases import ServerLeases
 from benchmark.serve.options import ServerOptions
 from benchmark.serve.pool import ServerKey, ServerPool, start_servers, stop_servers
 from benchmark.model.weights import WeightsFile
@@ -197,18 +198,18 @@ def run_sweep(
         remote_run = ray.remote(num_cpus=1, num_gpus=0, max_retries=RUN_RETRIES, retry_exceptions=False)(_run_cell_task)
         display = Progress(len(todo), progress)
         live = LiveLogs(out, sink, progress_every if progress else None, display)
-        load: dict[ServerKey, list[int]] = {k: [0] * len(g) for k, g in servers.groups.items()}
+        leases = ServerLeases({k: len(g) for k, g in servers.groups.items()})
         pending: dict[Any, tuple[Cell, ServerKey, int]] = {}
         queue = list(todo)
         try:
             while queue or pending:
                 slots = run_slots() - len(pending)
-                queue = _submit(queue, pending, servers, load, remote_run, eval_test, slots, live.sink)
+                queue = _submit(queue, pending, servers, leases, remote_run, eval_test, slots, live.sink)
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=2.0)
                 live.update({c.cell_id: c for c, _, _ in pending.values()})
                 for ref in ready:
                     cell, key, idx = pending.pop(ref)
-                    load[key][idx] -= 1
+                    leases.release(key, idx)
                     live.finished(cell.cell_id)
                     rows, log_text = _collect(ref, cell)
                     rows = [{**r, **stamp} for r in rows]
@@ -287,7 +288,8 @@ def run_slots() -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
-def _submit(queue, pending, servers: ServerPool, load, remote_run, eval_test, slots: int, sink: Any = None) -> list[Cell]:
+def _submit(queue, pending, servers: ServerPool, leases: ServerLeases, remote_run, eval_test, slots: int,
+            sink: Any = None) -> list[Cell]:
     """Start queued cells on the least-loaded of their servers while one has room (at most ``slots``)."""
     left = []
     for cell in queue:
@@ -295,14 +297,13 @@ def _submit(queue, pending, servers: ServerPool, load, remote_run, eval_test, sl
             left.append(cell)
             continue
         key = servers.key(cell.backbone, cell.weights, cell.method)
-        idx = min(range(len(load[key])), key=lambda i: load[key][i])
-        if load[key][idx] >= servers.options.runs_per_server:
+        idx = leases.acquire(key, cap=servers.options.runs_per_server)
+        if idx is None:
             left.append(cell)
             continue
         group = servers.groups[key]
         ordered = group[idx:] + group[:idx]  # its chosen server first, the others to fail over to
         pending[remote_run.remote(cell, ordered, eval_test, servers.options.colocate, sink)] = (cell, key, idx)
-        load[key][idx] += 1
         slots -= 1
     return left
 
